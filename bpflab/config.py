@@ -1,0 +1,160 @@
+"""Load and validate lab.yaml, the one source of truth for the VM settings.
+
+Validation reports every problem at once, each as `file: key: expected ..., got
+...`, so a learner fixes the file in one pass instead of meeting one traceback
+per typo.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LabError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PATH = PROJECT_ROOT / "lab.yaml"
+
+PROVIDERS = ("libvirt", "virtualbox")
+ARCHITECTURES = ("amd64", "arm64")
+
+
+class Rule:
+    """One leaf of the schema: checks a value and says what it expected."""
+
+    expected = "a value"
+
+    def accepts(self, value: Any) -> bool:
+        raise NotImplementedError
+
+
+class Choice(Rule):
+    def __init__(self, *choices: str):
+        self.choices = choices
+        self.expected = "one of " + ", ".join(choices)
+
+    def accepts(self, value):
+        return value in self.choices
+
+
+class Integer(Rule):
+    def __init__(self, low: int, high: int):
+        self.low, self.high = low, high
+        self.expected = f"an integer from {low} to {high}"
+
+    def accepts(self, value):
+        return type(value) is int and self.low <= value <= self.high
+
+
+class Text(Rule):
+    def __init__(self, pattern: str = r".+", expected: str = "a non-empty string"):
+        self.pattern = re.compile(pattern)
+        self.expected = expected
+
+    def accepts(self, value):
+        return isinstance(value, str) and bool(self.pattern.fullmatch(value))
+
+
+BOX_NAME = Text(r"[\w.-]+/[\w.-]+|[\w.-]+", "a Vagrant box name such as generic/ubuntu2204")
+BOXES_PER_ARCH = {arch: BOX_NAME for arch in ARCHITECTURES}
+
+SCHEMA: dict[str, Any] = {
+    "vm": {
+        "name": Text(r"[a-z][a-z0-9-]{0,30}", "lowercase letters, digits and '-', starting with a letter"),
+        "provider": Choice("auto", *PROVIDERS),
+        "acceleration": Choice("auto", "kvm", "tcg"),
+        "cpus": Integer(1, 64),
+        "memory": Integer(512, 262144),
+        "box": Choice("auto", "catalog", "local"),
+        "boxes": {provider: BOXES_PER_ARCH for provider in PROVIDERS},
+    },
+    "local_box": {
+        "suite": Choice("bookworm"),
+        "mirror": Text(r"https?://\S+", "an http(s) URL of a Debian mirror"),
+        "disk_gb": Integer(4, 512),
+    },
+}
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def problems(schema: dict, data: Any, where: str = "") -> list[str]:
+    """Every way `data` breaks `schema`, as `key: what was expected` lines."""
+    if not isinstance(data, dict):
+        return [f"{where or 'top level'}: expected a mapping, got {describe(data)}"]
+    found = []
+    for key in data:
+        if key not in schema:
+            allowed = ", ".join(schema)
+            found.append(f"{where}{key}: unknown key (expected one of {allowed})")
+    for key, rule in schema.items():
+        path = f"{where}{key}"
+        if key not in data:
+            found.append(f"{path}: missing")
+        elif isinstance(rule, dict):
+            found.extend(problems(rule, data[key], path + "."))
+        elif not rule.accepts(data[key]):
+            found.append(f"{path}: expected {rule.expected}, got {describe(data[key])}")
+    return found
+
+
+@dataclass(frozen=True)
+class VMSettings:
+    name: str
+    provider: str
+    acceleration: str
+    cpus: int
+    memory: int
+    box: str
+    boxes: dict
+
+
+@dataclass(frozen=True)
+class LocalBoxSettings:
+    suite: str
+    mirror: str
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    vm: VMSettings
+    local_box: LocalBoxSettings
+
+    @property
+    def root(self) -> Path:
+        """The project folder: where the Vagrantfile and .vagrant/ live."""
+        return self.path.parent
+
+
+def parse(text: str, path: Path) -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise LabError(f"{path} is not valid YAML: {error}. Fix the file and run the command again.") from None
+    found = problems(SCHEMA, data)
+    if found:
+        listing = "\n".join(f"  {path.name}: {line}" for line in found)
+        raise LabError(f"{path} has {len(found)} problem(s):\n{listing}\nFix them and run the command again.")
+    return Config(path=path, vm=VMSettings(**data["vm"]), local_box=LocalBoxSettings(**data["local_box"]))
+
+
+def load(path: Path | str = DEFAULT_PATH) -> Config:
+    path = Path(path).resolve()
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise LabError(f"Cannot read the lab settings {path}: {error.strerror}. "
+                       "Run invoke from a bpflab checkout, or restore lab.yaml from git.") from None
+    return parse(text, path)

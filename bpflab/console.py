@@ -1,0 +1,119 @@
+"""Progress for long steps and the host-side command runner.
+
+Every long step shows what it is doing and for how long: a live status line on
+a terminal, plain start/finish lines in CI logs. Commands stream into a log
+file as they run, so a failure can show its last lines and point to the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from .errors import LabError
+
+console = Console(stderr=True, highlight=False)
+TAIL_LINES = 15
+
+
+def say(message: str) -> None:
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]![/yellow] {escape(message)}")
+
+
+class Step:
+    """A named long step: shows elapsed time and the latest line of its output."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.started = time.monotonic()
+        self.status = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def update(self, detail: str) -> None:
+        if self.status is not None:
+            detail = escape(detail.strip()[:100])
+            self.status.update(f"{escape(self.title)} [dim]{self.elapsed:.0f}s  {detail}[/dim]")
+
+
+@contextmanager
+def step(title: str, done: str | None = None):
+    """Run a block as a visible step; print how long it took or that it failed."""
+    current = Step(title)
+    if console.is_terminal:
+        current.status = console.status(escape(title))
+        current.status.start()
+    else:
+        console.print(f"… {escape(title)}")
+    try:
+        yield current
+    except BaseException:
+        if current.status:
+            current.status.stop()
+        console.print(f"[red]✗[/red] {escape(title)} [dim]({current.elapsed:.1f}s)[/dim]")
+        raise
+    if current.status:
+        current.status.stop()
+    console.print(f"[green]✓[/green] {escape(done or title)} [dim]({current.elapsed:.1f}s)[/dim]")
+
+
+def run(command: list[str], *, current: Step | None = None, log: Path | None = None,
+        env: dict | None = None, cwd: Path | None = None, check: bool = True,
+        what: str | None = None, fix: str = "") -> subprocess.CompletedProcess:
+    """Run a host command, streaming its output to the step and an optional log.
+
+    On failure raise LabError naming the command, its last lines and the log,
+    followed by `fix` (what the user should do next).
+    """
+    full_env = {**os.environ, **(env or {})}
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    lines: list[str] = []
+    log_file = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log.open("a")
+        log_file.write(f"$ {shlex.join(command)}\n")
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                   env=full_env, cwd=cwd)
+    except FileNotFoundError:
+        raise LabError(f"`{command[0]}` is not installed on this host. {fix or 'Run `invoke host.setup`.'}") from None
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            tail.append(line.rstrip())
+            if log_file:
+                log_file.write(line)
+                log_file.flush()
+            if current:
+                current.update(line)
+        process.wait()
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
+    finally:
+        if log_file:
+            log_file.close()
+    result = subprocess.CompletedProcess(command, process.returncode, "".join(lines), "")
+    if check and process.returncode != 0:
+        shown = "\n".join(f"    {line}" for line in tail)
+        where = f"\n  Full log: {log}" if log else ""
+        raise LabError(f"{what or shlex.join(command)} failed (exit {process.returncode}). Last lines:\n"
+                       f"{shown}{where}\n{fix}".rstrip())
+    return result

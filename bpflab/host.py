@@ -1,0 +1,186 @@
+"""The host side of the lab: Vagrant, libvirt, qemu and the box tools.
+
+On Debian and Ubuntu `setup` installs what is missing from the distribution and
+makes sure libvirtd and virtlogd run, also where PID 1 is not systemd (then it
+starts them itself and remembers their PIDs, so `teardown` stops exactly those).
+Elsewhere it says what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .console import run, say, step
+from .errors import LabError
+
+LIBVIRT_URI = "qemu:///system"
+QEMU_PACKAGE = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
+HOST_PACKAGES = [
+    "vagrant", "vagrant-libvirt", "libvirt-daemon-system", "libvirt-clients", "qemu-utils",
+    "dnsmasq-base", "iptables", "openssh-client", "rsync",
+    # box.build: a Debian root file system, a partitioned disk, a BIOS boot loader
+    "mmdebstrap", "e2fsprogs", "fdisk", "util-linux", "grub-pc-bin",
+]
+OTHER_SYSTEMS = """\
+This host is not Debian or Ubuntu, so bpflab cannot install its tools itself. Install:
+  Linux (Fedora):  sudo dnf install vagrant vagrant-libvirt libvirt qemu-kvm && sudo systemctl enable --now libvirtd
+  Linux (Arch):    sudo pacman -S vagrant libvirt qemu-base dnsmasq && vagrant plugin install vagrant-libvirt
+  macOS (Intel or Apple Silicon): install VirtualBox 7.1+ and Vagrant from their vendors' sites,
+                   then set `vm.provider: virtualbox` in lab.yaml (bento boxes exist for arm64).
+Then run `invoke lab.up`."""
+
+
+def cache_dir() -> Path:
+    """Where expensive things (boxes, daemon PIDs) live, outside any checkout."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bpflab"
+
+
+def machine_arch() -> str:
+    return platform.machine()
+
+
+def privileged(command: list[str]) -> list[str]:
+    return command if os.geteuid() == 0 else ["sudo", *command]
+
+
+def is_debian_like(os_release: str) -> bool:
+    fields = dict(line.split("=", 1) for line in os_release.splitlines() if "=" in line)
+    ids = {fields.get("ID", "").strip('"')} | set(fields.get("ID_LIKE", "").strip('"').split())
+    return bool(ids & {"debian", "ubuntu"})
+
+
+def missing_packages(packages: list[str]) -> list[str]:
+    """The packages dpkg does not report as installed."""
+    query = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
+                           capture_output=True, text=True)
+    installed = {line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")}
+    return [package for package in packages if package not in installed]
+
+
+def libvirt_answers() -> bool:
+    probe = subprocess.run(["virsh", "-c", LIBVIRT_URI, "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def pid_state_file() -> Path:
+    return cache_dir() / "host-daemons.json"
+
+
+def start_daemons() -> None:
+    """Start virtlogd and libvirtd the way the host's init system allows."""
+    if Path("/run/systemd/system").is_dir():
+        run(privileged(["systemctl", "start", "virtlogd", "libvirtd"]))
+        return
+    started = {}
+    for name in ("virtlogd", "libvirtd"):
+        pidfile = Path(f"/run/{name}.pid")
+        if not process_alive(read_pid(pidfile)):
+            run(privileged([f"/usr/sbin/{name}", "--daemon"]))
+            for _ in range(50):
+                if process_alive(read_pid(pidfile)):
+                    break
+                time.sleep(0.1)
+            started[name] = read_pid(pidfile)
+    if started:
+        pid_state_file().parent.mkdir(parents=True, exist_ok=True)
+        previous = json.loads(pid_state_file().read_text()) if pid_state_file().exists() else {}
+        pid_state_file().write_text(json.dumps({**previous, **started}))
+    for _ in range(100):
+        if libvirt_answers():
+            return
+        time.sleep(0.2)
+    raise LabError("libvirtd was started but does not answer on qemu:///system. "
+                   "Look at its log (/var/log/libvirt/libvirtd.log) and run `invoke host.setup` again.")
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ensure_storage_pool() -> None:
+    """vagrant-libvirt keeps box images and disks in the pool named `default`."""
+    virsh = ["virsh", "-c", LIBVIRT_URI]
+    if subprocess.run([*virsh, "pool-info", "default"], capture_output=True).returncode == 0:
+        state = subprocess.run([*virsh, "pool-info", "default"], capture_output=True, text=True).stdout
+        if "running" not in state:
+            run([*virsh, "pool-start", "default"])
+        return
+    run([*virsh, "pool-define-as", "default", "dir", "--target", "/var/lib/libvirt/images"])
+    run([*virsh, "pool-build", "default"])
+    run([*virsh, "pool-start", "default"])
+    run([*virsh, "pool-autostart", "default"])
+
+
+def setup() -> None:
+    """Install the host tools (idempotent) and make libvirt answer."""
+    os_release = Path("/etc/os-release").read_text() if Path("/etc/os-release").exists() else ""
+    if platform.system() != "Linux" or not is_debian_like(os_release):
+        raise LabError(OTHER_SYSTEMS)
+    packages = HOST_PACKAGES + [QEMU_PACKAGE.get(machine_arch(), "qemu-system")]
+    missing = missing_packages(packages)
+    if missing:
+        with step(f"Installing {len(missing)} host packages: {' '.join(missing)}") as current:
+            env = {"DEBIAN_FRONTEND": "noninteractive"}
+            run(privileged(["apt-get", "update", "-q"]), current=current, env=env)
+            run(privileged(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]),
+                current=current, env=env, fix="Install them by hand and run `invoke host.setup` again.")
+    else:
+        say("[green]✓[/green] Host packages already installed")
+    if libvirt_answers():
+        say("[green]✓[/green] libvirtd answers on qemu:///system")
+    else:
+        with step("Starting virtlogd and libvirtd"):
+            start_daemons()
+    ensure_storage_pool()
+
+
+def teardown() -> None:
+    """Stop the daemons that `setup` started itself, and the networks they run."""
+    if not pid_state_file().exists():
+        say("No daemons were started by bpflab; nothing to stop.")
+        return
+    pids = json.loads(pid_state_file().read_text())
+    if process_alive(pids.get("libvirtd")):
+        active = subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-list", "--name"],
+                                capture_output=True, text=True).stdout.split()
+        for network in active:
+            subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-destroy", network], capture_output=True)
+    for name in ("libvirtd", "virtlogd"):
+        pid = pids.get(name)
+        if process_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not process_alive(pid):
+                    break
+                time.sleep(0.1)
+            say(f"Stopped {name} (pid {pid})")
+    pid_state_file().unlink()
+
+
+def require_tool(name: str) -> None:
+    if shutil.which(name) is None:
+        raise LabError(f"`{name}` is not installed on this host. Run `invoke host.setup` "
+                       "(Debian/Ubuntu) or install it as the README says, then try again.")

@@ -1,0 +1,254 @@
+"""The lab VM through Vagrant: provider and acceleration choice, life cycle, state.
+
+Vagrant is the only thing that touches the VM here; virsh is used just to find
+and clear libvirt leftovers that Vagrant no longer knows about.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import box
+from .config import Config
+from .console import run, say, step
+from .errors import LabError
+from .host import LIBVIRT_URI, libvirt_answers
+
+MACHINE = "lab"
+SETUP_HINT = "Run `invoke host.setup` (Debian/Ubuntu) or install Vagrant and a provider as the README says."
+
+
+def host_arch() -> str:
+    return "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
+
+
+def hardware_virtualization(cpuinfo: str, machine: str, kvm_usable: bool) -> bool:
+    """KVM works only with real CPU support; a /dev/kvm node alone proves nothing."""
+    if not kvm_usable:
+        return False
+    if machine in ("aarch64", "arm64"):
+        return True
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"vmx", "svm"})
+
+
+def choose_acceleration(setting: str, hardware: bool) -> str:
+    """kvm or tcg for libvirt, from lab.yaml's `vm.acceleration` and what the host offers."""
+    if setting == "kvm" and not hardware:
+        raise LabError("lab.yaml asks for vm.acceleration: kvm, but this host has no usable hardware "
+                       "virtualization (no vmx/svm CPU flag, or /dev/kvm is not accessible). "
+                       "Set vm.acceleration to auto or tcg.")
+    if setting == "auto":
+        return "kvm" if hardware else "tcg"
+    return setting
+
+
+def choose_provider(setting: str, have_libvirt: bool, have_virtualbox: bool) -> str:
+    if setting == "libvirt" and not have_libvirt:
+        raise LabError(f"lab.yaml asks for the libvirt provider, but vagrant-libvirt or libvirt is missing. {SETUP_HINT}")
+    if setting == "virtualbox" and not have_virtualbox:
+        raise LabError("lab.yaml asks for the virtualbox provider, but VirtualBox (VBoxManage) is not "
+                       "installed. Install VirtualBox, or set vm.provider to libvirt.")
+    if setting != "auto":
+        return setting
+    if have_libvirt:
+        return "libvirt"
+    if have_virtualbox:
+        return "virtualbox"
+    raise LabError(f"No Vagrant provider is installed (neither vagrant-libvirt nor VirtualBox). {SETUP_HINT}")
+
+
+def parse_status(machine_readable: str) -> dict[str, str]:
+    """`vagrant status --machine-readable` -> {'state': ..., 'provider-name': ...}."""
+    found = {}
+    for line in machine_readable.splitlines():
+        fields = line.split(",", 3)
+        if len(fields) == 4 and fields[1] == MACHINE:
+            found[fields[2]] = fields[3]
+    return found
+
+
+@dataclass
+class Status:
+    state: str
+    provider: str
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def created(self) -> bool:
+        return self.state != "not_created"
+
+
+class LabVM:
+    """The lab VM of one checkout, as Vagrant sees it."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.root = config.root
+        self.state_dir = self.root / ".vagrant" / "bpflab"
+
+    @property
+    def instance(self) -> str:
+        """Same name as the Vagrantfile's: lab.yaml's vm.name and a hash of this folder."""
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        return f"{self.config.vm.name}-{digest}"
+
+    @property
+    def domain(self) -> str:
+        return f"{self.instance}-{MACHINE}"
+
+    def provider(self) -> str:
+        plugins = self.vagrant("plugin", "list", check=False).stdout
+        have_libvirt = "vagrant-libvirt" in plugins and shutil.which("virsh") is not None
+        return choose_provider(self.config.vm.provider, have_libvirt, shutil.which("VBoxManage") is not None)
+
+    def acceleration(self) -> str:
+        cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
+        return choose_acceleration(self.config.vm.acceleration,
+                                   hardware_virtualization(cpuinfo, platform.machine(), usable))
+
+    def remembered(self, key: str) -> str | None:
+        path = self.state_dir / key
+        return path.read_text().strip() if path.exists() else None
+
+    def remember(self, key: str, value: str) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / key).write_text(value + "\n")
+
+    def environment(self) -> dict:
+        env = {"VAGRANT_CWD": str(self.root), "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1"}
+        chosen_box = self.remembered("box")
+        if chosen_box:
+            env["BPFLAB_BOX"] = chosen_box
+        if self.remembered("acceleration"):
+            env["BPFLAB_LIBVIRT_DRIVER"] = "kvm" if self.remembered("acceleration") == "kvm" else "qemu"
+        return env
+
+    def vagrant(self, *args: str, current=None, check=True, fix="") -> subprocess.CompletedProcess:
+        if shutil.which("vagrant") is None:
+            raise LabError(f"Vagrant is not installed on this host. {SETUP_HINT}")
+        return run(["vagrant", *args], current=current, env=self.environment(), cwd=self.root,
+                   check=check, log=self.state_dir / "vagrant.log", what=f"vagrant {args[0]}", fix=fix)
+
+    def status(self) -> Status:
+        result = self.vagrant("status", MACHINE, "--machine-readable", check=False)
+        fields = parse_status(result.stdout)
+        if "state" not in fields:
+            reason = result.stdout.strip().splitlines()[-3:] if result.stdout.strip() else ["no output"]
+            raise LabError("Vagrant could not tell the lab VM's state: " + " / ".join(reason) +
+                           f"\nFull log: {self.state_dir / 'vagrant.log'}. {SETUP_HINT}")
+        return Status(fields["state"], fields.get("provider-name", "?"))
+
+    def require_running(self) -> Status:
+        status = self.status()
+        if not status.created:
+            raise LabError("The lab VM does not exist yet. Run `invoke lab.up` (or `invoke lab.setup`) first.")
+        if not status.running:
+            raise LabError(f"The lab VM is {status.state}, not running. Run `invoke lab.up` to start it.")
+        return status
+
+    def choose_box(self, provider: str) -> str:
+        arch = host_arch()
+        catalog_box = self.config.vm.boxes[provider][arch]
+        kind, why = box.choose(self.config.vm.box, provider, arch, catalog_box,
+                               box.installed_boxes(), box.catalog_reachable)
+        if kind == "catalog":
+            say(f"Box: {catalog_box} ({why})")
+            return catalog_box
+        recipe = box.build(self.config)
+        say(f"Box: {recipe.box_name} ({why})")
+        return recipe.box_name
+
+    def clear_stale_libvirt(self) -> None:
+        """Remove a domain or disk named for this checkout that Vagrant has forgotten.
+
+        The name contains a hash of this folder, so nothing else can own it; left
+        in place, it makes `vagrant up` fail with "domain ... is already taken".
+        """
+        if not libvirt_answers():
+            raise LabError("libvirt does not answer on qemu:///system (libvirtd not running?). "
+                           "Run `invoke host.setup`, then `invoke lab.up` again.")
+        virsh = ["virsh", "-c", LIBVIRT_URI]
+        domain = subprocess.run([*virsh, "domstate", self.domain], capture_output=True, text=True)
+        if domain.returncode == 0:
+            say(f"Removing the stale libvirt domain {self.domain} (left from an earlier run; Vagrant no longer knows it)")
+            if domain.stdout.strip() != "shut off":
+                run([*virsh, "destroy", self.domain], check=False)
+            run([*virsh, "undefine", self.domain, "--remove-all-storage"])
+        volume = f"{self.domain}.img"
+        if subprocess.run([*virsh, "vol-info", "--pool", "default", volume], capture_output=True).returncode == 0:
+            say(f"Removing the stale libvirt volume {volume} (left from an earlier run)")
+            run([*virsh, "vol-delete", "--pool", "default", volume])
+
+    def up(self) -> None:
+        self.forget_endpoint()
+        status = self.status()
+        provider = self.provider() if not status.created else status.provider
+        if not status.created:
+            if provider == "libvirt":
+                self.remember("acceleration", self.acceleration())
+                self.clear_stale_libvirt()
+            self.remember("box", self.choose_box(provider))
+        if status.running:
+            say(f"[green]✓[/green] The lab VM is already running ({provider})")
+            return
+        accel = self.remembered("acceleration") or "-"
+        with step(f"Starting the lab VM ({provider}, {accel}; a few minutes under software emulation)",
+                  "The lab VM is up") as current:
+            self.vagrant("up", MACHINE, f"--provider={provider}", current=current,
+                         fix=f"See the full log in {self.state_dir / 'vagrant.log'}; `invoke lab.destroy` "
+                             "and `invoke lab.up` start again from scratch.")
+
+    def halt(self) -> None:
+        self.forget_endpoint()
+        if not self.status().running:
+            say("The lab VM is not running; nothing to halt.")
+            return
+        with step("Halting the lab VM", "The lab VM is halted") as current:
+            self.vagrant("halt", MACHINE, current=current)
+
+    def destroy(self) -> None:
+        self.forget_endpoint()
+        if self.status().created:
+            with step("Destroying the lab VM", "The lab VM is destroyed") as current:
+                self.vagrant("destroy", "--force", MACHINE, current=current)
+        else:
+            say("The lab VM does not exist; nothing to destroy.")
+        for key in ("box", "acceleration"):
+            (self.state_dir / key).unlink(missing_ok=True)
+
+    def ssh_config(self, refresh: bool = False) -> str:
+        """Vagrant's ssh_config text for the VM, cached: Vagrant takes seconds to start.
+
+        The cache lives until the VM goes up, halts or is destroyed, or a caller
+        finds the endpoint dead and asks for a refresh.
+        """
+        path = self.state_dir / "ssh-config"
+        if refresh or not path.exists():
+            self.require_running()
+            text = self.vagrant("ssh-config", MACHINE, fix="`invoke lab.status` tells the VM's state.").stdout
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return path.read_text()
+
+    def forget_endpoint(self) -> None:
+        (self.state_dir / "ssh-config").unlink(missing_ok=True)
+
+    def interactive_ssh(self) -> None:
+        """Replace this process with `vagrant ssh`, so the shell gets the real terminal."""
+        self.require_running()
+        os.chdir(self.root)
+        os.execvpe("vagrant", ["vagrant", "ssh", MACHINE], {**os.environ, **self.environment()})

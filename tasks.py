@@ -1,0 +1,141 @@
+"""Invoke tasks: argument parsing only; the work happens in the bpflab package.
+
+`invoke --list` shows them all. Expected failures end with one message and a
+non-zero exit (bpflab.errors.LabError -> invoke's Exit), never a traceback.
+"""
+
+import functools
+import os
+import subprocess
+import sys
+
+from invoke import Collection, Exit, task
+
+from bpflab import box as box_stage
+from bpflab import config, connection, host as host_stage
+from bpflab.console import say
+from bpflab.errors import LabError
+from bpflab.vm import LabVM
+
+
+def friendly(function):
+    """Turn expected failures and Ctrl-C into a message and an exit code."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except LabError as error:
+            raise Exit(f"error: {error}", code=1) from None
+        except KeyboardInterrupt:
+            raise Exit("Interrupted.", code=130) from None
+    return wrapper
+
+
+def settings():
+    return config.load(os.environ.get("BPFLAB_CONFIG", config.DEFAULT_PATH))
+
+
+def lab_vm():
+    return LabVM(settings())
+
+
+# host ---------------------------------------------------------------------
+
+@task
+@friendly
+def host_setup(c):
+    """Install Vagrant, vagrant-libvirt, libvirt, qemu and the box tools; start libvirtd."""
+    host_stage.setup()
+
+
+@task
+@friendly
+def host_teardown(c):
+    """Stop the libvirt daemons that host.setup started itself (none where systemd runs them)."""
+    host_stage.teardown()
+
+
+# box ----------------------------------------------------------------------
+
+@task
+@friendly
+def box_build(c):
+    """Build the local Debian box offline (cached by recipe) and add it to Vagrant."""
+    box_stage.build(settings())
+
+
+# lab ----------------------------------------------------------------------
+
+@task
+@friendly
+def up(c):
+    """Create or start the lab VM."""
+    lab_vm().up()
+
+
+@task
+@friendly
+def halt(c):
+    """Shut the lab VM down (its disk is kept)."""
+    lab_vm().halt()
+
+
+@task
+@friendly
+def destroy(c):
+    """Delete the lab VM and its disk."""
+    lab_vm().destroy()
+
+
+@task
+@friendly
+def status(c):
+    """Show the lab VM: state, provider, acceleration, box, SSH endpoint."""
+    vm = lab_vm()
+    current = vm.status()
+    rows = [("state", current.state), ("provider", current.provider),
+            ("acceleration", vm.remembered("acceleration") or "-"),
+            ("box", vm.remembered("box") or "-"), ("libvirt domain", vm.domain)]
+    if current.running:
+        endpoint = connection.parse_ssh_config(vm.ssh_config())
+        rows.append(("ssh", f"{endpoint['user']}@{endpoint['host']}:{endpoint['port']}"))
+    for name, value in rows:
+        print(f"{name:<15}{value}")
+
+
+@task
+@friendly
+def ssh(c):
+    """Open an interactive shell in the lab VM."""
+    lab_vm().interactive_ssh()
+
+
+@task
+@friendly
+def setup(c):
+    """Everything a learner needs: bring the lab VM up and check that it answers."""
+    vm = lab_vm()
+    vm.up()
+    remote = connection.connect(vm)
+    kernel = remote.run("uname -r", hide=True).stdout.strip()
+    say(f"[green]✓[/green] The lab VM answers over SSH (kernel {kernel}). `invoke lab.ssh` opens a shell.")
+
+
+# tests --------------------------------------------------------------------
+
+@task(help={"fast": "only the tests that need no VM (seconds instead of minutes)"})
+def test(c, fast=False):
+    """Run the test suite; without --fast this includes the real-VM tests."""
+    command = [sys.executable, "-m", "pytest"] + (["-m", "not vm"] if fast else [])
+    code = subprocess.run(command).returncode
+    if code == 5:
+        say("pytest collected no tests.")
+        code = 0
+    if code:
+        raise Exit(code=code)
+
+
+ns = Collection(test)
+ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
+ns.add_collection(Collection("box", build=box_build))
+ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh))
