@@ -12,7 +12,7 @@ import sys
 from invoke import Collection, Exit, task
 
 from bpflab import box as box_stage
-from bpflab import config, connection, host as host_stage
+from bpflab import config, connection, host as host_stage, provision as provision_stage
 from bpflab.console import say
 from bpflab.errors import LabError
 from bpflab.vm import LabVM
@@ -110,15 +110,37 @@ def ssh(c):
     lab_vm().interactive_ssh()
 
 
+def provision_vm(vm):
+    remote = connection.connect(vm)
+    log = vm.root / "logs" / "provision.log"
+    changed = provision_stage.apply(remote, vm.config, log)
+    say("Provisioning changed the VM." if changed else "Provisioning: nothing to do, the VM was up to date.")
+    provision_stage.require_healthy(provision_stage.doctor(remote))
+    return remote
+
+
+@task
+@friendly
+def provision(c):
+    """Install the book's packages, BCC and bpftrace in the VM (only what is missing)."""
+    provision_vm(lab_vm())
+
+
+@task
+@friendly
+def doctor(c):
+    """Check in the VM what the labs need: kernel features, headers, BCC, bpftrace."""
+    provision_stage.require_healthy(provision_stage.doctor(connection.connect(lab_vm())))
+
+
 @task
 @friendly
 def setup(c):
-    """Everything a learner needs: bring the lab VM up and check that it answers."""
+    """Everything a learner needs: bring the lab VM up and provision it."""
     vm = lab_vm()
     vm.up()
-    remote = connection.connect(vm)
-    kernel = remote.run("uname -r", hide=True).stdout.strip()
-    say(f"[green]✓[/green] The lab VM answers over SSH (kernel {kernel}). `invoke lab.ssh` opens a shell.")
+    provision_vm(vm)
+    say("[green]✓[/green] The lab VM is ready. `invoke lab.ssh` opens a shell in it.")
 
 
 # tests --------------------------------------------------------------------
@@ -138,4 +160,4 @@ def test(c, fast=False):
 ns = Collection(test)
 ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
 ns.add_collection(Collection("box", build=box_build))
-ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh))
+ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, doctor))

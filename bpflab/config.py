@@ -20,6 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = PROJECT_ROOT / "lab.yaml"
 
 PROVIDERS = ("libvirt", "virtualbox")
+DISTRIBUTIONS = ("ubuntu-22.04", "ubuntu-24.04", "debian-12")
 ARCHITECTURES = ("amd64", "arm64")
 
 
@@ -59,6 +60,14 @@ class Text(Rule):
         return isinstance(value, str) and bool(self.pattern.fullmatch(value))
 
 
+class PackageList(Rule):
+    expected = "a list of Debian package names"
+    name = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+    def accepts(self, value):
+        return isinstance(value, list) and all(isinstance(item, str) and self.name.fullmatch(item) for item in value)
+
+
 BOX_NAME = Text(r"[\w.-]+/[\w.-]+|[\w.-]+", "a Vagrant box name such as generic/ubuntu2204")
 BOXES_PER_ARCH = {arch: BOX_NAME for arch in ARCHITECTURES}
 
@@ -76,6 +85,18 @@ SCHEMA: dict[str, Any] = {
         "suite": Choice("bookworm"),
         "mirror": Text(r"https?://\S+", "an http(s) URL of a Debian mirror"),
         "disk_gb": Integer(4, 512),
+    },
+    "provision": {
+        "apt_lock_timeout": Integer(0, 7200),
+        "bcc": {
+            "install": Choice("auto", "source", "package"),
+            "repository": Text(r"(https?|git|file)://\S+|/\S+", "a git URL (https://, git://, file://) or a path"),
+            "version": Text(r"[\w.+-]+", "a release tag such as v0.31.0"),
+        },
+        "distributions": {name: {
+            "packages": PackageList(), "bcc_build": PackageList(), "bcc_package": PackageList(),
+            "llvm_dir": Text(r"/\S+", "an absolute path"), "optional": PackageList(),
+        } for name in DISTRIBUTIONS},
     },
 }
 
@@ -127,10 +148,18 @@ class LocalBoxSettings:
 
 
 @dataclass(frozen=True)
+class ProvisionSettings:
+    apt_lock_timeout: int
+    bcc: dict
+    distributions: dict
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     vm: VMSettings
     local_box: LocalBoxSettings
+    provision: ProvisionSettings
 
     @property
     def root(self) -> Path:
@@ -147,7 +176,8 @@ def parse(text: str, path: Path) -> Config:
     if found:
         listing = "\n".join(f"  {path.name}: {line}" for line in found)
         raise LabError(f"{path} has {len(found)} problem(s):\n{listing}\nFix them and run the command again.")
-    return Config(path=path, vm=VMSettings(**data["vm"]), local_box=LocalBoxSettings(**data["local_box"]))
+    return Config(path=path, vm=VMSettings(**data["vm"]), local_box=LocalBoxSettings(**data["local_box"]),
+                  provision=ProvisionSettings(**data["provision"]))
 
 
 def load(path: Path | str = DEFAULT_PATH) -> Config:

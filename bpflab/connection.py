@@ -6,12 +6,17 @@ The VM stage caches Vagrant's answer; when the cached endpoint stops answering
 
 from __future__ import annotations
 
+import collections
+import shlex
 import socket
+import time
+from pathlib import Path
 
 import paramiko
 from fabric import Config as FabricConfig
 from fabric import Connection
 
+from .console import TAIL_LINES
 from .errors import LabError
 from .vm import MACHINE, LabVM
 
@@ -51,3 +56,62 @@ def connect(vm: LabVM) -> Connection:
                        f"({error or type(error).__name__}). Wait a minute and retry; if it persists, "
                        "`invoke lab.halt` then `invoke lab.up`.") from None
     return connection
+
+
+class LineSink:
+    """A Fabric out_stream that hands whole lines to a step and a log file."""
+
+    def __init__(self, current=None, log=None, on_line=None):
+        self.current, self.log, self.on_line = current, log, on_line
+        self.pending = ""
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    def write(self, chunk: str) -> None:
+        self.pending += chunk
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.line(line)
+
+    def line(self, line: str) -> None:
+        line = line.rstrip("\r")
+        self.tail.append(line)
+        if self.log:
+            self.log.write(line + "\n")
+            self.log.flush()
+        if self.current:
+            self.current.update(line)
+        if self.on_line:
+            self.on_line(line)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.line(self.pending)
+            self.pending = ""
+
+
+def remote_run(connection: Connection, command: str, *, current=None, log: Path | None = None,
+               sudo: bool = False, check: bool = True, what: str = "", fix: str = "", on_line=None):
+    """Run a shell command in the VM, streaming its lines; on failure show the last ones.
+
+    Output and errors share one stream (2>&1) so the log reads in order.
+    """
+    handle = log.open("a") if log else None
+    sink = LineSink(current, handle, on_line)
+    if handle:
+        handle.write(f"$ {command}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    wrapped = f"sudo -n bash -c {shlex.quote(command)} 2>&1" if sudo else f"bash -c {shlex.quote(command)} 2>&1"
+    try:
+        result = connection.run(wrapped, hide=True, warn=True, out_stream=sink, in_stream=False)
+    except UNREACHABLE as error:
+        raise LabError(f"The SSH connection to the lab VM dropped during: {what or command} ({error}). "
+                       "Run the same command again: it picks up where it stopped.") from None
+    finally:
+        sink.flush()
+        if handle:
+            handle.close()
+    if check and result.exited != 0:
+        shown = "\n".join(f"    {line}" for line in sink.tail)
+        where = f"\n  Full log: {log}" if log else ""
+        raise LabError(f"{what or command} failed in the VM (exit {result.exited}). Last lines:\n{shown}{where}\n"
+                       f"{fix}".rstrip())
+    return result

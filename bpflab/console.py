@@ -86,7 +86,8 @@ def run(command: list[str], *, current: Step | None = None, log: Path | None = N
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log_file = log.open("a")
-        log_file.write(f"$ {shlex.join(command)}\n")
+        log_file.write(f"$ {shlex.join(command)}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    started = time.monotonic()
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, text=True, errors="replace",
@@ -98,7 +99,7 @@ def run(command: list[str], *, current: Step | None = None, log: Path | None = N
             lines.append(line)
             tail.append(line.rstrip())
             if log_file:
-                log_file.write(line)
+                log_file.write(f"[{time.monotonic() - started:6.1f}s] {line}")
                 log_file.flush()
             if current:
                 current.update(line)

@@ -1,0 +1,46 @@
+"""Fixtures for the real-VM tests: an isolated copy of the project per session.
+
+The libvirt domain name contains a hash of the project folder, so a copy gets
+its own VM and never touches the developer's lab VM in the checkout itself.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ["Vagrantfile", "lab.yaml", "tasks.py", "bpflab", "labs", "bpf", "ansible"]
+
+
+class Project:
+    """A copy of the project with helpers to run its tasks like a user does."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def invoke(self, *args, timeout=1800, check=True):
+        result = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=self.path, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(self.path)})
+        print(f"$ invoke {' '.join(args)}  -> {result.returncode}\n{result.stdout}")
+        if check:
+            assert result.returncode == 0, result.stdout
+        return result
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lab-project")
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, path / name)
+    copy = Project(path)
+    yield copy
+    copy.invoke("lab.destroy", check=False)

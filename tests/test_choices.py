@@ -1,0 +1,93 @@
+"""Provider, acceleration and box choice: pure decisions, tested as tables."""
+
+import dataclasses
+
+import pytest
+
+from bpflab import box, config
+from bpflab.errors import LabError
+from bpflab.vm import choose_acceleration, choose_provider, hardware_virtualization, parse_status
+
+INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\n"
+PARAVIRT = "processor\t: 0\nflags\t\t: fpu vme de pse sse2 hypervisor\n"
+
+
+@pytest.mark.parametrize("cpuinfo, machine, usable, expected", [
+    (INTEL, "x86_64", True, True),
+    (INTEL.replace("vmx", "svm"), "x86_64", True, True),
+    (PARAVIRT, "x86_64", True, False),   # /dev/kvm exists and opens, but no vmx/svm: a trap
+    (INTEL, "x86_64", False, False),
+    ("", "aarch64", True, True),
+    ("", "aarch64", False, False),
+])
+def test_hardware_virtualization(cpuinfo, machine, usable, expected):
+    assert hardware_virtualization(cpuinfo, machine, usable) is expected
+
+
+@pytest.mark.parametrize("setting, hardware, expected", [
+    ("auto", True, "kvm"), ("auto", False, "tcg"), ("tcg", True, "tcg"), ("kvm", True, "kvm"),
+])
+def test_choose_acceleration(setting, hardware, expected):
+    assert choose_acceleration(setting, hardware) == expected
+
+
+def test_forcing_kvm_without_hardware_is_an_error():
+    with pytest.raises(LabError, match="no usable hardware virtualization"):
+        choose_acceleration("kvm", False)
+
+
+@pytest.mark.parametrize("setting, libvirt, virtualbox, expected", [
+    ("auto", True, True, "libvirt"), ("auto", False, True, "virtualbox"),
+    ("virtualbox", True, True, "virtualbox"), ("libvirt", True, False, "libvirt"),
+])
+def test_choose_provider(setting, libvirt, virtualbox, expected):
+    assert choose_provider(setting, libvirt, virtualbox) == expected
+
+
+@pytest.mark.parametrize("setting, libvirt, virtualbox, message", [
+    ("auto", False, False, "host.setup"), ("libvirt", False, True, "host.setup"),
+    ("virtualbox", True, False, "Install VirtualBox"),
+])
+def test_missing_provider_points_to_setup(setting, libvirt, virtualbox, message):
+    with pytest.raises(LabError, match=message):
+        choose_provider(setting, libvirt, virtualbox)
+
+
+def test_parse_status_reads_only_the_lab_machine():
+    text = ("1795538147,lab,metadata,provider,libvirt\n1795538148,lab,provider-name,libvirt\n"
+            "1795538148,lab,state,shutoff\n1795538148,,ui,info,Current machine states:\\n\\nlab shutoff\n")
+    assert parse_status(text) == {"metadata": "provider,libvirt", "provider-name": "libvirt", "state": "shutoff"}
+
+
+def never(_box):
+    raise AssertionError("the catalog must not be asked")
+
+
+@pytest.mark.parametrize("setting, provider, arch, installed, reachable, expected", [
+    ("auto", "libvirt", "amd64", {("generic/ubuntu2204", "libvirt")}, never, "catalog"),
+    ("auto", "libvirt", "amd64", set(), lambda b: True, "catalog"),
+    ("auto", "libvirt", "amd64", set(), lambda b: False, "local"),
+    ("auto", "libvirt", "amd64", {("generic/ubuntu2204", "virtualbox")}, lambda b: False, "local"),
+    ("local", "libvirt", "amd64", {("generic/ubuntu2204", "libvirt")}, never, "local"),
+    ("catalog", "libvirt", "amd64", set(), never, "catalog"),
+])
+def test_box_choice(setting, provider, arch, installed, reachable, expected):
+    kind, why = box.choose(setting, provider, arch, "generic/ubuntu2204", installed, reachable)
+    assert kind == expected and why
+
+
+@pytest.mark.parametrize("setting, provider, arch", [
+    ("auto", "virtualbox", "amd64"), ("auto", "libvirt", "arm64"), ("local", "virtualbox", "amd64"),
+])
+def test_no_local_box_where_it_cannot_run(setting, provider, arch):
+    with pytest.raises(LabError):
+        box.choose(setting, provider, arch, "bento/ubuntu-22.04", set(), lambda b: False)
+
+
+def test_box_recipe_hash_follows_the_recipe():
+    settings = config.load()
+    first = box.Recipe.from_config(settings)
+    assert box.Recipe.from_config(settings).digest == first.digest
+    bigger = dataclasses.replace(settings, local_box=dataclasses.replace(settings.local_box, disk_gb=32))
+    assert box.Recipe.from_config(bigger).digest != first.digest
+    assert first.digest in first.box_name and first.digest in str(first.box_file)

@@ -1,0 +1,29 @@
+"""The command line's contract: expected failures are one message and exit 1."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_bad_lab_yaml_is_a_message_not_a_traceback(tmp_path):
+    bad = tmp_path / "lab.yaml"
+    bad.write_text((ROOT / "lab.yaml").read_text().replace("cpus: 2", "cpus: lots"))
+    result = invoke("lab.status", env={"BPFLAB_CONFIG": str(bad)})
+    assert result.returncode == 1
+    assert f"{bad.name}: vm.cpus: expected an integer from 1 to 64, got 'lots'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_every_documented_task_exists():
+    listing = invoke("--list").stdout
+    for name in ("host.setup", "host.teardown", "box.build", "lab.setup", "lab.up", "lab.halt",
+                 "lab.destroy", "lab.status", "lab.ssh"):
+        assert name in listing

@@ -1,0 +1,86 @@
+"""The lab VM for real: host setup, box, up, SSH over Fabric, halt, up, stale
+leftovers, destroy, and nothing of the test left behind."""
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bpflab import config, connection
+from bpflab.vm import LabVM
+
+pytestmark = pytest.mark.vm
+VIRSH = ["virsh", "-c", "qemu:///system"]
+
+
+def domain_state(domain):
+    result = subprocess.run([*VIRSH, "domstate", domain], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def volume_exists(name):
+    return subprocess.run([*VIRSH, "vol-info", "--pool", "default", name], capture_output=True).returncode == 0
+
+
+def qemu_processes(domain):
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f"guest={domain}".encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:
+            pass
+    return found
+
+
+def remote(project):
+    vm = LabVM(config.load(project.path / "lab.yaml"))
+    return vm, connection.connect(vm)
+
+
+def test_lab_vm_life_cycle(project):
+    timings = {}
+
+    def timed(name, *args):
+        started = time.monotonic()
+        result = project.invoke(*args)
+        timings[name] = round(time.monotonic() - started, 1)
+        return result
+
+    timed("host.setup", "host.setup")
+    timed("box.build", "box.build")
+    assert "is cached" in project.invoke("box.build").stdout
+
+    missing = project.invoke("lab.ssh", check=False)
+    assert missing.returncode == 1 and "invoke lab.up" in missing.stdout and "Traceback" not in missing.stdout
+
+    timed("lab.up (create)", "lab.up")
+    vm, ssh = remote(project)
+    assert domain_state(vm.domain) == "running"
+    kernel = ssh.run("uname -r", hide=True).stdout.strip()
+    assert kernel and ssh.run("sudo true", hide=True).ok
+    status = project.invoke("lab.status").stdout
+    assert "running" in status and vm.domain in status and "ssh" in status
+
+    timed("lab.halt", "lab.halt")
+    assert domain_state(vm.domain) == "shut off"
+    assert not (vm.state_dir / "ssh-config").exists()
+
+    timed("lab.up (start)", "lab.up")
+    _, ssh = remote(project)
+    assert ssh.run("uname -r", hide=True).stdout.strip() == kernel
+
+    # Vagrant forgets the VM (a deleted .vagrant/): the next up clears the stale domain.
+    shutil.rmtree(project.path / ".vagrant" / "machines")
+    recovered = timed("lab.up (over a stale domain)", "lab.up")
+    assert f"Removing the stale libvirt domain {vm.domain}" in recovered.stdout
+    _, ssh = remote(project)
+    assert ssh.run("sudo true", hide=True).ok
+
+    timed("lab.destroy", "lab.destroy")
+    assert domain_state(vm.domain) is None
+    assert not volume_exists(f"{vm.domain}.img")
+    assert qemu_processes(vm.domain) == []
+    print("timings (s):", timings)
