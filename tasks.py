@@ -6,6 +6,7 @@ non-zero exit (bpflab.errors.LabError -> invoke's Exit), never a traceback.
 
 import functools
 import os
+import shlex
 import subprocess
 import sys
 
@@ -13,6 +14,8 @@ from invoke import Collection, Exit, task
 
 from bpflab import box as box_stage
 from bpflab import config, connection, host as host_stage, provision as provision_stage
+from bpflab import run as run_stage
+from bpflab import sync as sync_stage
 from bpflab.console import say
 from bpflab.errors import LabError
 from bpflab.vm import LabVM
@@ -143,6 +146,51 @@ def setup(c):
     say("[green]✓[/green] The lab VM is ready. `invoke lab.ssh` opens a shell in it.")
 
 
+@task
+@friendly
+def sync(c):
+    """Copy labs/ and bpf/ into the VM (only what changed; deletions too)."""
+    vm = lab_vm()
+    difference = sync_stage.push(connection.connect(vm), vm.root)
+    say("Labs in the VM are up to date." if difference.empty else
+        f"Synced: {len(difference.upload)} updated, {len(difference.delete)} deleted.")
+
+
+@task(help={"name": "a lab from `invoke lab.list`, or the path of your own BCC program (.py)",
+            "duration": "stop after this many seconds (0: run until Ctrl-C)",
+            "trigger": "once attached, run the lab's trigger workload in the VM (default: on)",
+            "args": "arguments passed to the program, as one string"})
+@friendly
+def run(c, name, duration=0, trigger=True, args=""):
+    """Run a lab in the VM with live output; saved under runs/."""
+    if duration < 0:
+        raise LabError(f"--duration must be 0 (until Ctrl-C) or a number of seconds, not {duration}.")
+    vm = lab_vm()
+    vm.require_running()
+    remote = connection.connect(vm)
+    target = run_stage.prepare(remote, vm.root, name, run_stage.load_catalog(vm.root))
+    workload = target.lab.trigger if (trigger and target.lab) else None
+    outcome = run_stage.execute(remote, lambda: connection.connect(vm), target, vm.root / "runs", vm.domain,
+                                duration=duration, trigger=workload, args=tuple(shlex.split(args)))
+    run_stage.report(outcome)
+
+
+@task(name="list")
+@friendly
+def list_labs(c):
+    """The lab catalog: name, probe kind, summary."""
+    for lab in run_stage.load_catalog(settings().root).values():
+        print(f"{lab.name:<26}{lab.probe:<16}{lab.summary}")
+
+
+@task
+@friendly
+def runs(c):
+    """The gathered runs, newest first."""
+    for record in run_stage.list_runs(settings().root / "runs"):
+        print(f"{record['folder']:<48}{record['stopped']:<14}exit {record['exit_status']}  {record['lines']} lines")
+
+
 # tests --------------------------------------------------------------------
 
 @task(help={"fast": "only the tests that need no VM (seconds instead of minutes)"})
@@ -160,4 +208,5 @@ def test(c, fast=False):
 ns = Collection(test)
 ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
 ns.add_collection(Collection("box", build=box_build))
-ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, doctor))
+ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, doctor, sync, run,
+                             list_labs, runs))

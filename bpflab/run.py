@@ -1,0 +1,271 @@
+"""Run one lab program in the VM with live output, stop it cleanly, record it.
+
+The program runs under a small shell supervisor in the VM that holds the
+one-lab-at-a-time lock (the trace pipe is shared and reads are destructive)
+and turns a stop request into SIGINT, then SIGTERM, then SIGKILL. Stop requests
+arrive as a signal to that supervisor: from a timer in the VM for --duration,
+or from a second SSH channel when the user presses Ctrl-C, since without a pty
+SSH does not forward Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from fabric import Connection
+
+from . import sync
+from .connection import UNREACHABLE, remote_run
+from .console import say, warn
+from .errors import LabError
+
+READY = re.compile(r"Hit Ctrl-C to end")
+STOP_MARK = "@@bpflab-stopped "
+GRACE_SECONDS = 3
+BUSY_EXIT = 75
+SUPERVISOR = r"""
+exec 9>/run/bpflab-lab.lock
+if ! flock -n 9; then
+  echo "bpflab: another lab program is running in this VM: $(cat /run/bpflab-lab.owner 2>/dev/null)"; exit 75
+fi
+echo "$PROGRAM (since $(date +%T))" > /run/bpflab-lab.owner
+echo $$ > /run/bpflab-lab.pid
+cd "$WORKDIR"
+set -m  # job control: the program gets its own process group and does not ignore SIGINT
+python3 -u "$PROGRAM" "$@" 9>&- < /dev/null &
+child=$!
+set +m
+reason=exited
+stop() {
+  [ "$reason" = exited ] || return 0
+  reason=$1
+  kill -INT $child 2>/dev/null
+  ( for i in $(seq $((GRACE * 10))); do kill -0 $child 2>/dev/null || exit 0; sleep 0.1; done
+    kill -TERM $child 2>/dev/null; sleep $GRACE; kill -KILL $child 2>/dev/null ) 9>&- &
+}
+trap 'stop interrupted' INT TERM HUP
+trap 'stop duration' USR1
+[ "$DURATION" = 0 ] || ( sleep "$DURATION"; kill -USR1 $$ ) 9>&- > /dev/null 2>&1 &
+while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
+leaked=$(grep -c "bcc_$child" /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events 2>/dev/null | awk -F: '{s+=$2} END {print s+0}')
+rm -f /run/bpflab-lab.pid /run/bpflab-lab.owner
+echo "@@bpflab-stopped $reason $status $leaked"
+exit $status
+"""
+
+
+@dataclass
+class Lab:
+    name: str
+    summary: str
+    note: str
+    probe: str
+    trigger: str
+    expect: list
+    reject: list
+
+
+def load_catalog(root: Path) -> dict[str, Lab]:
+    path = root / "labs" / "catalog.yaml"
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise LabError(f"Cannot read the lab catalog {path}: {error}") from None
+    return {name: Lab(name=name, **entry) for name, entry in entries.items()}
+
+
+def resolve(catalog: dict[str, Lab], name: str) -> Lab:
+    if name in catalog:
+        return catalog[name]
+    close = difflib.get_close_matches(name, catalog, n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise LabError(f"There is no lab named {name!r}.{hint} Labs: {', '.join(catalog)}. "
+                   "To run your own program, give its path (for example labs/my-hello.py).")
+
+
+def parse_stop(line: str) -> tuple[str, int, int] | None:
+    """The supervisor's last line: (why it stopped, exit status, leaked probe count)."""
+    if not line.startswith(STOP_MARK):
+        return None
+    reason, status, leaked = line[len(STOP_MARK):].split()
+    return reason, int(status), int(leaked)
+
+
+def run_folder(runs: Path, name: str, now: datetime) -> Path:
+    folder = runs / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
+    suffix = 1
+    candidate = folder
+    while candidate.exists():
+        suffix += 1
+        candidate = folder.with_name(f"{folder.name}-{suffix}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+@dataclass
+class Target:
+    """What to run: a catalog lab (in the synced tree) or a learner's own file."""
+    name: str
+    workdir: str
+    program: str
+    lab: Lab | None = None
+
+
+def prepare(connection: Connection, root: Path, what: str, catalog: dict[str, Lab]) -> Target:
+    """Sync the labs, or the learner's file with the .c files beside it, into the VM."""
+    path = Path(what)
+    if what.endswith(".py") or "/" in what:
+        if not path.is_file():
+            raise LabError(f"{what} does not exist (or is not a file). Give the path of a BCC Python program, "
+                           "or a lab name from `invoke lab.list`.")
+        sync.push(connection, root)
+        folder = path.resolve().parent
+        files = [item.name for item in sorted(folder.iterdir())
+                 if item.is_file() and (item == path.resolve() or item.suffix in (".c", ".h"))]
+        remote = f"{sync.REMOTE_ROOT}/user/{path.stem}"
+        sync.push_files(connection, folder, remote, files, extra={"labkit.py": root / "labs" / "labkit.py"})
+        return Target(path.stem, remote, path.name)
+    lab = resolve(catalog, what)
+    sync.push(connection, root)
+    return Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.py", lab)
+
+
+def vm_facts(connection: Connection) -> dict:
+    """Kernel and BCC version, which also proves the VM is provisioned."""
+    output = remote_run(connection, "uname -r; python3 -c 'import bcc; print(bcc.__version__)' 2>/dev/null || "
+                                    "echo none", what="reading the kernel and BCC version").stdout.split()
+    if len(output) < 2 or output[-1] == "none":
+        raise LabError("BCC is not installed in the lab VM (python3 cannot import bcc). "
+                       "Run `invoke lab.provision` (or `invoke lab.setup`) first.")
+    return {"kernel": output[0], "bcc": output[-1]}
+
+
+@dataclass
+class Outcome:
+    folder: Path
+    record: dict
+    lines: list = field(default_factory=list)
+
+
+def execute(connection: Connection, open_connection, target: Target, runs: Path, vm_name: str, *,
+            duration: int = 0, trigger: str | None = None, args: tuple = (), echo=True) -> Outcome:
+    """Run the target, stream and save its output, and always write run.json.
+
+    `open_connection` makes a second connection for stop requests and the trigger.
+    """
+    facts = vm_facts(connection)
+    started_at = datetime.now(timezone.utc)
+    folder = run_folder(runs, target.name, started_at)
+    log = (folder / "output.log").open("w")
+    lines: list[str] = []
+    state = {"stop": None, "ready_at": None, "first_event_at": None, "trigger_error": None}
+    started = time.monotonic()
+
+    def fire_trigger():
+        try:
+            remote_run(open_connection(), trigger, what="the trigger", check=True)
+        except LabError as error:
+            state["trigger_error"] = str(error)
+
+    def on_line(line: str):
+        stop = parse_stop(line)
+        if stop:
+            state["stop"] = stop
+            return
+        lines.append(line)
+        log.write(line + "\n")
+        log.flush()
+        if echo:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        now = time.monotonic()
+        if state["ready_at"] is None and READY.search(line):
+            state["ready_at"] = now
+            if trigger:
+                threading.Thread(target=fire_trigger, daemon=True).start()
+        elif state["ready_at"] is not None and state["first_event_at"] is None:
+            state["first_event_at"] = now
+
+    env = f"WORKDIR={shlex.quote(target.workdir)} PROGRAM={shlex.quote(target.program)} " \
+          f"DURATION={int(duration)} GRACE={GRACE_SECONDS}"
+    command = f"{env} bash -c {shlex.quote(SUPERVISOR)} supervisor {' '.join(shlex.quote(a) for a in args)}"
+    outcome = {"error": None}
+
+    def body():
+        try:
+            remote_run(connection, command, sudo=True, check=False, on_line=on_line, what=f"lab {target.name}")
+        except LabError as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=body, daemon=True)
+    worker.start()
+    interrupts = 0
+    while worker.is_alive():
+        try:
+            worker.join(0.2)
+        except KeyboardInterrupt:
+            interrupts += 1
+            signal_name = "INT" if interrupts == 1 else "KILL"
+            say(f"\nStopping {target.name} in the VM (SIG{signal_name} to its supervisor)...")
+            try:
+                remote_run(open_connection(), f"test -f /run/bpflab-lab.pid && kill -{signal_name} "
+                                              "$(cat /run/bpflab-lab.pid) || true", sudo=True)
+            except LabError as error:
+                warn(str(error))
+    log.close()
+    ended_at = datetime.now(timezone.utc)
+    reason, status, leaked = state["stop"] or ("connection-lost" if outcome["error"] else "unknown", None, None)
+    if status == BUSY_EXIT and state["ready_at"] is None:
+        reason = "busy"
+    record = {
+        "lab": target.name, "program": target.program, "vm": vm_name, **facts,
+        "start": started_at.isoformat(timespec="seconds"), "end": ended_at.isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - started, 2), "stopped": reason, "exit_status": status,
+        "lines": len(lines), "leaked_probes": leaked, "trigger": trigger, "trigger_error": state["trigger_error"],
+        "time_to_attach_s": round(state["ready_at"] - started, 2) if state["ready_at"] else None,
+        "time_to_first_event_s": round(state["first_event_at"] - state["ready_at"], 2)
+        if state["first_event_at"] else None,
+    }
+    (folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    if outcome["error"]:
+        raise LabError(f"{outcome['error']}\nThe output so far is kept in {folder}.")
+    return Outcome(folder, record, lines)
+
+
+def list_runs(runs: Path) -> list[dict]:
+    """The gathered runs, newest first."""
+    found = []
+    for record in sorted(runs.glob("*/run.json"), reverse=True):
+        try:
+            found.append({"folder": record.parent.name, **json.loads(record.read_text())})
+        except (OSError, json.JSONDecodeError):
+            continue
+    return found
+
+
+def report(outcome: Outcome) -> None:
+    """One closing line; an error (non-zero exit) for a failed program or a leak."""
+    record = outcome.record
+    say(f"[dim]{record['lab']}: {record['stopped']}, exit {record['exit_status']}, {record['lines']} lines, "
+        f"{record['duration_s']}s. Saved in {outcome.folder}[/dim]")
+    if record["stopped"] == "busy":
+        raise LabError("Another lab program is running in the VM (one at a time: they share the trace pipe). "
+                       "Wait for it to finish or stop it, then run again.")
+    if record["leaked_probes"]:
+        raise LabError(f"{record['leaked_probes']} probe(s) of {record['lab']} were left attached in the VM "
+                       "after it stopped. `invoke lab.halt` and `invoke lab.up` clear them.")
+    if record["exit_status"] not in (0, None) and record["stopped"] == "exited":
+        raise LabError(f"{record['lab']} exited with status {record['exit_status']}: see its output above "
+                       f"(also in {outcome.folder / 'output.log'}).")
+    if record["exit_status"] is None:
+        raise LabError(f"{record['lab']} ended without a status ({record['stopped']}). Output kept in {outcome.folder}.")
