@@ -166,7 +166,6 @@ def run(c, name, duration=0, trigger=True, args=""):
     if duration < 0:
         raise LabError(f"--duration must be 0 (until Ctrl-C) or a number of seconds, not {duration}.")
     vm = lab_vm()
-    vm.require_running()
     remote = connection.connect(vm)
     target = run_stage.prepare(remote, vm.root, name, run_stage.load_catalog(vm.root))
     workload = target.lab.trigger if (trigger and target.lab) else None

@@ -84,6 +84,9 @@ class LineSink:
             self.on_line(line)
 
     def flush(self) -> None:
+        """Fabric flushes after every chunk; lines are only complete at a newline."""
+
+    def finish(self) -> None:
         if self.pending:
             self.line(self.pending)
             self.pending = ""
@@ -106,7 +109,7 @@ def remote_run(connection: Connection, command: str, *, current=None, log: Path 
         raise LabError(f"The SSH connection to the lab VM dropped during: {what or command} ({error}). "
                        "Run the same command again: it picks up where it stopped.") from None
     finally:
-        sink.flush()
+        sink.finish()
         if handle:
             handle.close()
     if check and result.exited != 0:

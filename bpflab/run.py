@@ -32,6 +32,9 @@ from .errors import LabError
 READY = re.compile(r"Hit Ctrl-C to end")
 STOP_MARK = "@@bpflab-stopped "
 GRACE_SECONDS = 3
+# --duration counts from "attached" (BCC compiles for seconds first); this VM-side
+# fallback stops the program even if bpflab's host side is gone.
+COMPILE_ALLOWANCE = 120
 BUSY_EXIT = 75
 SUPERVISOR = r"""
 exec 9>/run/bpflab-lab.lock
@@ -55,8 +58,11 @@ stop() {
 }
 trap 'stop interrupted' INT TERM HUP
 trap 'stop duration' USR1
-[ "$DURATION" = 0 ] || ( sleep "$DURATION"; kill -USR1 $$ ) 9>&- > /dev/null 2>&1 &
+timer=
+if [ "$DURATION" != 0 ]; then ( sleep "$DURATION"; kill -USR1 $$ ) 9>&- > /dev/null 2>&1 & timer=$!; fi
 while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
+# A timer still sleeping would hold the SSH channel open.
+[ -z "$timer" ] || { pkill -P $timer; kill $timer; } 2>/dev/null
 leaked=$(grep -c "bcc_$child" /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events 2>/dev/null | awk -F: '{s+=$2} END {print s+0}')
 rm -f /run/bpflab-lab.pid /run/bpflab-lab.owner
 echo "@@bpflab-stopped $reason $status $leaked"
@@ -196,32 +202,46 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
         elif state["ready_at"] is not None and state["first_event_at"] is None:
             state["first_event_at"] = now
 
+    fallback = int(duration) + COMPILE_ALLOWANCE if duration else 0
     env = f"WORKDIR={shlex.quote(target.workdir)} PROGRAM={shlex.quote(target.program)} " \
-          f"DURATION={int(duration)} GRACE={GRACE_SECONDS}"
+          f"DURATION={fallback} GRACE={GRACE_SECONDS}"
     command = f"{env} bash -c {shlex.quote(SUPERVISOR)} supervisor {' '.join(shlex.quote(a) for a in args)}"
     outcome = {"error": None}
+    # An Event, not Thread.join: a join interrupted by Ctrl-C can report the
+    # thread as finished while it still runs.
+    finished = threading.Event()
 
     def body():
         try:
             remote_run(connection, command, sudo=True, check=False, on_line=on_line, what=f"lab {target.name}")
         except LabError as error:
             outcome["error"] = error
+        finally:
+            finished.set()
+
+    def signal_supervisor(name: str):
+        try:
+            remote_run(open_connection(), f"test -f /run/bpflab-lab.pid && kill -{name} "
+                                          "$(cat /run/bpflab-lab.pid) || true", sudo=True)
+        except LabError as error:
+            warn(str(error))
 
     worker = threading.Thread(target=body, daemon=True)
     worker.start()
     interrupts = 0
-    while worker.is_alive():
+    duration_sent = False
+    while not finished.is_set():
         try:
-            worker.join(0.2)
+            finished.wait(0.2)
+            ready_at = state["ready_at"]
+            if duration and ready_at and not duration_sent and time.monotonic() - ready_at >= duration:
+                duration_sent = True
+                signal_supervisor("USR1")
         except KeyboardInterrupt:
             interrupts += 1
             signal_name = "INT" if interrupts == 1 else "KILL"
             say(f"\nStopping {target.name} in the VM (SIG{signal_name} to its supervisor)...")
-            try:
-                remote_run(open_connection(), f"test -f /run/bpflab-lab.pid && kill -{signal_name} "
-                                              "$(cat /run/bpflab-lab.pid) || true", sudo=True)
-            except LabError as error:
-                warn(str(error))
+            signal_supervisor(signal_name)
     log.close()
     ended_at = datetime.now(timezone.utc)
     reason, status, leaked = state["stop"] or ("connection-lost" if outcome["error"] else "unknown", None, None)
