@@ -139,11 +139,12 @@ def doctor(c):
 @task
 @friendly
 def setup(c):
-    """Everything a learner needs: bring the lab VM up and provision it."""
+    """Everything a learner needs: bring the lab VM up, provision it, sync the labs."""
     vm = lab_vm()
     vm.up()
-    provision_vm(vm)
-    say("[green]✓[/green] The lab VM is ready. `invoke lab.ssh` opens a shell in it.")
+    remote = provision_vm(vm)
+    sync_stage.push(remote, vm.root)
+    say("[green]✓[/green] The lab VM is ready and the labs are in it. Try `invoke lab.run hello`.")
 
 
 @task
@@ -172,6 +173,21 @@ def run(c, name, duration=0, trigger=True, args=""):
     outcome = run_stage.execute(remote, lambda: connection.connect(vm), target, vm.root / "runs", vm.domain,
                                 duration=duration, trigger=workload, args=tuple(shlex.split(args)))
     run_stage.report(outcome)
+
+
+@task(optional=["names"], iterable=["names"],
+      help={"names": "labs to check (repeat --names; default: all)", "seconds": "how long each lab runs"})
+@friendly
+def verify(c, names=None, seconds=12):
+    """Run every lab with its trigger and check its expectations: a PASS/FAIL table."""
+    vm = lab_vm()
+    rows = run_stage.verify(connection.connect(vm), lambda: connection.connect(vm), vm.root, vm.domain,
+                            names or [], seconds)
+    summary = run_stage.verify_table(rows, vm.root / "runs")
+    failed = [row["lab"] for row in rows if row["result"] == "FAIL"]
+    if failed:
+        raise LabError(f"{len(failed)} of {len(rows)} labs failed: {', '.join(failed)}. Summary: {summary}")
+    say(f"All {len(rows)} labs passed. Summary: {summary}")
 
 
 @task(name="list")
@@ -208,4 +224,4 @@ ns = Collection(test)
 ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
 ns.add_collection(Collection("box", build=box_build))
 ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, doctor, sync, run,
-                             list_labs, runs))
+                             list_labs, runs, verify))

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import yaml
 from fabric import Connection
-
 from . import sync
 from .connection import UNREACHABLE, remote_run
-from .console import say, warn
+from rich.table import Table
+
+from .console import console, say, warn
 from .errors import LabError
 
 READY = re.compile(r"Hit Ctrl-C to end")
@@ -45,7 +46,7 @@ echo "$PROGRAM (since $(date +%T))" > /run/bpflab-lab.owner
 echo $$ > /run/bpflab-lab.pid
 cd "$WORKDIR"
 set -m  # job control: the program gets its own process group and does not ignore SIGINT
-python3 -u "$PROGRAM" "$@" 9>&- < /dev/null &
+PYTHONDONTWRITEBYTECODE=1 python3 -u "$PROGRAM" "$@" 9>&- < /dev/null &
 child=$!
 set +m
 reason=exited
@@ -289,3 +290,64 @@ def report(outcome: Outcome) -> None:
                        f"(also in {outcome.folder / 'output.log'}).")
     if record["exit_status"] is None:
         raise LabError(f"{record['lab']} ended without a status ({record['stopped']}). Output kept in {outcome.folder}.")
+
+
+def check_expectations(lab: Lab, outcome: Outcome) -> list[str]:
+    """Why a verify run failed (empty when it passed)."""
+    record, problems = outcome.record, []
+    for pattern in lab.expect:
+        if not any(re.search(pattern, line) for line in outcome.lines):
+            problems.append(f"no line matched {pattern!r}")
+    for pattern in lab.reject:
+        bad = next((line for line in outcome.lines if re.search(pattern, line)), None)
+        if bad is not None:
+            problems.append(f"unwanted line {bad.strip()[:60]!r} matched {pattern!r}")
+    if record["stopped"] != "duration":
+        problems.append(f"stopped: {record['stopped']}")
+    if record["exit_status"] != 0:
+        problems.append(f"exit status {record['exit_status']}")
+    if record["leaked_probes"]:
+        problems.append(f"{record['leaked_probes']} probe(s) left attached")
+    if record["trigger_error"]:
+        problems.append("the trigger failed")
+    return problems
+
+
+def verify(connection: Connection, open_connection, root: Path, vm_name: str, names: list[str],
+           seconds: int) -> list[dict]:
+    """Run each lab with its trigger for `seconds` and check the catalog's expectations."""
+    catalog = load_catalog(root)
+    labs = [resolve(catalog, name) for name in names] if names else list(catalog.values())
+    sync.push(connection, root)
+    rows = []
+    for lab in labs:
+        say(f"[bold]{lab.name}[/bold] …")
+        target = Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.py", lab)
+        try:
+            outcome = execute(connection, open_connection, target, root / "runs", vm_name, duration=seconds,
+                              trigger=lab.trigger, echo=False)
+            problems = check_expectations(lab, outcome)
+            record = outcome.record
+        except LabError as error:
+            problems, record = [str(error).splitlines()[0]], {}
+        rows.append({"lab": lab.name, "result": "FAIL" if problems else "PASS", "problems": problems,
+                     "duration_s": record.get("duration_s"), "time_to_attach_s": record.get("time_to_attach_s"),
+                     "time_to_first_event_s": record.get("time_to_first_event_s")})
+        say(f"  {rows[-1]['result']}" + (f": {'; '.join(problems)}" if problems else ""))
+    return rows
+
+
+def verify_table(rows: list[dict], runs: Path) -> Path:
+    """Print the PASS/FAIL table and write it under runs/; return the summary path."""
+    table = Table(title="lab.verify")
+    for column in ("lab", "result", "attach s", "first event s", "total s", "why"):
+        table.add_column(column)
+    for row in rows:
+        colour = "green" if row["result"] == "PASS" else "red"
+        table.add_row(row["lab"], f"[{colour}]{row['result']}[/{colour}]", str(row["time_to_attach_s"]),
+                      str(row["time_to_first_event_s"]), str(row["duration_s"]), "; ".join(row["problems"]))
+    console.print(table)
+    folder = run_folder(runs, "verify", datetime.now(timezone.utc))
+    summary = folder / "summary.json"
+    summary.write_text(json.dumps(rows, indent=2) + "\n")
+    return summary

@@ -77,7 +77,8 @@ def mirror(connection: Connection, files: dict[str, Path], remote_root: str, sco
     """Make `scope` folders under `remote_root` hold exactly `files`; return what was done."""
     quoted = shlex.quote(remote_root)
     listing = remote_run(connection, f"mkdir -p {quoted} && cd {quoted} && "
-                                     f"find {scope} -type f -print0 2>/dev/null | xargs -0 -r sha256sum",
+                                     f"find {scope} -type f -not -path '*/__pycache__/*' -print0 2>/dev/null "
+                                     "| xargs -0 -r sha256sum",
                          what="reading the labs in the VM")
     difference = compare(manifest(files), parse_remote_manifest(listing.stdout))
     if difference.empty:
@@ -91,7 +92,7 @@ def mirror(connection: Connection, files: dict[str, Path], remote_root: str, sco
             bundle.flush()
             connection.put(bundle.name, f"{remote_root}/.sync.tar.gz")
         commands.append("tar -xzf .sync.tar.gz --no-same-owner -m && rm -f .sync.tar.gz")
-    commands.append(f"find {scope} -mindepth 1 -type d -empty -delete 2>/dev/null; true")
+    commands.append(f"{{ find {scope} -mindepth 1 -type d -empty -delete 2>/dev/null || true; }}")
     remote_run(connection, " && ".join(commands), what="updating the labs in the VM")
     return difference
 

@@ -6,6 +6,7 @@ syscall numbers resolved for the VM's own architecture.
 """
 
 import contextlib
+import ctypes
 import glob
 import os
 import re
@@ -69,3 +70,56 @@ def syscall_numbers():
 
 def syscall_names():
     return {number: name for name, number in syscall_numbers().items()}
+
+
+# Syscalls that hello-tail maps to a program that does nothing: the ones every
+# process makes all the time, which would drown the interesting lines.
+QUIET_SYSCALLS = [
+    "read", "write", "close", "fstat", "newfstatat", "lseek", "mmap", "mprotect", "munmap", "brk",
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "ioctl", "pread64", "writev", "readv", "poll", "ppoll",
+    "select", "pselect6", "epoll_wait", "epoll_pwait", "futex", "nanosleep", "clock_nanosleep", "getpid",
+    "gettid", "getuid", "geteuid", "getgid", "getegid", "getppid", "getrandom", "openat", "fcntl", "sendto",
+    "recvfrom", "sendmsg", "recvmsg", "wait4", "clock_gettime", "sched_yield", "statx", "access",
+    "faccessat", "faccessat2", "readlinkat", "getdents64", "prlimit64", "set_robust_list", "rseq",
+    "arch_prctl", "set_tid_address", "dup2", "dup3", "pipe2", "exit_group", "kill", "tgkill",
+    "timerfd_settime", "epoll_ctl", "madvise", "uname", "sysinfo", "getcwd", "chdir", "umask", "socket",
+    "connect", "setsockopt", "getsockopt", "bind", "listen", "accept4", "shutdown", "fadvise64", "clone",
+    "clone3", "vfork", "fork", "inotify_add_watch", "capget", "setresuid", "setresgid", "prctl",
+]
+TIMER_SYSCALLS = ["timer_create", "timer_settime", "timer_gettime", "timer_getoverrun", "timer_delete"]
+
+
+def tail_call_setup(b, program_array="syscall"):
+    """Fill hello-tail's program array by syscall name, for this architecture."""
+    numbers = syscall_numbers()
+    table = b.get_table(program_array)
+    kind = type(b).RAW_TRACEPOINT
+    exec_fn = b.load_func("hello_exec", kind)
+    timer_fn = b.load_func("hello_timer", kind)
+    ignore_fn = b.load_func("ignore_opcode", kind)
+    table[ctypes.c_int(numbers["execve"])] = ctypes.c_int(exec_fn.fd)
+    for name in TIMER_SYSCALLS:
+        table[ctypes.c_int(numbers[name])] = ctypes.c_int(timer_fn.fd)
+    for name in QUIET_SYSCALLS:
+        if name in numbers and numbers[name] < 500:
+            table[ctypes.c_int(numbers[name])] = ctypes.c_int(ignore_fn.fd)
+
+
+def tail_call_cflags():
+    numbers = syscall_numbers()
+    return [f"-DNR_{name}={numbers[name]}" for name in ("timer_create", "timer_delete")]
+
+
+def readable(message, names):
+    """'Another syscall: 39' -> 'Another syscall: 39 (getpid)'."""
+    if message.startswith("Another syscall: "):
+        number = int(message.rsplit(" ", 1)[1])
+        return f"{message} ({names.get(number, '?')})"
+    return message
+
+
+def print_trace_lines(b, names):
+    while True:
+        task, pid, _cpu, _flags, _ts, message = b.trace_fields()
+        text = readable(message.decode(errors="replace"), names)
+        print(f"{task.decode(errors='replace'):<16} {pid:>7}  {text}", flush=True)
