@@ -31,6 +31,9 @@ def friendly(function):
             raise Exit(f"error: {error}", code=1) from None
         except KeyboardInterrupt:
             raise Exit("Interrupted.", code=130) from None
+        except BrokenPipeError:  # output piped into `head` and the like
+            sys.stderr.close()
+            raise Exit(code=0) from None
     return wrapper
 
 
@@ -190,6 +193,35 @@ def verify(c, names=None, seconds=12):
     say(f"All {len(rows)} labs passed. Summary: {summary}")
 
 
+@task(help={"name": "name of your program", "template": "the lab to start from (default: hello)"})
+@friendly
+def new(c, name, template="hello"):
+    """Start your own exercise from a lab: exercises/NAME/NAME.py and NAME.bpf.c."""
+    root = settings().root
+    program = run_stage.new_exercise(root, name, template, run_stage.load_catalog(root))
+    say(f"Created {program.relative_to(root)} and its .bpf.c. Edit them, then: "
+        f"invoke lab.run {program.relative_to(root)}")
+
+
+@task(name="probe-args", help={"probe": "for example tracepoint:syscalls:sys_enter_openat"})
+@friendly
+def probe_args(c, probe):
+    """The arguments of a probe in the VM (bpftrace -lv)."""
+    print(run_stage.probe_arguments(connection.connect(lab_vm()), probe), end="")
+
+
+@task(help={"name": "a BCC tool: execsnoop, opensnoop, ...", "duration": "stop after this many seconds",
+            "args": "arguments for the tool, as one string"})
+@friendly
+def tool(c, name, duration=0, args=""):
+    """Run a tool that BCC ships, in the VM, gathered under runs/ like a lab."""
+    vm = lab_vm()
+    remote = connection.connect(vm)
+    outcome = run_stage.execute(remote, lambda: connection.connect(vm), run_stage.tool_target(remote, name),
+                                vm.root / "runs", vm.domain, duration=duration, args=tuple(shlex.split(args)))
+    run_stage.report(outcome)
+
+
 @task(name="list")
 @friendly
 def list_labs(c):
@@ -224,4 +256,4 @@ ns = Collection(test)
 ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
 ns.add_collection(Collection("box", build=box_build))
 ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, doctor, sync, run,
-                             list_labs, runs, verify))
+                             list_labs, runs, verify, new, probe_args, tool))

@@ -36,11 +36,11 @@ GRACE_SECONDS = 3
 # --duration counts from "attached" (BCC compiles for seconds first); this VM-side
 # fallback stops the program even if bpflab's host side is gone.
 COMPILE_ALLOWANCE = 120
-BUSY_EXIT = 75
 SUPERVISOR = r"""
 exec 9>/run/bpflab-lab.lock
 if ! flock -n 9; then
-  echo "bpflab: another lab program is running in this VM: $(cat /run/bpflab-lab.owner 2>/dev/null)"; exit 75
+  echo "bpflab: another lab program is running in this VM: $(cat /run/bpflab-lab.owner 2>/dev/null)"
+  echo "@@bpflab-stopped busy 75 0"; exit 75
 fi
 echo "$PROGRAM (since $(date +%T))" > /run/bpflab-lab.owner
 echo $$ > /run/bpflab-lab.pid
@@ -50,8 +50,9 @@ PYTHONDONTWRITEBYTECODE=1 python3 -u "$PROGRAM" "$@" 9>&- < /dev/null &
 child=$!
 set +m
 reason=exited
+finished=
 stop() {
-  [ "$reason" = exited ] || return 0
+  [ "$reason" = exited ] && [ -z "$finished" ] || return 0
   reason=$1
   kill -INT $child 2>/dev/null
   ( for i in $(seq $((GRACE * 10))); do kill -0 $child 2>/dev/null || exit 0; sleep 0.1; done
@@ -62,6 +63,7 @@ trap 'stop duration' USR1
 timer=
 if [ "$DURATION" != 0 ]; then ( sleep "$DURATION"; kill -USR1 $$ ) 9>&- > /dev/null 2>&1 & timer=$!; fi
 while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
+finished=1
 # A timer still sleeping would hold the SSH channel open.
 [ -z "$timer" ] || { pkill -P $timer; kill $timer; } 2>/dev/null
 leaked=$(grep -c "bcc_$child" /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events 2>/dev/null | awk -F: '{s+=$2} END {print s+0}')
@@ -126,6 +128,7 @@ class Target:
     workdir: str
     program: str
     lab: Lab | None = None
+    ready: re.Pattern = READY
 
 
 def prepare(connection: Connection, root: Path, what: str, catalog: dict[str, Lab]) -> Target:
@@ -196,7 +199,7 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
         now = time.monotonic()
-        if state["ready_at"] is None and READY.search(line):
+        if state["ready_at"] is None and target.ready.search(line):
             state["ready_at"] = now
             if trigger:
                 threading.Thread(target=fire_trigger, daemon=True).start()
@@ -246,8 +249,6 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
     log.close()
     ended_at = datetime.now(timezone.utc)
     reason, status, leaked = state["stop"] or ("connection-lost" if outcome["error"] else "unknown", None, None)
-    if status == BUSY_EXIT and state["ready_at"] is None:
-        reason = "busy"
     record = {
         "lab": target.name, "program": target.program, "vm": vm_name, **facts,
         "start": started_at.isoformat(timespec="seconds"), "end": ended_at.isoformat(timespec="seconds"),
@@ -274,6 +275,21 @@ def list_runs(runs: Path) -> list[dict]:
     return found
 
 
+COMPILER_ERROR = re.compile(r"^(/\S+?|\S+\.c):(\d+):(\d+): (error|fatal error): ")
+
+
+def compiler_errors(lines: list[str], context: int = 2) -> list[str]:
+    """clang's `file:line:col: error: ...` lines with the source line and caret after each."""
+    shown = []
+    for index, line in enumerate(lines):
+        match = COMPILER_ERROR.match(line)
+        if match:
+            location = f"{Path(match.group(1)).name}:{match.group(2)}:{match.group(3)}"
+            shown.append(f"{location}: {line[match.end() - len(match.group(4)) - 2:].lstrip(': ')}")
+            shown.extend(lines[index + 1:index + 1 + context])
+    return shown
+
+
 def report(outcome: Outcome) -> None:
     """One closing line; an error (non-zero exit) for a failed program or a leak."""
     record = outcome.record
@@ -286,6 +302,11 @@ def report(outcome: Outcome) -> None:
         raise LabError(f"{record['leaked_probes']} probe(s) of {record['lab']} were left attached in the VM "
                        "after it stopped. `invoke lab.halt` and `invoke lab.up` clear them.")
     if record["exit_status"] not in (0, None) and record["stopped"] == "exited":
+        errors = compiler_errors(outcome.lines)
+        if errors:
+            raise LabError(f"{record['lab']}: the BPF program did not compile (BCC calls the .bpf.c file main.c):\n" +
+                           "\n".join(f"    {line}" for line in errors) +
+                           f"\nFix the C code and run it again (full output: {outcome.folder / 'output.log'}).")
         raise LabError(f"{record['lab']} exited with status {record['exit_status']}: see its output above "
                        f"(also in {outcome.folder / 'output.log'}).")
     if record["exit_status"] is None:
@@ -351,3 +372,43 @@ def verify_table(rows: list[dict], runs: Path) -> Path:
     summary = folder / "summary.json"
     summary.write_text(json.dumps(rows, indent=2) + "\n")
     return summary
+
+
+def new_exercise(root: Path, name: str, template: str, catalog: dict[str, Lab]) -> Path:
+    """Copy a lab (both sides) into exercises/<name>/ as the learner's own program."""
+    lab = resolve(catalog, template)
+    if not re.fullmatch(r"[A-Za-z][\w-]*", name):
+        raise LabError(f"{name!r} is not a usable program name: use letters, digits, '-' and '_'.")
+    folder = root / "exercises" / name
+    if folder.exists():
+        raise LabError(f"{folder} already exists: pick another name, or run it with "
+                       f"`invoke lab.run exercises/{name}/{name}.py`.")
+    folder.mkdir(parents=True)
+    program = (root / "labs" / f"{lab.name}.py").read_text()
+    (folder / f"{name}.py").write_text(program.replace(f'labkit.source("{lab.name}")', f'labkit.source("{name}")'))
+    (folder / f"{name}.bpf.c").write_text((root / "bpf" / f"{lab.name}.bpf.c").read_text())
+    return folder / f"{name}.py"
+
+
+def tool_target(connection: Connection, name: str) -> Target:
+    """A BCC tool in the VM: /usr/share/bcc/tools (source build) or <name>-bpfcc (Debian/Ubuntu)."""
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+        raise LabError(f"{name!r} is not a BCC tool name (for example execsnoop, opensnoop).")
+    found = remote_run(connection, f"for p in /usr/share/bcc/tools/{name} /usr/sbin/{name}-bpfcc; do "
+                                   "[ -f $p ] && echo $p && break; done; true").stdout.strip()
+    if not found:
+        raise LabError(f"BCC has no tool named {name!r} in the VM. `invoke lab.ssh`, then "
+                       "`ls /usr/share/bcc/tools /usr/sbin/*-bpfcc` lists them.")
+    folder, program = found.rsplit("/", 1)
+    # BCC's tools print their column header once attached; some never say "Hit Ctrl-C".
+    return Target(name, folder, program, ready=re.compile(r"\S"))
+
+
+def probe_arguments(connection: Connection, probe: str) -> str:
+    if not re.fullmatch(r"[\w:*./-]+", probe):
+        raise LabError(f"{probe!r} is not a probe name such as tracepoint:syscalls:sys_enter_openat.")
+    result = remote_run(connection, f"bpftrace -lv {shlex.quote(probe)}", sudo=True, check=False)
+    if result.exited or not result.stdout.strip():
+        raise LabError(f"bpftrace knows no probe {probe!r} in the VM. List some with "
+                       "`invoke lab.probe-args 'tracepoint:syscalls:*openat*'`.")
+    return result.stdout
