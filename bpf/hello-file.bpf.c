@@ -1,9 +1,9 @@
 // hello-file: the openat tracepoint, attached automatically by its name.
+// The trace pipe already records the command (task name) with every line, so
+// the program only writes the file name.
 TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
-    char command[16];
     char filename[64];
-    bpf_get_current_comm(&command, sizeof(command));
     bpf_probe_read_user_str(&filename, sizeof(filename), args->filename);
-    bpf_trace_printk("%s opened %s", command, filename);
+    bpf_trace_printk("opened %s", filename);
     return 0;
 }
