@@ -9,11 +9,11 @@ import labkit
 def main():
     b = BPF(src_file=labkit.source("hello-file"))  # TRACEPOINT_PROBE attaches itself
     labkit.attached("syscalls:sys_enter_openat (tracepoint)")
-    print(f"{'PID':>7} {'COMMAND':<16} opened FILE", flush=True)
+    print(f"{'PID':>7}  COMMAND opened FILE", flush=True)
     with labkit.until_stopped():
         while True:
-            task, pid, _cpu, _flags, _ts, message = b.trace_fields()
-            print(f"{pid:>7} {task.decode(errors='replace'):<16} {message.decode(errors='replace')}", flush=True)
+            _task, pid, _cpu, _flags, _ts, message = b.trace_fields()
+            print(f"{pid:>7}  {message.decode(errors='replace')}", flush=True)
 
 
 if __name__ == "__main__":
