@@ -1,6 +1,7 @@
 """The lab VM for real: host setup, box, up, SSH over Fabric, halt, up, stale
 leftovers, destroy, and nothing of the test left behind."""
 
+import os
 import shutil
 import subprocess
 import time
@@ -50,6 +51,9 @@ def test_lab_vm_life_cycle(project):
         return result
 
     timed("host.setup", "host.setup")
+    validate = subprocess.run(["vagrant", "validate"], cwd=project.path, capture_output=True, text=True,
+                              env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})
+    assert validate.returncode == 0, validate.stdout + validate.stderr
     timed("box.build", "box.build")
     assert "is cached" in project.invoke("box.build").stdout
 
