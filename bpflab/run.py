@@ -248,7 +248,8 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
             signal_supervisor(signal_name)
     log.close()
     ended_at = datetime.now(timezone.utc)
-    reason, status, leaked = state["stop"] or ("connection-lost" if outcome["error"] else "unknown", None, None)
+    # No status line from the supervisor: the SSH channel ended under it.
+    reason, status, leaked = state["stop"] or ("connection-lost", None, None)
     record = {
         "lab": target.name, "program": target.program, "vm": vm_name, **facts,
         "start": started_at.isoformat(timespec="seconds"), "end": ended_at.isoformat(timespec="seconds"),
@@ -310,7 +311,9 @@ def report(outcome: Outcome) -> None:
         raise LabError(f"{record['lab']} exited with status {record['exit_status']}: see its output above "
                        f"(also in {outcome.folder / 'output.log'}).")
     if record["exit_status"] is None:
-        raise LabError(f"{record['lab']} ended without a status ({record['stopped']}). Output kept in {outcome.folder}.")
+        raise LabError(f"The connection to the lab VM ended before {record['lab']} reported its status (the VM "
+                       f"stopped or the network dropped). The output so far is kept in {outcome.folder}. "
+                       "`invoke lab.status` tells whether the VM still runs; `invoke lab.up` starts it.")
 
 
 def check_expectations(lab: Lab, outcome: Outcome) -> list[str]:
