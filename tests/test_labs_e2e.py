@@ -139,3 +139,76 @@ def test_verify_fails_when_the_kernel_side_does_nothing(lab):
     finally:
         source.write_text(original)
     assert result.returncode == 1 and "FAIL" in result.stdout and "no line matched 'Hello World!'" in result.stdout
+
+
+FAKE_CMAKE = """\
+cmake_minimum_required(VERSION 3.10)
+project(fakebcc C)
+add_library(fakebcc SHARED fake.c)
+install(TARGETS fakebcc LIBRARY DESTINATION lib)
+install(FILES bcc/__init__.py DESTINATION lib/python3/dist-packages/bcc)
+"""
+
+
+def fake_bcc_repository(folder):
+    """A small CMake project standing in for BCC: tags v1, v2 and a broken v3."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True)
+
+    (folder / "bcc").mkdir(parents=True)
+    (folder / "CMakeLists.txt").write_text(FAKE_CMAKE)
+    git("init", "-q")
+    git("config", "user.email", "lab@example.invalid")
+    git("config", "user.name", "bpflab test")
+    for tag, source in (("v1", "int fake(void) { return 1; }\n"), ("v2", "int fake(void) { return 2; }\n"),
+                        ("v3-broken", "int fake(void) { return }\n")):
+        (folder / "fake.c").write_text(source)
+        (folder / "bcc" / "__init__.py").write_text(f"__version__ = 'fake-{tag}'\n")
+        git("add", "-A")
+        git("commit", "-q", "-m", tag)
+        git("tag", tag)
+
+
+def test_bcc_source_build_mechanics(lab, tmp_path):
+    """`bcc.install: source` for real, with a stand-in for BCC's repository (GitHub is
+    unreachable here): clone at a tag, build, install, stamp, skip, rebuild, fail.
+    Runs last: it replaces the distribution's BCC in the VM."""
+    fake_bcc_repository(tmp_path / "fake-bcc")
+    bare = tmp_path / "fake-bcc.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(tmp_path / "fake-bcc"), str(bare)], check=True)
+    subprocess.run(["tar", "-czf", str(tmp_path / "repo.tar.gz"), "-C", str(tmp_path), "fake-bcc.git"], check=True)
+    vm = LabVM(config.load(lab.path / "lab.yaml"))
+    remote = connection.connect(vm)
+    remote.put(str(tmp_path / "repo.tar.gz"), "/tmp/repo.tar.gz")
+    connection.remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv && chown -R root: /srv",
+                          sudo=True)
+
+    settings = lab.path / "lab.yaml"
+    original = settings.read_text()
+
+    def use(version):
+        text = original.replace("install: auto", "install: source")
+        text = text.replace("repository: https://github.com/iovisor/bcc.git", "repository: file:///srv/fake-bcc.git")
+        text = text.replace("version: v0.31.0", f"version: {version}")
+        debian = text.index("    debian-12:")
+        build = text.index("      bcc_build:", debian)
+        end = text.index("      bcc_package:", build)
+        settings.write_text(text[:build] + "      bcc_build: [cmake, make, gcc, libc6-dev, git]\n" + text[end:])
+
+    try:
+        use("v1")
+        first = lab.invoke("lab.provision")
+        assert "Removing the distribution's BCC" in first.stdout and "Building BCC v1" in first.stdout
+        assert "BCC fake-v1" in first.stdout
+        again = lab.invoke("lab.provision")
+        assert "built from source already" in again.stdout and "nothing to do" in again.stdout
+        use("v2")
+        rebuilt = lab.invoke("lab.provision")
+        assert "Building BCC v2" in rebuilt.stdout and "BCC fake-v2" in rebuilt.stdout
+        use("v3-broken")
+        broken = lab.invoke("lab.provision", check=False)
+        assert broken.returncode == 1 and "the BCC build failed in the VM" in broken.stdout
+        assert "error" in broken.stdout and (lab.path / "logs" / "provision.log").exists()
+        assert "Traceback" not in broken.stdout
+    finally:
+        settings.write_text(original)

@@ -63,8 +63,8 @@ def test_lab_vm_life_cycle(project):
     timed("lab.up (create)", "lab.up")
     vm, ssh = remote(project)
     assert domain_state(vm.domain) == "running"
-    kernel = ssh.run("uname -r", hide=True).stdout.strip()
-    assert kernel and ssh.run("sudo true", hide=True).ok
+    kernel = connection.remote_run(ssh, "uname -r").stdout.strip()
+    assert kernel and connection.remote_run(ssh, "sudo -n true", check=False).exited == 0
     status = project.invoke("lab.status").stdout
     assert "running" in status and vm.domain in status and "ssh" in status
 
@@ -74,14 +74,14 @@ def test_lab_vm_life_cycle(project):
 
     timed("lab.up (start)", "lab.up")
     _, ssh = remote(project)
-    assert ssh.run("uname -r", hide=True).stdout.strip() == kernel
+    assert connection.remote_run(ssh, "uname -r").stdout.strip() == kernel
 
     # Vagrant forgets the VM (a deleted .vagrant/): the next up clears the stale domain.
     shutil.rmtree(project.path / ".vagrant" / "machines")
     recovered = timed("lab.up (over a stale domain)", "lab.up")
     assert f"Removing the stale libvirt domain {vm.domain}" in recovered.stdout
     _, ssh = remote(project)
-    assert ssh.run("sudo true", hide=True).ok
+    assert connection.remote_run(ssh, "sudo -n true", check=False).exited == 0
 
     timed("lab.destroy", "lab.destroy")
     assert domain_state(vm.domain) is None
