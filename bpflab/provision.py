@@ -22,7 +22,9 @@ from .console import console, say, step, warn
 from .errors import LabError
 
 STAMP = "/var/lib/bpflab/bcc.json"
-DISTRO_BCC = ["python3-bpfcc", "bpfcc-tools", "libbpfcc", "libbpfcc-dev"]
+# The distribution's BCC parts that collide with a source build (its Python
+# bindings would load the other libbcc). libbpfcc itself stays: bpftrace needs it.
+DISTRO_BCC = ["python3-bpfcc", "bpfcc-tools", "libbpfcc-dev"]
 SOURCE_DIR = "/opt/bpflab/bcc"
 APT_BUSY_NOW = "ps -eo comm= | grep -xE 'apt|apt-get|dpkg|unattended-upgr|apt.systemd.dai'"
 FACTS_SCRIPT = r"""

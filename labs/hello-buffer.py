@@ -22,7 +22,7 @@ def main():
     print(f"{'PID':>7} {'UID':>6} {'COMMAND':<16} MESSAGE", flush=True)
     with labkit.until_stopped():
         while True:
-            b.perf_buffer_poll()
+            b.perf_buffer_poll(timeout=labkit.POLL_MS)
 
 
 if __name__ == "__main__":

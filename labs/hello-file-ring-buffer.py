@@ -19,7 +19,7 @@ def main():
     print(f"{'PID':>7} {'COMMAND':<16} FILE", flush=True)
     with labkit.until_stopped():
         while True:
-            b.ring_buffer_poll()
+            b.ring_buffer_poll(timeout=labkit.POLL_MS)
 
 
 if __name__ == "__main__":

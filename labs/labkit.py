@@ -15,6 +15,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(sys.argv[0] or __file__))
 READY = "Tracing... Hit Ctrl-C to end."
+# Buffer polls return to Python this often, so Ctrl-C and SIGTERM are handled
+# even when no event arrives (a poll without timeout blocks inside C).
+POLL_MS = 200
 
 
 def source(name):
