@@ -21,7 +21,7 @@ def main():
     labkit.attached("execve (kprobe), perf buffer")
     print(f"{'PID':>7} {'UID':>6} {'COMMAND':<16} MESSAGE", flush=True)
     with labkit.until_stopped():
-        while True:
+        while not labkit.stop_requested():
             b.perf_buffer_poll(timeout=labkit.POLL_MS)
 
 

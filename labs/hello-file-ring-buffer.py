@@ -18,7 +18,7 @@ def main():
     labkit.attached("syscalls:sys_enter_openat (tracepoint), ring buffer")
     print(f"{'PID':>7} {'COMMAND':<16} FILE", flush=True)
     with labkit.until_stopped():
-        while True:
+        while not labkit.stop_requested():
             b.ring_buffer_poll(timeout=labkit.POLL_MS)
 
 

@@ -33,16 +33,30 @@ def attached(what):
     print(f"Attached to {what}. {READY}", flush=True)
 
 
+_stop_requested = False
+
+
+def stop_requested():
+    """True once Ctrl-C or SIGTERM arrived. Buffer loops check it: the
+    KeyboardInterrupt is lost when the signal lands inside a ctypes callback
+    (ctypes prints and ignores exceptions raised there)."""
+    return _stop_requested
+
+
 @contextlib.contextmanager
 def until_stopped():
     """Run the body until Ctrl-C or SIGTERM; exit 0 without a traceback either way."""
     def interrupt(signum, frame):
+        global _stop_requested
+        _stop_requested = True
         raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     except KeyboardInterrupt:
-        print("Detaching.", flush=True)
+        pass
+    print("Detaching.", flush=True)
 
 
 NR_DEFINE = re.compile(r"#define\s+__NR(?:3264)?_(\w+)\s+(\d+)\b")
