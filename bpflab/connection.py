@@ -16,7 +16,7 @@ import paramiko
 from fabric import Config as FabricConfig
 from fabric import Connection
 
-from .console import TAIL_LINES
+from .console import TAIL_LINES, failure
 from .errors import LabError
 from .vm import MACHINE, LabVM
 
@@ -113,8 +113,5 @@ def remote_run(connection: Connection, command: str, *, current=None, log: Path 
         if handle:
             handle.close()
     if check and result.exited != 0:
-        shown = "\n".join(f"    {line}" for line in sink.tail)
-        where = f"\n  Full log: {log}" if log else ""
-        raise LabError(f"{what or command} failed in the VM (exit {result.exited}). Last lines:\n{shown}{where}\n"
-                       f"{fix}".rstrip())
+        raise failure(what or command, result.exited, sink.tail, log, fix, where=" in the VM")
     return result

@@ -71,6 +71,13 @@ def step(title: str, done: str | None = None):
     console.print(f"[green]✓[/green] {escape(done or title)} [dim]({current.elapsed:.1f}s)[/dim]")
 
 
+def failure(what: str, code: int, tail, log: Path | None, fix: str, where: str = "") -> LabError:
+    """The one shape of a failed command: what, exit code, last lines, full log, what to do."""
+    shown = "\n".join(f"    {line}" for line in tail)
+    log_line = f"\n  Full log: {log}" if log else ""
+    return LabError(f"{what} failed{where} (exit {code}). Last lines:\n{shown}{log_line}\n{fix}".rstrip())
+
+
 def run(command: list[str], *, current: Step | None = None, log: Path | None = None,
         env: dict | None = None, cwd: Path | None = None, check: bool = True,
         what: str | None = None, fix: str = "") -> subprocess.CompletedProcess:
@@ -113,8 +120,5 @@ def run(command: list[str], *, current: Step | None = None, log: Path | None = N
             log_file.close()
     result = subprocess.CompletedProcess(command, process.returncode, "".join(lines), "")
     if check and process.returncode != 0:
-        shown = "\n".join(f"    {line}" for line in tail)
-        where = f"\n  Full log: {log}" if log else ""
-        raise LabError(f"{what or shlex.join(command)} failed (exit {process.returncode}). Last lines:\n"
-                       f"{shown}{where}\n{fix}".rstrip())
+        raise failure(what or shlex.join(command), process.returncode, tail, log, fix)
     return result
