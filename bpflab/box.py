@@ -26,7 +26,7 @@ from pathlib import Path
 from .config import Config
 from .console import run, say, step
 from .errors import LabError
-from .host import cache_dir, machine_arch, require_tool
+from .host import QUIET_VAGRANT, cache_dir, machine_arch, require_tool
 
 PACKAGES = [
     "linux-image-amd64", "systemd-sysv", "udev", "dbus", "ifupdown", "isc-dhcp-client",
@@ -102,7 +102,7 @@ def insecure_public_key() -> str:
 def installed_boxes() -> set[tuple[str, str]]:
     """(name, provider) of every box Vagrant has."""
     listing = subprocess.run(["vagrant", "box", "list", "--machine-readable"],
-                             capture_output=True, text=True, env=quiet_vagrant_env()).stdout
+                             capture_output=True, text=True, env={**os.environ, **QUIET_VAGRANT}).stdout
     names, providers = [], []
     for line in listing.splitlines():
         fields = line.split(",")
@@ -111,10 +111,6 @@ def installed_boxes() -> set[tuple[str, str]]:
         elif len(fields) >= 4 and fields[2] == "box-provider":
             providers.append(fields[3])
     return set(zip(names, providers))
-
-
-def quiet_vagrant_env() -> dict:
-    return {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1"}
 
 
 def catalog_reachable(box: str, timeout: float = 5.0) -> bool:
@@ -257,6 +253,6 @@ def build(config: Config) -> Recipe:
     else:
         with step(f"Registering {recipe.box_name} with Vagrant") as current:
             run(["vagrant", "box", "add", "--force", "--name", recipe.box_name, str(recipe.box_file)],
-                current=current, env={"VAGRANT_CHECKPOINT_DISABLE": "1"})
+                current=current, env=QUIET_VAGRANT)
     return recipe
 

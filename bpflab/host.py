@@ -22,6 +22,8 @@ from .console import run, say, step
 from .errors import LabError
 
 LIBVIRT_URI = "qemu:///system"
+# Vagrant without its update check (no network here) and without colour codes in logs.
+QUIET_VAGRANT = {"VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1"}
 QEMU_PACKAGE = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 HOST_PACKAGES = [
     "vagrant", "vagrant-libvirt", "libvirt-daemon-system", "libvirt-clients", "qemu-utils",
@@ -124,9 +126,9 @@ def process_alive(pid: int | None) -> bool:
 def ensure_storage_pool() -> None:
     """vagrant-libvirt keeps box images and disks in the pool named `default`."""
     virsh = ["virsh", "-c", LIBVIRT_URI]
-    if subprocess.run([*virsh, "pool-info", "default"], capture_output=True).returncode == 0:
-        state = subprocess.run([*virsh, "pool-info", "default"], capture_output=True, text=True).stdout
-        if "running" not in state:
+    info = subprocess.run([*virsh, "pool-info", "default"], capture_output=True, text=True)
+    if info.returncode == 0:
+        if "running" not in info.stdout:
             run([*virsh, "pool-start", "default"])
         return
     run([*virsh, "pool-define-as", "default", "dir", "--target", "/var/lib/libvirt/images"])

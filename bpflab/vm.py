@@ -18,7 +18,7 @@ from . import box
 from .config import Config
 from .console import run, say, step
 from .errors import LabError
-from .host import LIBVIRT_URI, libvirt_answers
+from .host import LIBVIRT_URI, QUIET_VAGRANT, libvirt_answers
 
 MACHINE = "lab"
 SETUP_HINT = "Run `invoke host.setup` (Debian/Ubuntu) or install Vagrant and a provider as the README says."
@@ -129,7 +129,7 @@ class LabVM:
         (self.state_dir / key).write_text(value + "\n")
 
     def environment(self) -> dict:
-        env = {"VAGRANT_CWD": str(self.root), "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1"}
+        env = {"VAGRANT_CWD": str(self.root), **QUIET_VAGRANT}
         chosen_box = self.remembered("box")
         if chosen_box:
             env["BPFLAB_BOX"] = chosen_box
