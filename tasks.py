@@ -134,6 +134,14 @@ def provision(c):
 
 @task
 @friendly
+def bcc_export(c):
+    """Copy the VM's source-built BCC to the host, for `bcc.install: artifact` on other VMs."""
+    vm = lab_vm()
+    provision_stage.export_bcc(connection.connect(vm), vm.config, vm.root / "logs" / "provision.log")
+
+
+@task
+@friendly
 def doctor(c):
     """Check in the VM what the labs need: kernel features, headers, BCC, bpftrace."""
     provision_stage.require_healthy(provision_stage.doctor(connection.connect(lab_vm())))
@@ -255,5 +263,5 @@ def test(c, fast=False):
 ns = Collection(test)
 ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
 ns.add_collection(Collection("box", build=box_build))
-ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, doctor, sync, run,
+ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, bcc_export, doctor, sync, run,
                              list_labs, runs, verify, new, probe_args, tool))

@@ -89,12 +89,14 @@ SCHEMA: dict[str, Any] = {
     "provision": {
         "apt_lock_timeout": Integer(0, 7200),
         "bcc": {
-            "install": Choice("auto", "source", "package"),
+            "install": Choice("auto", "source", "package", "artifact"),
             "repository": Text(r"(https?|git|file)://\S+|/\S+", "a git URL (https://, git://, file://) or a path"),
             "version": Text(r"[\w.+-]+", "a release tag such as v0.31.0"),
+            "artifacts": Text(r"\S+", "a folder on the host, such as ~/.cache/bpflab/bcc-artifacts"),
         },
         "distributions": {name: {
             "packages": PackageList(), "bcc_build": PackageList(), "bcc_package": PackageList(),
+            "bcc_conflicts": PackageList(),
             "llvm_dir": Text(r"/\S+", "an absolute path"), "optional": PackageList(),
         } for name in DISTRIBUTIONS},
     },
@@ -165,6 +167,11 @@ class Config:
     def root(self) -> Path:
         """The project folder: where the Vagrantfile and .vagrant/ live."""
         return self.path.parent
+
+    @property
+    def bcc_artifacts(self) -> Path:
+        """The host folder of exported BCC builds; `~` expands, relative paths start at lab.yaml."""
+        return self.root / Path(self.provision.bcc["artifacts"]).expanduser()
 
 
 def parse(text: str, path: Path) -> Config:

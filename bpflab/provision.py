@@ -8,6 +8,7 @@ simply run again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -21,11 +22,10 @@ from .connection import remote_run
 from .console import console, say, step, warn
 from .errors import LabError
 
+SCRIPTS = Path(__file__).parent / "scripts"
 STAMP = "/var/lib/bpflab/bcc.json"
-# The distribution's BCC parts that collide with a source build (its Python
-# bindings would load the other libbcc). libbpfcc itself stays: bpftrace needs it.
-DISTRO_BCC = ["python3-bpfcc", "bpfcc-tools", "libbpfcc-dev"]
-SOURCE_DIR = "/opt/bpflab/bcc"
+# Every file a BCC install put in the VM (source build or artifact): what an export packs.
+INSTALLED_FILES = "/var/lib/bpflab/bcc-files.txt"
 APT_BUSY_NOW = "ps -eo comm= | grep -xE 'apt|apt-get|dpkg|unattended-upgr|apt.systemd.dai'"
 FACTS_SCRIPT = r"""
 . /etc/os-release
@@ -82,6 +82,7 @@ class Plan:
     build_bcc: bool
     link_python: bool
     settings: dict
+    artifact: Artifact | None = None
 
 
 def bcc_mode(setting: str, distribution: str) -> str:
@@ -98,10 +99,14 @@ def plan(config: Config, facts: Facts) -> Plan:
     distro = distributions[facts.distribution]
     bcc = config.provision.bcc
     mode = bcc_mode(bcc["install"], facts.distribution)
+    build_settings = {"repository": bcc["repository"], "version": bcc["version"], "llvm_dir": distro["llvm_dir"]}
+    built = facts.stamp.get("built", {})
+    artifact = None
+    if mode == "artifact" and built.get("version") != bcc["version"]:
+        artifact = Artifact.find(config.bcc_artifacts, bcc["version"], facts.distribution, facts.arch)
     wanted = list(distro["packages"]) + [f"linux-headers-{facts.kernel}"]
-    wanted += distro["bcc_build"] if mode == "source" else distro["bcc_package"]
-    build_settings = {"mode": mode, "repository": bcc["repository"], "version": bcc["version"],
-                      "llvm_dir": distro["llvm_dir"]}
+    wanted += {"source": distro["bcc_build"], "package": distro["bcc_package"],
+               "artifact": artifact.runtime_packages if artifact else []}[mode]
     missing = [name for name in dict.fromkeys(wanted) if name not in facts.installed]
     skipped = [name for name in missing if name in distro["optional"] and name in facts.no_candidate]
     return Plan(
@@ -109,10 +114,11 @@ def plan(config: Config, facts: Facts) -> Plan:
         packages=[name for name in missing if name not in skipped],
         optional=set(distro["optional"]),
         skipped=skipped,
-        remove=[name for name in DISTRO_BCC if mode == "source" and name in facts.installed],
-        build_bcc=mode == "source" and facts.stamp != build_settings,
+        remove=[name for name in distro["bcc_conflicts"] if mode in ("source", "artifact") and name in facts.installed],
+        build_bcc=mode == "source" and built != build_settings,
         link_python=facts.python_link not in ("python3", "/usr/bin/python3"),
         settings=build_settings,
+        artifact=artifact,
     )
 
 
@@ -163,26 +169,128 @@ def install_packages(connection: Connection, config: Config, todo: Plan, log: Pa
                        fix="Run `invoke lab.provision` again; it retries what is still missing.")
 
 
+def write_stamp(connection: Connection, built: dict, via: str, facts: Facts, log: Path) -> None:
+    stamp = {"built": built, "via": via, "distribution": facts.distribution, "arch": facts.arch}
+    remote_run(connection, f"mkdir -p {Path(STAMP).parent} && echo {shlex.quote(json.dumps(stamp, sort_keys=True))} "
+                           f"> {STAMP}", sudo=True, log=log)
+
+
+def script(name: str, **environment: str) -> str:
+    """A shell script from bpflab/scripts (shared with the Ansible role), with its variables set first."""
+    assignments = "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in environment.items())
+    return assignments + (SCRIPTS / name).read_text()
+
+
 def build_bcc(connection: Connection, facts: Facts, todo: Plan, log: Path) -> None:
-    """Clone BCC at the pinned tag with its submodules, build, install, stamp."""
+    """Clone BCC at the pinned tag with its submodules, build, install, record its files, stamp."""
     settings = todo.settings
     jobs = make_jobs(facts.cpus, facts.memory_kb)
-    source = f"{SOURCE_DIR}-{settings['version']}"
+    variables = {"REPOSITORY": settings["repository"], "VERSION": settings["version"],
+                 "LLVM_DIR": settings["llvm_dir"], "JOBS": jobs}
     with step(f"Building BCC {settings['version']} from source (make -j{jobs}; long under emulation)") as current:
+        for phase, what, fix in (
+                ("clone", f"git clone of BCC {settings['version']}",
+                 "Check provision.bcc.repository and version in lab.yaml, and the VM's network."),
+                ("build", "the BCC build", "Fix the cause shown above and run `invoke lab.provision` again."),
+                ("record", "listing the files BCC installed", "Run `invoke lab.provision` again.")):
+            remote_run(connection, f"set -- {phase}\n" + script("bcc-build.sh", **variables), sudo=True,
+                       current=current, log=log, what=what, fix=fix)
+        write_stamp(connection, settings, "source", facts, log)
+
+
+@dataclass
+class Artifact:
+    """A BCC build exported to the host: a tarball of its files and what it was built from."""
+    tarball: Path
+    built: dict
+    distribution: str
+    arch: str
+    runtime_packages: list[str]
+    sha256: str
+
+    @staticmethod
+    def stem(version: str, distribution: str, arch: str) -> str:
+        return f"bcc-{version}-{distribution}-{arch}"
+
+    @classmethod
+    def load(cls, metadata: Path) -> Artifact:
+        data = json.loads(metadata.read_text())
+        return cls(metadata.with_suffix(".tar.gz"), data["built"], data["distribution"], data["arch"],
+                   data["runtime_packages"], data["sha256"])
+
+    @classmethod
+    def find(cls, folder: Path, version: str, distribution: str, arch: str) -> Artifact:
+        """The artifact for exactly this version, distribution and architecture, checked, or a clear refusal."""
+        metadata = folder / f"{cls.stem(version, distribution, arch)}.json"
+        if not metadata.exists():
+            present = sorted(path.stem for path in folder.glob("bcc-*.json")) if folder.is_dir() else []
+            raise LabError(
+                f"bcc.install is artifact, but {folder} has no BCC {version} built for {distribution} {arch} "
+                f"({'it has: ' + ', '.join(present) if present else 'it is empty'}). A BCC build only runs on the "
+                "distribution and architecture it was built on. Build it once with `bcc.install: source` "
+                "(each build is exported there), or run `invoke lab.bcc-export` on a VM that has it.")
+        artifact = cls.load(metadata)
+        if (artifact.built.get("version"), artifact.distribution, artifact.arch) != (version, distribution, arch):
+            raise LabError(f"{metadata} describes BCC {artifact.built.get('version')} for {artifact.distribution} "
+                           f"{artifact.arch}, not what its name says. Delete it and export again "
+                           "(`invoke lab.bcc-export`).")
+        if not artifact.tarball.exists() or file_sha256(artifact.tarball) != artifact.sha256:
+            raise LabError(f"{artifact.tarball} is missing or damaged (its checksum does not match {metadata.name}). "
+                           "Delete both files and export again (`invoke lab.bcc-export`).")
+        return artifact
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_bcc(connection: Connection, config: Config, log: Path) -> Path:
+    """Copy the VM's source-built BCC to the host's artifact folder; return the tarball's path."""
+    facts = gather(connection, [])
+    built = facts.stamp.get("built")
+    if not built:
+        raise LabError("The VM has no BCC built from source to export (its BCC comes from the distribution's "
+                       "package, or provisioning has not run). Build it once with `bcc.install: source` in "
+                       "lab.yaml and `invoke lab.provision`.")
+    folder = config.bcc_artifacts
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Artifact.stem(built["version"], facts.distribution, facts.arch)
+    with step(f"Exporting BCC {built['version']} ({facts.distribution} {facts.arch}) to {folder}"):
+        output = remote_run(connection, script("bcc-export.sh"), sudo=True, log=log,
+                            what="packing BCC's files in the VM",
+                            fix="Run `invoke lab.provision` so the VM's BCC install is complete, then export again.")
+        values = dict(line.split("=", 1) for line in output.stdout.splitlines() if "=" in line)
+        partial = folder / f"{stem}.tar.gz.partial"
+        connection.get("/tmp/bpflab-bcc.tar.gz", str(partial))
+        remote_run(connection, "rm -f /tmp/bpflab-bcc.tar.gz /tmp/bpflab-bcc.list", sudo=True, log=log)
+        if file_sha256(partial) != values["sha256"]:
+            partial.unlink()
+            raise LabError("The BCC artifact arrived damaged (checksum mismatch). Run `invoke lab.bcc-export` again.")
+        tarball = partial.with_name(f"{stem}.tar.gz")
+        partial.replace(tarball)
+        metadata = {"built": built, "distribution": facts.distribution, "arch": facts.arch,
+                    "runtime_packages": values["runtime_packages"].split(), "sha256": values["sha256"],
+                    "exported_from_kernel": facts.kernel}
+        (folder / f"{stem}.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    say(f"[green]✓[/green] BCC artifact: {tarball} ({tarball.stat().st_size // 1024} KiB)")
+    return tarball
+
+
+def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, log: Path) -> None:
+    """Unpack an exported BCC build into the VM: the seconds-long alternative to a source build."""
+    with step(f"Installing BCC {artifact.built['version']} from {artifact.tarball.name}"):
+        connection.put(str(artifact.tarball), "/tmp/bpflab-bcc.tar.gz")
         remote_run(connection,
-                   f"rm -rf {source}.partial && git clone --quiet --depth 1 --branch {shlex.quote(settings['version'])} "
-                   f"--recurse-submodules --shallow-submodules {shlex.quote(settings['repository'])} {source}.partial "
-                   f"&& rm -rf {source} && mv {source}.partial {source}",
-                   sudo=True, current=current, log=log, what=f"git clone of BCC {settings['version']}",
-                   fix="Check provision.bcc.repository and version in lab.yaml, and the VM's network.")
-        remote_run(connection,
-                   f"mkdir -p {source}/build && cd {source}/build && "
-                   f"cmake -DCMAKE_INSTALL_PREFIX=/usr -DPYTHON_CMD=python3 "
-                   f"-DLLVM_DIR={shlex.quote(settings['llvm_dir'])} .. && make -j{jobs} && make install && ldconfig",
-                   sudo=True, current=current, log=log, what="the BCC build",
-                   fix="Fix the cause shown above and run `invoke lab.provision` again.")
-        stamp = shlex.quote(json.dumps(settings, sort_keys=True))
-        remote_run(connection, f"mkdir -p {Path(STAMP).parent} && echo {stamp} > {STAMP}", sudo=True, log=log)
+                   f"tar -C / -xzf /tmp/bpflab-bcc.tar.gz && mkdir -p {Path(INSTALLED_FILES).parent} && "
+                   f"tar -tzf /tmp/bpflab-bcc.tar.gz | sed 's|^|/|; s|/$||' > {INSTALLED_FILES} && "
+                   "rm -f /tmp/bpflab-bcc.tar.gz && ldconfig",
+                   sudo=True, log=log, what="unpacking the BCC artifact",
+                   fix="Run `invoke lab.provision` again; if it fails again, export the artifact again.")
+        write_stamp(connection, artifact.built, "artifact", facts, log)
 
 
 def apply(connection: Connection, config: Config, log: Path) -> bool:
@@ -213,30 +321,23 @@ def apply(connection: Connection, config: Config, log: Path) -> bool:
     if todo.build_bcc:
         build_bcc(connection, facts, todo, log)
         changed = True
-    elif todo.bcc_mode == "source":
-        say(f"[green]✓[/green] BCC {todo.settings['version']}: built from source already")
+        try:
+            export_bcc(connection, config, log)
+        except LabError as error:
+            warn(f"BCC is built, but exporting it as an artifact failed: {error}")
+    elif todo.artifact:
+        install_artifact(connection, facts, todo.artifact, log)
+        changed = True
+    elif todo.bcc_mode in ("source", "artifact"):
+        say(f"[green]✓[/green] BCC {todo.settings['version']}: installed already")
     return changed
 
 
-DOCTOR_SCRIPT = r"""
-k=$(uname -r); cfg=/boot/config-$k
-check() { if eval "$2" >/dev/null 2>&1; then echo "$1|ok|$3"; else echo "$1|missing|$4"; fi; }
-echo "kernel|ok|$k $(uname -m)"
-check "BPF syscall" "grep -q '^CONFIG_BPF_SYSCALL=y' $cfg" "CONFIG_BPF_SYSCALL=y" "kernel built without BPF"
-check "kprobes" "grep -q '^CONFIG_KPROBES=y' $cfg && test -e /sys/kernel/tracing/kprobe_events -o -e /sys/kernel/debug/tracing/kprobe_events" "CONFIG_KPROBES=y, kprobe_events" "no kprobes"
-check "BTF" "test -e /sys/kernel/btf/vmlinux" "/sys/kernel/btf/vmlinux" "no /sys/kernel/btf/vmlinux"
-check "tracefs" "test -e /sys/kernel/tracing/trace_pipe -o -e /sys/kernel/debug/tracing/trace_pipe" "trace_pipe" "mount -t tracefs nodev /sys/kernel/tracing"
-check "kernel headers" "test -e /lib/modules/$k/build" "/lib/modules/$k/build" "apt-get install linux-headers-$k"
-v=$(python3 -c 'import bcc; print(bcc.__version__)' 2>/dev/null)
-check "import bcc" "test -n '$v'" "BCC $v" "python3 cannot import bcc"
-b=$(bpftrace --version 2>/dev/null)
-check "bpftrace" "test -n '$b'" "$b" "bpftrace not installed"
-"""
 
 
 def doctor(connection: Connection) -> list[tuple[str, bool, str]]:
     """Check what the labs need in the VM; print a table; return the rows."""
-    output = remote_run(connection, DOCTOR_SCRIPT, sudo=True, what="the lab checks").stdout
+    output = remote_run(connection, script("doctor.sh"), sudo=True, what="the lab checks").stdout
     rows = []
     for line in output.splitlines():
         parts = line.split("|", 2)

@@ -169,46 +169,85 @@ def fake_bcc_repository(folder):
         git("tag", tag)
 
 
-def test_bcc_source_build_mechanics(lab, tmp_path):
-    """`bcc.install: source` for real, with a stand-in for BCC's repository (GitHub is
-    unreachable here): clone at a tag, build, install, stamp, skip, rebuild, fail.
-    Runs last: it replaces the distribution's BCC in the VM."""
-    fake_bcc_repository(tmp_path / "fake-bcc")
-    bare = tmp_path / "fake-bcc.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(tmp_path / "fake-bcc"), str(bare)], check=True)
-    subprocess.run(["tar", "-czf", str(tmp_path / "repo.tar.gz"), "-C", str(tmp_path), "fake-bcc.git"], check=True)
-    vm = LabVM(config.load(lab.path / "lab.yaml"))
-    remote = connection.connect(vm)
-    remote.put(str(tmp_path / "repo.tar.gz"), "/tmp/repo.tar.gz")
-    connection.remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv && chown -R root: /srv",
-                          sudo=True)
-
+@pytest.fixture(scope="module")
+def fake_bcc(lab, tmp_path_factory):
+    """Settings for a stand-in BCC repository served to the VM from /srv, with its own artifact folder."""
+    folder = tmp_path_factory.mktemp("fake-bcc")
+    fake_bcc_repository(folder / "fake-bcc")
+    subprocess.run(["git", "clone", "-q", "--bare", str(folder / "fake-bcc"), str(folder / "fake-bcc.git")],
+                   check=True)
+    subprocess.run(["tar", "-czf", str(folder / "repo.tar.gz"), "-C", str(folder), "fake-bcc.git"], check=True)
     settings = lab.path / "lab.yaml"
     original = settings.read_text()
 
-    def use(version):
-        text = original.replace("install: auto", "install: source")
+    def use(install, version):
+        text = original.replace("install: auto", f"install: {install}")
         text = text.replace("repository: https://github.com/iovisor/bcc.git", "repository: file:///srv/fake-bcc.git")
         text = text.replace("version: v0.31.0", f"version: {version}")
+        text = text.replace("artifacts: ~/.cache/bpflab/bcc-artifacts", f"artifacts: {folder / 'artifacts'}")
         debian = text.index("    debian-12:")
         build = text.index("      bcc_build:", debian)
         end = text.index("      bcc_package:", build)
         settings.write_text(text[:build] + "      bcc_build: [cmake, make, gcc, libc6-dev, git]\n" + text[end:])
 
-    try:
-        use("v1")
-        first = lab.invoke("lab.provision")
-        assert "Removing the distribution's BCC" in first.stdout and "Building BCC v1" in first.stdout
-        assert "BCC fake-v1" in first.stdout
-        again = lab.invoke("lab.provision")
-        assert "built from source already" in again.stdout and "nothing to do" in again.stdout
-        use("v2")
-        rebuilt = lab.invoke("lab.provision")
-        assert "Building BCC v2" in rebuilt.stdout and "BCC fake-v2" in rebuilt.stdout
-        use("v3-broken")
-        broken = lab.invoke("lab.provision", check=False)
-        assert broken.returncode == 1 and "the BCC build failed in the VM" in broken.stdout
-        assert "error" in broken.stdout and (lab.path / "logs" / "provision.log").exists()
-        assert "Traceback" not in broken.stdout
-    finally:
-        settings.write_text(original)
+    use.artifacts = folder / "artifacts"
+    use.repository = folder / "repo.tar.gz"
+    yield use
+    settings.write_text(original)
+
+
+def serve_fake_repository(project, fake_bcc):
+    remote = connection.connect(LabVM(config.load(project.path / "lab.yaml")))
+    remote.put(str(fake_bcc.repository), "/tmp/repo.tar.gz")
+    connection.remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv && chown -R root: /srv",
+                          sudo=True)
+
+
+def test_bcc_source_build_mechanics(lab, fake_bcc):
+    """`bcc.install: source` for real, with a stand-in for BCC's repository (GitHub is
+    unreachable here): clone at a tag, build, install, stamp, export, skip, rebuild, fail.
+    Runs after the labs: it replaces the distribution's BCC in the VM."""
+    serve_fake_repository(lab, fake_bcc)
+    fake_bcc("source", "v1")
+    first = lab.invoke("lab.provision")
+    assert "Removing the distribution's BCC" in first.stdout and "Building BCC v1" in first.stdout
+    assert "BCC fake-v1" in first.stdout and "BCC artifact:" in first.stdout
+    again = lab.invoke("lab.provision")
+    assert "installed already" in again.stdout and "nothing to do" in again.stdout
+    fake_bcc("source", "v2")
+    rebuilt = lab.invoke("lab.provision")
+    assert "Building BCC v2" in rebuilt.stdout and "BCC fake-v2" in rebuilt.stdout
+    assert sorted(path.name for path in fake_bcc.artifacts.glob("*.json")) == [
+        "bcc-v1-debian-12-amd64.json", "bcc-v2-debian-12-amd64.json"]
+    fake_bcc("source", "v3-broken")
+    broken = lab.invoke("lab.provision", check=False)
+    assert broken.returncode == 1 and "the BCC build failed in the VM" in broken.stdout
+    assert "error" in broken.stdout and (lab.path / "logs" / "provision.log").exists()
+    assert "Traceback" not in broken.stdout
+
+
+def test_bcc_artifact_installs_into_a_fresh_vm(lab, fake_bcc):
+    """`bcc.install: artifact`: export the VM's BCC (fake v2, from the test above), destroy
+    the VM, and install the artifact into a brand-new one, whose checks then pass."""
+    for artifact in fake_bcc.artifacts.iterdir():
+        artifact.unlink()
+    fake_bcc("source", "v2")
+    exported = lab.invoke("lab.bcc-export")
+    assert "Exporting BCC v2 (debian-12 amd64)" in exported.stdout
+    metadata = json.loads((fake_bcc.artifacts / "bcc-v2-debian-12-amd64.json").read_text())
+    assert metadata["built"]["version"] == "v2" and "libc6" in metadata["runtime_packages"]
+    listing = subprocess.run(["tar", "-tzf", str(fake_bcc.artifacts / "bcc-v2-debian-12-amd64.tar.gz")],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert "usr/lib/libfakebcc.so" in listing and "usr/lib/python3/dist-packages/bcc/__init__.py" in listing
+
+    lab.invoke("lab.destroy")
+    fake_bcc("artifact", "v2")
+    fresh = lab.invoke("lab.setup")
+    assert "Installing BCC v2 from bcc-v2-debian-12-amd64.tar.gz" in fresh.stdout
+    assert "Building BCC" not in fresh.stdout and "BCC fake-v2" in fresh.stdout and "missing" not in fresh.stdout
+    assert "nothing to do" in lab.invoke("lab.provision").stdout
+
+    fake_bcc("artifact", "v9")
+    refused = lab.invoke("lab.provision", check=False)
+    assert refused.returncode == 1 and "has no BCC v9 built for debian-12 amd64" in refused.stdout
+    assert "bcc-v2-debian-12-amd64" in refused.stdout and "Traceback" not in refused.stdout

@@ -1,0 +1,86 @@
+"""Provisioning decisions from the VM's facts, and the BCC artifact checks (pure logic)."""
+
+import hashlib
+import json
+
+import pytest
+
+from bpflab import config, provision
+from bpflab.errors import LabError
+
+PACKAGE_STAMP = {}
+BUILT_V31 = {"repository": "https://github.com/iovisor/bcc.git", "version": "v0.31.0",
+             "llvm_dir": "/usr/lib/llvm-14/lib/cmake/llvm"}
+
+
+def settings(tmp_path, install, version="v0.31.0"):
+    text = config.DEFAULT_PATH.read_text().replace("install: auto", f"install: {install}")
+    text = text.replace("version: v0.31.0", f"version: {version}")
+    text = text.replace("artifacts: ~/.cache/bpflab/bcc-artifacts", "artifacts: artifacts")
+    path = tmp_path / "lab.yaml"
+    path.write_text(text)
+    return config.load(path)
+
+
+def facts(stamp=PACKAGE_STAMP, installed=()):
+    return provision.Facts("debian-12", "amd64", "6.1.0-28-amd64", 2, 2_000_000, "python3", stamp,
+                           set(installed))
+
+
+def export(folder, version="v0.31.0", distribution="debian-12", arch="amd64", runtime=("libelf1",), content=b"bcc"):
+    folder.mkdir(exist_ok=True)
+    stem = provision.Artifact.stem(version, distribution, arch)
+    (folder / f"{stem}.tar.gz").write_bytes(content)
+    metadata = {"built": {**BUILT_V31, "version": version}, "distribution": distribution, "arch": arch,
+                "runtime_packages": list(runtime), "sha256": hashlib.sha256(content).hexdigest()}
+    (folder / f"{stem}.json").write_text(json.dumps(metadata))
+    return folder / f"{stem}.json"
+
+
+def test_artifact_mode_installs_the_artifact_and_its_runtime_libraries(tmp_path):
+    lab = settings(tmp_path, "artifact")
+    export(tmp_path / "artifacts")
+    todo = provision.plan(lab, facts(installed=["python3-bpfcc", "bpftrace"]))
+    assert todo.artifact and todo.artifact.built["version"] == "v0.31.0" and not todo.build_bcc
+    assert "libelf1" in todo.packages and "cmake" not in todo.packages and "python3-bpfcc" not in todo.packages
+    assert todo.remove == ["python3-bpfcc"]
+
+
+def test_artifact_mode_is_satisfied_by_any_bcc_of_that_version(tmp_path):
+    lab = settings(tmp_path, "artifact")  # no artifact on the host: not needed
+    for via in ("source", "artifact"):
+        todo = provision.plan(lab, facts(stamp={"built": BUILT_V31, "via": via}))
+        assert todo.artifact is None and not todo.build_bcc
+
+
+def test_source_mode_rebuilds_only_when_the_build_settings_change(tmp_path):
+    assert not provision.plan(settings(tmp_path, "source"), facts(stamp={"built": BUILT_V31})).build_bcc
+    assert provision.plan(settings(tmp_path, "source", "v0.32.0"), facts(stamp={"built": BUILT_V31})).build_bcc
+
+
+def test_a_missing_artifact_is_refused_naming_what_is_there(tmp_path):
+    export(tmp_path / "artifacts", distribution="ubuntu-22.04")
+    with pytest.raises(LabError) as refused:
+        provision.plan(settings(tmp_path, "artifact"), facts())
+    message = str(refused.value)
+    assert "no BCC v0.31.0 built for debian-12 amd64" in message
+    assert "bcc-v0.31.0-ubuntu-22.04-amd64" in message and "lab.bcc-export" in message
+
+
+def test_an_artifact_whose_metadata_disagrees_with_its_name_is_refused(tmp_path):
+    metadata = export(tmp_path / "artifacts")
+    data = json.loads(metadata.read_text())
+    metadata.write_text(json.dumps({**data, "arch": "arm64"}))
+    with pytest.raises(LabError, match="not what its name says"):
+        provision.plan(settings(tmp_path, "artifact"), facts())
+
+
+def test_a_damaged_artifact_is_refused(tmp_path):
+    metadata = export(tmp_path / "artifacts")
+    metadata.with_suffix(".tar.gz").write_bytes(b"truncated")
+    with pytest.raises(LabError, match="missing or damaged"):
+        provision.plan(settings(tmp_path, "artifact"), facts())
+
+
+def test_artifact_folder_follows_lab_yaml(tmp_path):
+    assert settings(tmp_path, "artifact").bcc_artifacts == tmp_path / "artifacts"
