@@ -9,6 +9,9 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
+
+import yaml
 
 from invoke import Collection, Exit, task
 
@@ -142,6 +145,17 @@ def bcc_export(c):
 
 @task
 @friendly
+def inventory(c, output=""):
+    """Write the lab VM as an Ansible inventory, for `ansible-playbook -i FILE ansible/site.yml`."""
+    vm = lab_vm()
+    path = Path(output) if output else vm.state_dir / "inventory.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(connection.ansible_inventory(vm), sort_keys=False))
+    say(f"Wrote {path}. Provision with Ansible: ansible-playbook -i {path} ansible/site.yml")
+
+
+@task
+@friendly
 def doctor(c):
     """Check in the VM what the labs need: kernel features, headers, BCC, bpftrace."""
     provision_stage.require_healthy(provision_stage.doctor(connection.connect(lab_vm())))
@@ -263,5 +277,5 @@ def test(c, fast=False):
 ns = Collection(test)
 ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
 ns.add_collection(Collection("box", build=box_build))
-ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, bcc_export, doctor, sync, run,
-                             list_labs, runs, verify, new, probe_args, tool))
+ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision, bcc_export, inventory, doctor,
+                             sync, run, list_labs, runs, verify, new, probe_args, tool))

@@ -34,6 +34,17 @@ def parse_ssh_config(text: str) -> dict:
             "identity": (options.get("identityfile") or [None])[0]}
 
 
+def ansible_inventory(vm: LabVM) -> dict:
+    """The lab VM as an Ansible YAML inventory: the endpoint Fabric uses, for `ansible-playbook -i`."""
+    endpoint = parse_ssh_config(vm.ssh_config())
+    return {"all": {"hosts": {vm.config.vm.name: {
+        "ansible_host": endpoint["host"], "ansible_port": endpoint["port"], "ansible_user": endpoint["user"],
+        "ansible_ssh_private_key_file": endpoint["identity"],
+        # A Vagrant VM gets a new host key each time it is created; fleet hosts are checked.
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+    }}}}
+
+
 def from_ssh_config(text: str) -> Connection:
     config = FabricConfig(ssh_config=paramiko.SSHConfig.from_text(text))
     return Connection(MACHINE, config=config, connect_timeout=CONNECT_TIMEOUT)

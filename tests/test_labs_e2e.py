@@ -1,6 +1,8 @@
 """The learner's loop for real, on a provisioned VM: setup, run, stop, gather, verify."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +48,25 @@ def test_provisioning_again_changes_nothing(lab):
     for check in ("BPF syscall", "kprobes", "BTF", "tracefs", "kernel headers", "import bcc", "bpftrace"):
         assert check in again.stdout
     assert "missing" not in again.stdout
+
+
+def ansible_playbook(project):
+    """`ansible-playbook ansible/site.yml` against the lab VM, through `lab.inventory`; the changed count."""
+    project.invoke("lab.inventory")
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", ".vagrant/bpflab/inventory.yml",
+         "ansible/site.yml"], cwd=project.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, timeout=1800, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout
+    recap = re.search(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)
+    assert recap, result.stdout
+    return int(recap.group(1))
+
+
+def test_ansible_finds_nothing_to_do_after_fabric(lab):
+    """The playbook reads the same lab.yaml: on a VM that `lab.setup` provisioned it changes nothing."""
+    assert ansible_playbook(lab) == 0
 
 
 def test_sync_without_changes_is_a_no_op(lab):
@@ -226,9 +247,8 @@ def test_bcc_source_build_mechanics(lab, fake_bcc):
     assert "Traceback" not in broken.stdout
 
 
-def test_bcc_artifact_installs_into_a_fresh_vm(lab, fake_bcc):
-    """`bcc.install: artifact`: export the VM's BCC (fake v2, from the test above), destroy
-    the VM, and install the artifact into a brand-new one, whose checks then pass."""
+def test_bcc_export_packs_the_build_and_its_runtime_needs(lab, fake_bcc):
+    """`lab.bcc-export` by hand (v2 is still installed: the v3 build failed)."""
     for artifact in fake_bcc.artifacts.iterdir():
         artifact.unlink()
     fake_bcc("source", "v2")
@@ -240,11 +260,27 @@ def test_bcc_artifact_installs_into_a_fresh_vm(lab, fake_bcc):
                              capture_output=True, text=True, check=True).stdout.split()
     assert "usr/lib/libfakebcc.so" in listing and "usr/lib/python3/dist-packages/bcc/__init__.py" in listing
 
+
+def test_ansible_provisions_a_fresh_vm(lab):
+    """A new VM provisioned only by `ansible-playbook` (package mode): the checks and labs pass,
+    and a second playbook run changes nothing."""
     lab.invoke("lab.destroy")
+    lab.invoke("lab.up")
+    assert ansible_playbook(lab) > 0
+    assert "missing" not in lab.invoke("lab.doctor").stdout
+    assert "All 2 labs passed" in lab.invoke("lab.verify", "--names", "hello", "--names", "hello-tail").stdout
+    assert ansible_playbook(lab) == 0
+
+
+def test_bcc_artifact_installs_into_a_vm_that_never_built_it(lab, fake_bcc):
+    """`bcc.install: artifact`: the exported fake v2 goes into the new VM (which has only
+    Debian's BCC) in place of a build, and the checks pass; a missing version is refused."""
     fake_bcc("artifact", "v2")
-    fresh = lab.invoke("lab.setup")
-    assert "Installing BCC v2 from bcc-v2-debian-12-amd64.tar.gz" in fresh.stdout
-    assert "Building BCC" not in fresh.stdout and "BCC fake-v2" in fresh.stdout and "missing" not in fresh.stdout
+    installed = lab.invoke("lab.provision")
+    assert "Removing the distribution's BCC" in installed.stdout
+    assert "Installing BCC v2 from bcc-v2-debian-12-amd64.tar.gz" in installed.stdout
+    assert "Building BCC" not in installed.stdout and "BCC fake-v2" in installed.stdout
+    assert "missing" not in installed.stdout
     assert "nothing to do" in lab.invoke("lab.provision").stdout
 
     fake_bcc("artifact", "v9")
