@@ -16,10 +16,10 @@ import yaml
 from invoke import Collection, Exit, task
 
 from bpflab import box as box_stage
-from bpflab import config, connection, host as host_stage, provision as provision_stage
+from bpflab import config, connection, fleet, host as host_stage, provision as provision_stage
 from bpflab import run as run_stage
 from bpflab import sync as sync_stage
-from bpflab.console import say
+from bpflab.console import console, say
 from bpflab.errors import LabError
 from bpflab.vm import LabVM
 
@@ -122,7 +122,7 @@ def ssh(c):
 def provision_vm(vm):
     remote = connection.connect(vm)
     log = vm.root / "logs" / "provision.log"
-    changed = provision_stage.apply(remote, vm.config, log)
+    changed, _ = provision_stage.apply(remote, vm.config, log)
     say("Provisioning changed the VM." if changed else "Provisioning: nothing to do, the VM was up to date.")
     provision_stage.require_healthy(provision_stage.doctor(remote))
     return remote
@@ -161,10 +161,17 @@ def doctor(c):
     provision_stage.require_healthy(provision_stage.doctor(connection.connect(lab_vm())))
 
 
-@task
+INVENTORY_HELP = "an Ansible YAML inventory: do it on every host in it, at once"
+
+
+@task(help={"inventory": INVENTORY_HELP})
 @friendly
-def setup(c):
+def setup(c, inventory=""):
     """Everything a learner needs: bring the lab VM up, provision it, sync the labs."""
+    if inventory:
+        results = fleet.setup(fleet.load_inventory(inventory), settings(), settings().root)
+        fleet.require_all(results, [], "are ready")
+        return
     vm = lab_vm()
     vm.up()
     remote = provision_vm(vm)
@@ -185,12 +192,23 @@ def sync(c):
 @task(help={"name": "a lab from `invoke lab.list`, or the path of your own BCC program (.py)",
             "duration": "stop after this many seconds (0: run until Ctrl-C)",
             "trigger": "once attached, run the lab's trigger workload in the VM (default: on)",
-            "args": "arguments passed to the program, as one string"})
+            "args": "arguments passed to the program, as one string", "inventory": INVENTORY_HELP})
 @friendly
-def run(c, name, duration=0, trigger=True, args=""):
+def run(c, name, duration=0, trigger=True, args="", inventory=""):
     """Run a lab in the VM with live output; saved under runs/."""
     if duration < 0:
         raise LabError(f"--duration must be 0 (until Ctrl-C) or a number of seconds, not {duration}.")
+    if inventory:
+        results, folder = fleet.run_everywhere(fleet.load_inventory(inventory), settings().root, name, duration,
+                                               trigger, tuple(shlex.split(args)))
+        for host, result in results.items():
+            if result.ok:
+                say(f"[dim]{host}: {result.value['stopped']}, exit {result.value['exit_status']}, "
+                    f"{result.value['lines']} lines[/dim]")
+        bad_exits = [f"{host}: exit status {result.value['exit_status']} (see {folder / host / 'output.log'})"
+                     for host, result in results.items() if result.ok and result.value["exit_status"] != 0]
+        fleet.require_all(results, bad_exits, f"ran {name}; output gathered in {folder}")
+        return
     vm = lab_vm()
     remote = connection.connect(vm)
     target = run_stage.prepare(remote, vm.root, name, run_stage.load_catalog(vm.root))
@@ -201,10 +219,17 @@ def run(c, name, duration=0, trigger=True, args=""):
 
 
 @task(optional=["names"], iterable=["names"],
-      help={"names": "labs to check (repeat --names; default: all)", "seconds": "how long each lab runs"})
+      help={"names": "labs to check (repeat --names; default: all)", "seconds": "how long each lab runs",
+            "inventory": INVENTORY_HELP + " (a host x lab table)"})
 @friendly
-def verify(c, names=None, seconds=12):
+def verify(c, names=None, seconds=12, inventory=""):
     """Run every lab with its trigger and check its expectations: a PASS/FAIL table."""
+    if inventory:
+        results, folder = fleet.verify(fleet.load_inventory(inventory), settings().root, names or [], seconds)
+        table, failed_cells = fleet.verify_matrix(results)
+        console.print(table)
+        fleet.require_all(results, failed_cells, f"passed every lab (summary: {folder / 'summary.json'})")
+        return
     vm = lab_vm()
     rows = run_stage.verify(connection.connect(vm), lambda: connection.connect(vm), vm.root, vm.domain,
                             names or [], seconds)

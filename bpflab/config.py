@@ -87,6 +87,7 @@ SCHEMA: dict[str, Any] = {
         "disk_gb": Integer(4, 512),
     },
     "provision": {
+        "in_vagrant": Choice("none", "ansible_local"),
         "apt_lock_timeout": Integer(0, 7200),
         "bcc": {
             "install": Choice("auto", "source", "package", "artifact"),
@@ -151,6 +152,7 @@ class LocalBoxSettings:
 
 @dataclass(frozen=True)
 class ProvisionSettings:
+    in_vagrant: str
     apt_lock_timeout: int
     bcc: dict
     distributions: dict

@@ -11,12 +11,15 @@ import collections
 import os
 import shlex
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
+from rich.table import Table
 
 from .errors import LabError
 
@@ -24,12 +27,69 @@ console = Console(stderr=True, highlight=False)
 TAIL_LINES = 15
 
 
+class Board:
+    """One progress line per host while hosts work in parallel: a live table on a
+    terminal, `host: ...` lines in logs. Threads find it through `for_host`."""
+
+    def __init__(self, hosts: list[str]):
+        self.rows = {host: "[dim]waiting[/dim]" for host in hosts}
+        self.lock = threading.Lock()
+        self.live = Live(self.render(), console=console, refresh_per_second=4) if console.is_terminal else None
+
+    def render(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        for host, text in self.rows.items():
+            table.add_row(f"[bold]{escape(host)}[/bold]", text)
+        return table
+
+    def __enter__(self):
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.stop()
+
+    def show(self, host: str, text: str) -> None:
+        """Replace the host's live line (terminal only: logs get the notes)."""
+        with self.lock:
+            self.rows[host] = text
+            if self.live:
+                self.live.update(self.render())
+
+    def note(self, host: str, text: str) -> None:
+        """A lasting line, prefixed with the host."""
+        console.print(f"[bold]{escape(host)}[/bold]: {text}")
+
+
+_thread = threading.local()
+
+
+@contextmanager
+def for_host(host: str, board: Board):
+    """In this thread, send say/warn/step output to the host's line on the board."""
+    _thread.host, _thread.board = host, board
+    try:
+        yield
+    finally:
+        _thread.host = _thread.board = None
+
+
+def _board():
+    return getattr(_thread, "board", None), getattr(_thread, "host", None)
+
+
 def say(message: str) -> None:
-    console.print(message)
+    board, host = _board()
+    if board:
+        board.note(host, message)
+    else:
+        console.print(message)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]![/yellow] {escape(message)}")
+    say(f"[yellow]![/yellow] {escape(message)}")
 
 
 class Step:
@@ -39,22 +99,30 @@ class Step:
         self.title = title
         self.started = time.monotonic()
         self.status = None
+        self.board, self.host = _board()
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def update(self, detail: str) -> None:
-        if self.status is not None:
-            detail = escape(detail.strip()[:100])
-            self.status.update(f"{escape(self.title)} [dim]{self.elapsed:.0f}s  {detail}[/dim]")
+        detail = escape(detail.strip()[:100])
+        line = f"{escape(self.title)} [dim]{self.elapsed:.0f}s  {detail}[/dim]"
+        if self.board:
+            self.board.show(self.host, line)
+        elif self.status is not None:
+            self.status.update(line)
 
 
 @contextmanager
 def step(title: str, done: str | None = None):
     """Run a block as a visible step; print how long it took or that it failed."""
     current = Step(title)
-    if console.is_terminal:
+    if current.board:
+        current.board.show(current.host, f"… {escape(title)}")
+        if not console.is_terminal:
+            current.board.note(current.host, f"… {escape(title)}")
+    elif console.is_terminal:
         current.status = console.status(escape(title))
         current.status.start()
     else:
@@ -64,11 +132,11 @@ def step(title: str, done: str | None = None):
     except BaseException:
         if current.status:
             current.status.stop()
-        console.print(f"[red]✗[/red] {escape(title)} [dim]({current.elapsed:.1f}s)[/dim]")
+        say(f"[red]✗[/red] {escape(title)} [dim]({current.elapsed:.1f}s)[/dim]")
         raise
     if current.status:
         current.status.stop()
-    console.print(f"[green]✓[/green] {escape(done or title)} [dim]({current.elapsed:.1f}s)[/dim]")
+    say(f"[green]✓[/green] {escape(done or title)} [dim]({current.elapsed:.1f}s)[/dim]")
 
 
 def failure(what: str, code: int, tail, log: Path | None, fix: str, where: str = "") -> LabError:

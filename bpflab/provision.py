@@ -293,8 +293,8 @@ def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, l
         write_stamp(connection, artifact.built, "artifact", facts, log)
 
 
-def apply(connection: Connection, config: Config, log: Path) -> bool:
-    """Provision the VM; True when something changed."""
+def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]:
+    """Provision the VM; whether something changed, and how BCC was installed."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with step("Reading the VM's state"):
         optional = sorted({name for distro in config.provision.distributions.values() for name in distro["optional"]})
@@ -330,19 +330,21 @@ def apply(connection: Connection, config: Config, log: Path) -> bool:
         changed = True
     elif todo.bcc_mode in ("source", "artifact"):
         say(f"[green]✓[/green] BCC {todo.settings['version']}: installed already")
-    return changed
+    return changed, todo.bcc_mode
 
 
 
 
-def doctor(connection: Connection) -> list[tuple[str, bool, str]]:
-    """Check what the labs need in the VM; print a table; return the rows."""
+def doctor(connection: Connection, show: bool = True) -> list[tuple[str, bool, str]]:
+    """Check what the labs need in the VM; print a table (if `show`); return the rows."""
     output = remote_run(connection, script("doctor.sh"), sudo=True, what="the lab checks").stdout
     rows = []
     for line in output.splitlines():
         parts = line.split("|", 2)
         if len(parts) == 3:
             rows.append((parts[0], parts[1] == "ok", parts[2]))
+    if not show:
+        return rows
     table = Table(title="What the labs need, checked in the VM")
     for column in ("check", "result", "detail"):
         table.add_column(column)

@@ -167,15 +167,26 @@ class Outcome:
     lines: list = field(default_factory=list)
 
 
+def print_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def execute(connection: Connection, open_connection, target: Target, runs: Path, vm_name: str, *,
-            duration: int = 0, trigger: str | None = None, args: tuple = (), echo=True) -> Outcome:
+            duration: int = 0, trigger: str | None = None, args: tuple = (), echo=print_line,
+            folder: Path | None = None, stop: threading.Event | None = None) -> Outcome:
     """Run the target, stream and save its output, and always write run.json.
 
     `open_connection` makes a second connection for stop requests and the trigger.
+    `echo` shows each line (None: silent); `folder` overrides the run's folder under
+    `runs`; setting `stop` from another thread stops the program as Ctrl-C does.
     """
     facts = vm_facts(connection)
     started_at = datetime.now(timezone.utc)
-    folder = run_folder(runs, target.name, started_at)
+    if folder:
+        folder.mkdir(parents=True)
+    else:
+        folder = run_folder(runs, target.name, started_at)
     log = (folder / "output.log").open("w")
     lines: list[str] = []
     state = {"stop": None, "ready_at": None, "first_event_at": None, "trigger_error": None}
@@ -196,8 +207,7 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
         log.write(line + "\n")
         log.flush()
         if echo:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            echo(line)
         now = time.monotonic()
         if state["ready_at"] is None and target.ready.search(line):
             state["ready_at"] = now
@@ -241,6 +251,9 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
             if duration and ready_at and not duration_sent and time.monotonic() - ready_at >= duration:
                 duration_sent = True
                 signal_supervisor("USR1")
+            if stop is not None and stop.is_set() and not interrupts:
+                interrupts = 1
+                signal_supervisor("INT")
         except KeyboardInterrupt:
             interrupts += 1
             signal_name = "INT" if interrupts == 1 else "KILL"
@@ -338,7 +351,7 @@ def check_expectations(lab: Lab, outcome: Outcome) -> list[str]:
 
 
 def verify(connection: Connection, open_connection, root: Path, vm_name: str, names: list[str],
-           seconds: int) -> list[dict]:
+           seconds: int, runs: Path | None = None) -> list[dict]:
     """Run each lab with its trigger for `seconds` and check the catalog's expectations."""
     catalog = load_catalog(root)
     labs = [resolve(catalog, name) for name in names] if names else list(catalog.values())
@@ -348,8 +361,8 @@ def verify(connection: Connection, open_connection, root: Path, vm_name: str, na
         say(f"[bold]{lab.name}[/bold] …")
         target = Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.py", lab)
         try:
-            outcome = execute(connection, open_connection, target, root / "runs", vm_name, duration=seconds,
-                              trigger=lab.trigger, echo=False)
+            outcome = execute(connection, open_connection, target, runs or root / "runs", vm_name,
+                              duration=seconds, trigger=lab.trigger, echo=None)
             problems = check_expectations(lab, outcome)
             record = outcome.record
         except LabError as error:

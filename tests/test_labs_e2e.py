@@ -11,6 +11,7 @@ import time
 import pytest
 
 from bpflab import config, connection
+from fakebcc import fake_repository_tarball, use_fake_bcc
 from bpflab.vm import LabVM
 
 pytestmark = pytest.mark.vm
@@ -162,57 +163,18 @@ def test_verify_fails_when_the_kernel_side_does_nothing(lab):
     assert result.returncode == 1 and "FAIL" in result.stdout and "no line matched 'Hello World!'" in result.stdout
 
 
-FAKE_CMAKE = """\
-cmake_minimum_required(VERSION 3.10)
-project(fakebcc C)
-add_library(fakebcc SHARED fake.c)
-install(TARGETS fakebcc LIBRARY DESTINATION lib)
-install(FILES bcc/__init__.py DESTINATION lib/python3/dist-packages/bcc)
-"""
-
-
-def fake_bcc_repository(folder):
-    """A small CMake project standing in for BCC: tags v1, v2 and a broken v3."""
-    def git(*args):
-        subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True)
-
-    (folder / "bcc").mkdir(parents=True)
-    (folder / "CMakeLists.txt").write_text(FAKE_CMAKE)
-    git("init", "-q")
-    git("config", "user.email", "lab@example.invalid")
-    git("config", "user.name", "bpflab test")
-    for tag, source in (("v1", "int fake(void) { return 1; }\n"), ("v2", "int fake(void) { return 2; }\n"),
-                        ("v3-broken", "int fake(void) { return }\n")):
-        (folder / "fake.c").write_text(source)
-        (folder / "bcc" / "__init__.py").write_text(f"__version__ = 'fake-{tag}'\n")
-        git("add", "-A")
-        git("commit", "-q", "-m", tag)
-        git("tag", tag)
-
-
 @pytest.fixture(scope="module")
 def fake_bcc(lab, tmp_path_factory):
     """Settings for a stand-in BCC repository served to the VM from /srv, with its own artifact folder."""
     folder = tmp_path_factory.mktemp("fake-bcc")
-    fake_bcc_repository(folder / "fake-bcc")
-    subprocess.run(["git", "clone", "-q", "--bare", str(folder / "fake-bcc"), str(folder / "fake-bcc.git")],
-                   check=True)
-    subprocess.run(["tar", "-czf", str(folder / "repo.tar.gz"), "-C", str(folder), "fake-bcc.git"], check=True)
     settings = lab.path / "lab.yaml"
     original = settings.read_text()
 
     def use(install, version):
-        text = original.replace("install: auto", f"install: {install}")
-        text = text.replace("repository: https://github.com/iovisor/bcc.git", "repository: file:///srv/fake-bcc.git")
-        text = text.replace("version: v0.31.0", f"version: {version}")
-        text = text.replace("artifacts: ~/.cache/bpflab/bcc-artifacts", f"artifacts: {folder / 'artifacts'}")
-        debian = text.index("    debian-12:")
-        build = text.index("      bcc_build:", debian)
-        end = text.index("      bcc_package:", build)
-        settings.write_text(text[:build] + "      bcc_build: [cmake, make, gcc, libc6-dev, git]\n" + text[end:])
+        use_fake_bcc(settings, original, install, version, folder / "artifacts")
 
     use.artifacts = folder / "artifacts"
-    use.repository = folder / "repo.tar.gz"
+    use.repository = fake_repository_tarball(folder)
     yield use
     settings.write_text(original)
 

@@ -1,0 +1,52 @@
+"""A stand-in for BCC's repository (GitHub is unreachable here), for the source and
+artifact mechanics: a small CMake project with a `bcc` Python package and tags."""
+
+import subprocess
+
+FAKE_CMAKE = """\
+cmake_minimum_required(VERSION 3.10)
+project(fakebcc C)
+add_library(fakebcc SHARED fake.c)
+install(TARGETS fakebcc LIBRARY DESTINATION lib)
+install(FILES bcc/__init__.py DESTINATION lib/python3/dist-packages/bcc)
+"""
+
+
+def fake_bcc_repository(folder):
+    """A small CMake project standing in for BCC: tags v1, v2 and a broken v3."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True)
+
+    (folder / "bcc").mkdir(parents=True)
+    (folder / "CMakeLists.txt").write_text(FAKE_CMAKE)
+    git("init", "-q")
+    git("config", "user.email", "lab@example.invalid")
+    git("config", "user.name", "bpflab test")
+    for tag, source in (("v1", "int fake(void) { return 1; }\n"), ("v2", "int fake(void) { return 2; }\n"),
+                        ("v3-broken", "int fake(void) { return }\n")):
+        (folder / "fake.c").write_text(source)
+        (folder / "bcc" / "__init__.py").write_text(f"__version__ = 'fake-{tag}'\n")
+        git("add", "-A")
+        git("commit", "-q", "-m", tag)
+        git("tag", tag)
+
+
+def fake_repository_tarball(folder):
+    """The stand-in as a bare repository in a tarball, to unpack in the VM's /srv (file:///srv/fake-bcc.git)."""
+    fake_bcc_repository(folder / "fake-bcc")
+    subprocess.run(["git", "clone", "-q", "--bare", str(folder / "fake-bcc"), str(folder / "fake-bcc.git")],
+                   check=True)
+    subprocess.run(["tar", "-czf", str(folder / "repo.tar.gz"), "-C", str(folder), "fake-bcc.git"], check=True)
+    return folder / "repo.tar.gz"
+
+
+def use_fake_bcc(settings, original, install, version, artifacts):
+    """Write lab.yaml to take BCC from the stand-in, with only the tools its build needs."""
+    text = original.replace("install: auto", f"install: {install}")
+    text = text.replace("repository: https://github.com/iovisor/bcc.git", "repository: file:///srv/fake-bcc.git")
+    text = text.replace("version: v0.31.0", f"version: {version}")
+    text = text.replace("artifacts: ~/.cache/bpflab/bcc-artifacts", f"artifacts: {artifacts}")
+    debian = text.index("    debian-12:")
+    build = text.index("      bcc_build:", debian)
+    end = text.index("      bcc_package:", build)
+    settings.write_text(text[:build] + "      bcc_build: [cmake, make, gcc, libc6-dev, git]\n" + text[end:])

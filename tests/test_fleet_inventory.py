@@ -1,0 +1,81 @@
+"""Reading a room from an Ansible YAML inventory, and the fleet's verify matrix (pure logic)."""
+
+from pathlib import Path
+
+import pytest
+
+from bpflab import fleet
+from bpflab.errors import LabError
+
+ROOM = """
+all:
+  vars:
+    ansible_user: vagrant
+  hosts:
+    alone:
+      ansible_host: 10.0.0.9
+  children:
+    row1:
+      vars:
+        ansible_port: 2201
+        ansible_ssh_private_key_file: keys/row1
+      hosts:
+        seat1: {ansible_host: 10.0.0.1}
+        seat2: {ansible_host: 10.0.0.2, ansible_port: 2202, ansible_user: learner}
+    local:
+      hosts:
+        vm:
+          ansible_host: 127.0.0.1
+          ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+        checked:
+          ansible_ssh_extra_args: "-oUserKnownHostsFile=~/room/known_hosts"
+"""
+
+
+def room(tmp_path, text=ROOM):
+    path = tmp_path / "room.yml"
+    path.write_text(text)
+    return {host.name: host for host in fleet.load_inventory(path)}
+
+
+def test_group_variables_flow_down_and_hosts_override_them(tmp_path):
+    hosts = room(tmp_path)
+    assert list(hosts) == ["alone", "seat1", "seat2", "vm", "checked"]
+    assert (hosts["alone"].address, hosts["alone"].port, hosts["alone"].user) == ("10.0.0.9", 22, "vagrant")
+    assert (hosts["seat1"].port, hosts["seat1"].user) == (2201, "vagrant")
+    assert (hosts["seat2"].port, hosts["seat2"].user) == (2202, "learner")
+    assert hosts["seat1"].identity == str(tmp_path / "keys" / "row1")
+    assert hosts["checked"].address == "checked"
+
+
+def test_host_keys_are_checked_unless_the_inventory_turns_it_off(tmp_path):
+    hosts = room(tmp_path)
+    assert hosts["seat1"].check_host_key and hosts["seat1"].known_hosts == fleet.DEFAULT_KNOWN_HOSTS
+    assert not hosts["vm"].check_host_key
+    assert hosts["checked"].check_host_key and hosts["checked"].known_hosts == Path("~/room/known_hosts").expanduser()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("all: {hosts: {a: {ansible_port: http}}}", "host a: ansible_port: expected a port number"),
+    ("all: {hosts: {}}", "lists no hosts"),
+    ("- just\n- a list\n", "not in Ansible's YAML format"),
+    ("all: [", "not valid YAML"),
+])
+def test_a_bad_inventory_is_one_message(tmp_path, text, message):
+    with pytest.raises(LabError, match=message):
+        room(tmp_path, text)
+
+
+def test_a_missing_inventory_says_what_to_give(tmp_path):
+    with pytest.raises(LabError, match="Cannot read the inventory"):
+        fleet.load_inventory(tmp_path / "nowhere.yml")
+
+
+def test_verify_matrix_marks_failed_cells_and_hosts_without_results():
+    rows = [{"lab": "hello", "result": "PASS", "problems": []},
+            {"lab": "hello-tail", "result": "FAIL", "problems": ["no line matched 'Timer'"]}]
+    results = {"seat1": fleet.Result("seat1", True, rows), "seat2": fleet.Result("seat2", False, error="down")}
+    table, failed = fleet.verify_matrix(results)
+    assert failed == ["hello-tail on seat1: no line matched 'Timer'"]
+    assert [column.header for column in table.columns] == ["lab", "seat1", "seat2"]
+    assert table.row_count == 2
