@@ -36,6 +36,8 @@ GRACE_SECONDS = 3
 # --duration counts from "attached" (BCC compiles for seconds first); this VM-side
 # fallback stops the program even if bpflab's host side is gone.
 COMPILE_ALLOWANCE = 120
+# After this long without a line, check with a new connection that the VM still answers.
+SILENCE_PROBE_SECONDS = 20
 SUPERVISOR = r"""
 exec 9>/run/bpflab-lab.lock
 if ! flock -n 9; then
@@ -172,6 +174,14 @@ def print_line(line: str) -> None:
     sys.stdout.flush()
 
 
+def answers(open_connection) -> bool:
+    try:
+        open_connection().close()
+        return True
+    except LabError:
+        return False
+
+
 def execute(connection: Connection, open_connection, target: Target, runs: Path, vm_name: str, *,
             duration: int = 0, trigger: str | None = None, args: tuple = (), echo=print_line,
             folder: Path | None = None, stop: threading.Event | None = None) -> Outcome:
@@ -191,6 +201,7 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
     lines: list[str] = []
     state = {"stop": None, "ready_at": None, "first_event_at": None, "trigger_error": None}
     started = time.monotonic()
+    heard = {"at": started, "probe_at": started + SILENCE_PROBE_SECONDS}
 
     def fire_trigger():
         try:
@@ -199,6 +210,7 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
             state["trigger_error"] = str(error)
 
     def on_line(line: str):
+        heard["at"] = time.monotonic()
         stop = parse_stop(line)
         if stop:
             state["stop"] = stop
@@ -230,6 +242,8 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
             remote_run(connection, command, sudo=True, check=False, on_line=on_line, what=f"lab {target.name}")
         except LabError as error:
             outcome["error"] = error
+        except Exception:  # the connection was closed under it: recorded as connection-lost below
+            pass
         finally:
             finished.set()
 
@@ -254,6 +268,13 @@ def execute(connection: Connection, open_connection, target: Target, runs: Path,
             if stop is not None and stop.is_set() and not interrupts:
                 interrupts = 1
                 signal_supervisor("INT")
+            now = time.monotonic()
+            if now - heard["at"] > SILENCE_PROBE_SECONDS and now >= heard["probe_at"]:
+                # A VM that vanished never closes the TCP connection: after a silence,
+                # check with a new connection and give up on the old one if that fails.
+                heard["probe_at"] = now + SILENCE_PROBE_SECONDS
+                if not answers(open_connection):
+                    connection.close()
         except KeyboardInterrupt:
             interrupts += 1
             signal_name = "INT" if interrupts == 1 else "KILL"

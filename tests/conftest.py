@@ -32,15 +32,26 @@ class Project:
         return result
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lab-project")
+def copy_project(path: Path) -> Project:
     for name in PROJECT_FILES:
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, path / name)
-    copy = Project(path)
+    return Project(path)
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    copy = copy_project(tmp_path_factory.mktemp("lab-project"))
+    yield copy
+    copy.invoke("lab.destroy", check=False)
+
+
+@pytest.fixture(scope="module")
+def second_project(tmp_path_factory):
+    """Another checkout, so another lab VM: the second seat of a fleet."""
+    copy = copy_project(tmp_path_factory.mktemp("second-project"))
     yield copy
     copy.invoke("lab.destroy", check=False)

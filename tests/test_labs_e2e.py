@@ -1,4 +1,6 @@
-"""The learner's loop for real, on a provisioned VM: setup, run, stop, gather, verify."""
+"""The learner's loop for real, on a provisioned VM: setup, run, stop, gather, verify;
+then a second VM provisioned by Ansible, the two as a fleet, and BCC from source and
+as an artifact."""
 
 import json
 import os
@@ -9,9 +11,10 @@ import sys
 import time
 
 import pytest
+import yaml
+from fakebcc import fake_repository_tarball, use_fake_bcc
 
 from bpflab import config, connection
-from fakebcc import fake_repository_tarball, use_fake_bcc
 from bpflab.vm import LabVM
 
 pytestmark = pytest.mark.vm
@@ -163,20 +166,122 @@ def test_verify_fails_when_the_kernel_side_does_nothing(lab):
     assert result.returncode == 1 and "FAIL" in result.stdout and "no line matched 'Hello World!'" in result.stdout
 
 
+# A second VM: provisioned by Ansible alone, then a fleet with the first. ----------
+
 @pytest.fixture(scope="module")
-def fake_bcc(lab, tmp_path_factory):
+def seat_b(lab, second_project):
+    """A fresh VM in a second checkout, brought up only (each test below provisions it)."""
+    second_project.invoke("lab.up")
+    return second_project
+
+
+def test_ansible_provisions_a_fresh_vm(seat_b):
+    """A new VM provisioned only by `ansible-playbook` (package mode): the checks and a lab
+    pass, and a second playbook run changes nothing."""
+    assert ansible_playbook(seat_b) > 0
+    assert "missing" not in seat_b.invoke("lab.doctor").stdout
+    assert "All 1 labs passed" in seat_b.invoke("lab.verify", "--names", "hello", "--seconds", "5").stdout
+    assert ansible_playbook(seat_b) == 0
+
+
+@pytest.fixture(scope="module")
+def room(lab, seat_b, tmp_path_factory):
+    """Both VMs as one Ansible inventory, with their host keys recorded and checked."""
+    folder = tmp_path_factory.mktemp("room")
+    hosts, known = {}, []
+    for name, project in (("seat-a", lab), ("seat-b", seat_b)):
+        project.invoke("lab.inventory")
+        inventory = yaml.safe_load((project.path / ".vagrant" / "bpflab" / "inventory.yml").read_text())
+        host = next(iter(inventory["all"]["hosts"].values()))
+        host["ansible_ssh_common_args"] = f"-o UserKnownHostsFile={folder / 'known_hosts'}"
+        hosts[name] = host
+        known.append(subprocess.run(["ssh-keyscan", "-p", str(host["ansible_port"]), host["ansible_host"]],
+                                    capture_output=True, text=True, check=True).stdout)
+    (folder / "known_hosts").write_text("".join(known))
+    (folder / "room.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    return folder
+
+
+def test_fleet_setup_and_verify_matrix(lab, room):
+    """Both seats set up in parallel (Ansible provisioned one, Fabric the other: nothing to do),
+    then a host x lab table."""
+    setup = lab.invoke("lab.setup", "--inventory", str(room / "room.yml"))
+    assert "seat-a: ready (nothing to provision)" in setup.stdout
+    assert "seat-b: ready (nothing to provision)" in setup.stdout and "All 2 hosts are ready" in setup.stdout
+    verify = lab.invoke("lab.verify", "--inventory", str(room / "room.yml"), "--names", "hello",
+                        "--names", "hello-tail", "--seconds", "5")
+    assert "All 2 hosts passed every lab" in verify.stdout
+    matrix = [line for line in verify.stdout.splitlines() if line.count("PASS") == 2]
+    assert len(matrix) == 2, verify.stdout
+
+
+def test_fleet_run_streams_and_gathers_per_host(lab, room):
+    result = lab.invoke("lab.run", "hello", "--duration", "4", "--inventory", str(room / "room.yml"))
+    assert re.search(r"seat-a\s*\| .*Hello World!", result.stdout)
+    assert re.search(r"seat-b\s*\| .*Hello World!", result.stdout)
+    folder = sorted((lab.path / "runs").glob("*-hello-fleet"))[-1]
+    for seat in ("seat-a", "seat-b"):
+        record = json.loads((folder / seat / "run.json").read_text())
+        assert record["vm"] == seat and record["stopped"] == "duration" and record["lines"] >= 1
+        assert "Hello World!" in (folder / seat / "output.log").read_text()
+
+
+def test_fleet_refuses_a_changed_host_key(lab, room, tmp_path):
+    """A host whose key differs from known_hosts is an error naming it; the other still runs."""
+    text = (room / "room.yml").read_text()
+    seat_b = yaml.safe_load(text)["all"]["hosts"]["seat-b"]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    impostor = (tmp_path / "other.pub").read_text().split()[:2]
+    lines = (room / "known_hosts").read_text().splitlines()
+    seat_b_address = f"[{seat_b['ansible_host']}]:{seat_b['ansible_port']}" if seat_b["ansible_port"] != 22 \
+        else seat_b["ansible_host"]
+    kept = [line for line in lines if not line.startswith(seat_b_address + " ")]
+    (tmp_path / "known_hosts").write_text("\n".join(kept + [f"{seat_b_address} {' '.join(impostor)}"]) + "\n")
+    (tmp_path / "room.yml").write_text(text.replace(str(room / "known_hosts"), str(tmp_path / "known_hosts")))
+    result = lab.invoke("lab.verify", "--inventory", str(tmp_path / "room.yml"), "--names", "hello",
+                        "--seconds", "4", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stdout
+    assert "seat-b" in result.stdout and "host key is not the one recorded" in result.stdout
+    assert "seat-a:   PASS" in result.stdout
+
+
+def test_fleet_goes_on_when_a_host_goes_down_mid_way(lab, seat_b, room):
+    """seat-b is switched off during its first lab: it is reported, seat-a completes."""
+    command = [sys.executable, "-m", "invoke", "lab.verify", "--inventory", str(room / "room.yml"),
+               "--names", "hello", "--names", "hello-map", "--names", "hello-file", "--seconds", "5"]
+    process = subprocess.Popen(command, cwd=lab.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(lab.path)})
+    domain = LabVM(config.load(seat_b.path / "lab.yaml")).domain
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("seat-b: hello") and len([o for o in output if o.startswith("seat-b: hello")]) == 1:
+            time.sleep(3)  # mid-way through its first lab
+            subprocess.run(["virsh", "-c", "qemu:///system", "destroy", domain], check=True, capture_output=True)
+    process.wait(timeout=900)
+    text = "".join(output)
+    print(text)
+    assert process.returncode == 1 and "Traceback" not in text
+    assert text.count("seat-a:   PASS") == 3
+    assert re.search(r"seat-b: .*(dropped|does not answer|connection)", text, re.IGNORECASE), text
+
+
+# BCC from source (a stand-in) on seat A, then as an artifact on seat B. --------
+
+@pytest.fixture(scope="module")
+def fake_bcc(lab, seat_b, tmp_path_factory):
     """Settings for a stand-in BCC repository served to the VM from /srv, with its own artifact folder."""
     folder = tmp_path_factory.mktemp("fake-bcc")
-    settings = lab.path / "lab.yaml"
-    original = settings.read_text()
+    originals = {project: (project.path / "lab.yaml").read_text() for project in (lab, seat_b)}
 
-    def use(install, version):
-        use_fake_bcc(settings, original, install, version, folder / "artifacts")
+    def use(install, version, project=lab):
+        use_fake_bcc(project.path / "lab.yaml", originals[project], install, version, folder / "artifacts")
 
     use.artifacts = folder / "artifacts"
     use.repository = fake_repository_tarball(folder)
     yield use
-    settings.write_text(original)
+    for project, text in originals.items():
+        (project.path / "lab.yaml").write_text(text)
 
 
 def serve_fake_repository(project, fake_bcc):
@@ -223,29 +328,19 @@ def test_bcc_export_packs_the_build_and_its_runtime_needs(lab, fake_bcc):
     assert "usr/lib/libfakebcc.so" in listing and "usr/lib/python3/dist-packages/bcc/__init__.py" in listing
 
 
-def test_ansible_provisions_a_fresh_vm(lab):
-    """A new VM provisioned only by `ansible-playbook` (package mode): the checks and labs pass,
-    and a second playbook run changes nothing."""
-    lab.invoke("lab.destroy")
-    lab.invoke("lab.up")
-    assert ansible_playbook(lab) > 0
-    assert "missing" not in lab.invoke("lab.doctor").stdout
-    assert "All 2 labs passed" in lab.invoke("lab.verify", "--names", "hello", "--names", "hello-tail").stdout
-    assert ansible_playbook(lab) == 0
-
-
-def test_bcc_artifact_installs_into_a_vm_that_never_built_it(lab, fake_bcc):
-    """`bcc.install: artifact`: the exported fake v2 goes into the new VM (which has only
-    Debian's BCC) in place of a build, and the checks pass; a missing version is refused."""
-    fake_bcc("artifact", "v2")
-    installed = lab.invoke("lab.provision")
+def test_bcc_artifact_installs_into_a_vm_that_never_built_it(seat_b, fake_bcc):
+    """`bcc.install: artifact`: seat A's export of the stand-in v2 goes into seat B (which
+    has only Debian's BCC) in place of a build, and the checks pass; a missing version is refused."""
+    seat_b.invoke("lab.up")  # switched off by the test above
+    fake_bcc("artifact", "v2", seat_b)
+    installed = seat_b.invoke("lab.provision")
     assert "Removing the distribution's BCC" in installed.stdout
     assert "Installing BCC v2 from bcc-v2-debian-12-amd64.tar.gz" in installed.stdout
     assert "Building BCC" not in installed.stdout and "BCC fake-v2" in installed.stdout
     assert "missing" not in installed.stdout
-    assert "nothing to do" in lab.invoke("lab.provision").stdout
+    assert "nothing to do" in seat_b.invoke("lab.provision").stdout
 
-    fake_bcc("artifact", "v9")
-    refused = lab.invoke("lab.provision", check=False)
+    fake_bcc("artifact", "v9", seat_b)
+    refused = seat_b.invoke("lab.provision", check=False)
     assert refused.returncode == 1 and "has no BCC v9 built for debian-12 amd64" in refused.stdout
     assert "bcc-v2-debian-12-amd64" in refused.stdout and "Traceback" not in refused.stdout
