@@ -13,6 +13,7 @@ import dataclasses
 import getpass
 import json
 import shlex
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from rich.table import Table
 from . import provision, run, sync
 from .config import Config
 from .connection import CONNECT_TIMEOUT, UNREACHABLE
-from .console import Board, console, escape, for_host, say
+from .console import Board, escape, for_host, say
 from .errors import LabError
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
@@ -245,6 +246,7 @@ def run_everywhere(hosts: list[Host], root: Path, what: str, duration: int, trig
     catalog = run.load_catalog(root)
     folder = run.run_folder(root / "runs", f"{Path(what).stem}-fleet", datetime.now(timezone.utc))
     stop = threading.Event()
+    printing = threading.Lock()
     width = max(len(host.name) for host in hosts)
 
     def job(host: Host, connection: Connection) -> dict:
@@ -252,7 +254,9 @@ def run_everywhere(hosts: list[Host], root: Path, what: str, duration: int, trig
         workload = target.lab.trigger if (trigger and target.lab) else None
 
         def echo(line: str) -> None:
-            console.print(f"[bold]{escape(host.name):<{width}}[/bold] | {escape(line)}", soft_wrap=True)
+            with printing:
+                sys.stdout.write(f"{host.name:<{width}} | {line}\n")
+                sys.stdout.flush()
 
         outcome = run.execute(connection, lambda: connect(host), target, folder, host.name, duration=duration,
                               trigger=workload, args=args, echo=echo, folder=folder / host.name, stop=stop)

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from fabric import Connection
 from . import sync
-from .connection import UNREACHABLE, remote_run
+from .connection import remote_run
 from rich.table import Table
 
 from .console import console, say, warn

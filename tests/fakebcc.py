@@ -7,6 +7,7 @@ FAKE_CMAKE = """\
 cmake_minimum_required(VERSION 3.10)
 project(fakebcc C)
 add_library(fakebcc SHARED fake.c)
+target_link_libraries(fakebcc z)
 install(TARGETS fakebcc LIBRARY DESTINATION lib)
 install(FILES bcc/__init__.py DESTINATION lib/python3/dist-packages/bcc)
 """
@@ -22,8 +23,9 @@ def fake_bcc_repository(folder):
     git("init", "-q")
     git("config", "user.email", "lab@example.invalid")
     git("config", "user.name", "bpflab test")
-    for tag, source in (("v1", "int fake(void) { return 1; }\n"), ("v2", "int fake(void) { return 2; }\n"),
-                        ("v3-broken", "int fake(void) { return }\n")):
+    # It links zlib, so an export has a runtime package to name (zlib1g).
+    for tag, body in (("v1", "return 1;"), ("v2", "return 2;"), ("v3-broken", "return")):
+        source = f"#include <zlib.h>\nint fake(void) {{ {body} }}\nconst char *fake_zlib(void) {{ return zlibVersion(); }}\n"
         (folder / "fake.c").write_text(source)
         (folder / "bcc" / "__init__.py").write_text(f"__version__ = 'fake-{tag}'\n")
         git("add", "-A")
@@ -49,4 +51,4 @@ def use_fake_bcc(settings, original, install, version, artifacts):
     debian = text.index("    debian-12:")
     build = text.index("      bcc_build:", debian)
     end = text.index("      bcc_package:", build)
-    settings.write_text(text[:build] + "      bcc_build: [cmake, make, gcc, libc6-dev, git]\n" + text[end:])
+    settings.write_text(text[:build] + "      bcc_build: [cmake, make, gcc, libc6-dev, zlib1g-dev, git]\n" + text[end:])

@@ -322,7 +322,7 @@ def test_bcc_export_packs_the_build_and_its_runtime_needs(lab, fake_bcc):
     exported = lab.invoke("lab.bcc-export")
     assert "Exporting BCC v2 (debian-12 amd64)" in exported.stdout
     metadata = json.loads((fake_bcc.artifacts / "bcc-v2-debian-12-amd64.json").read_text())
-    assert metadata["built"]["version"] == "v2" and "libc6" in metadata["runtime_packages"]
+    assert metadata["built"]["version"] == "v2" and "zlib1g" in metadata["runtime_packages"]
     listing = subprocess.run(["tar", "-tzf", str(fake_bcc.artifacts / "bcc-v2-debian-12-amd64.tar.gz")],
                              capture_output=True, text=True, check=True).stdout.split()
     assert "usr/lib/libfakebcc.so" in listing and "usr/lib/python3/dist-packages/bcc/__init__.py" in listing

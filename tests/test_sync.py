@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from bpflab.sync import compare, manifest, parse_remote_manifest, tree_files
 
 
