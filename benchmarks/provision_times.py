@@ -1,15 +1,17 @@
-"""Provisioning times side by side, on a fresh VM of its own (issues: provisioning, Ansible).
+"""Provisioning times side by side, on two fresh VMs of its own (issues: provisioning, fleets).
 
     .venv/bin/python benchmarks/provision_times.py
 
-Copies the project to a temporary folder (so the VM is its own, never your lab VM),
-creates a VM and measures, in one run:
-- cold `invoke lab.provision` (bcc.install: package) on the new VM;
-- no-op re-provision: `invoke lab.provision` against `ansible-playbook ansible/site.yml`;
+Copies the project to two temporary folders (so the VMs are its own, never your lab
+VM) and measures in one run, with bcc.install: package:
+- cold `lab.provision` of one VM, then of the other: one after the other;
+- the same two VMs re-created and provisioned at once by `lab.setup --inventory`;
+- no-op re-provision: `lab.provision` against `ansible-playbook ansible/site.yml`, for
+  one VM and for both (`lab.setup --inventory` against ansible-playbook on the room);
 - BCC from source against the same BCC from an artifact. BCC's own source is not
   reachable here, so both use the stand-in from tests/fakebcc.py (a tiny CMake
   project): the figures show the fixed costs of each path, not a real BCC build.
-Prints a table, writes benchmarks/results/provision_times.json, destroys the VM.
+Prints a table, writes benchmarks/results/provision_times.json, destroys both VMs.
 """
 
 import json
@@ -22,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -32,63 +36,89 @@ from fakebcc import fake_repository_tarball, use_fake_bcc  # noqa: E402
 PROJECT_FILES = ["Vagrantfile", "lab.yaml", "tasks.py", "bpflab", "labs", "bpf", "ansible"]
 
 
-def invoke(project, *args):
+def timed(command, cwd, env=None):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=project, stdin=subprocess.DEVNULL,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(project)})
+    result = subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     if result.returncode:
-        raise SystemExit(f"invoke {' '.join(args)} failed:\n{result.stdout}")
+        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{result.stdout}")
     return round(time.monotonic() - started, 1), result.stdout
 
 
-def ansible_playbook(project):
-    invoke(project, "lab.inventory")
-    started = time.monotonic()
-    result = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i",
-                             ".vagrant/bpflab/inventory.yml", "ansible/site.yml"], cwd=project, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
-    if result.returncode:
-        raise SystemExit(f"ansible-playbook failed:\n{result.stdout}")
-    changed = int(re.search(r"changed=(\d+)", result.stdout).group(1))
-    return round(time.monotonic() - started, 1), changed
+def invoke(project, *args):
+    return timed([sys.executable, "-m", "invoke", *args], project, {"PYTHONPATH": str(project)})
+
+
+def ansible_playbook(project, inventory):
+    seconds, output = timed([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
+                             "ansible/site.yml"], project, {"ANSIBLE_NOCOLOR": "1"})
+    return seconds, sum(int(count) for count in re.findall(r"changed=(\d+)", output))
+
+
+def room_inventory(projects, path):
+    hosts = {}
+    for index, project in enumerate(projects, 1):
+        invoke(project, "lab.inventory")
+        inventory = yaml.safe_load((project / ".vagrant" / "bpflab" / "inventory.yml").read_text())
+        hosts[f"seat{index}"] = next(iter(inventory["all"]["hosts"].values()))
+    path.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    return path
 
 
 def main():
     work = Path(tempfile.mkdtemp(prefix="bpflab-bench-"))
-    project = work / "project"
-    project.mkdir()
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, project / name)
-    settings = project / "lab.yaml"
+    projects = [work / "seat1", work / "seat2"]
+    for project in projects:
+        project.mkdir()
+        for name in PROJECT_FILES:
+            source = ROOT / name
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, project / name)
+    first = projects[0]
+    settings = first / "lab.yaml"
     original = settings.read_text()
     figures = {}
     try:
-        invoke(project, "host.setup")
-        figures["lab.up (create)"] = invoke(project, "lab.up")[0]
-        figures["lab.provision, cold (package)"] = invoke(project, "lab.provision")[0]
-        figures["lab.provision, no-op"] = invoke(project, "lab.provision")[0]
-        seconds, changed = ansible_playbook(project)
-        figures["ansible-playbook, no-op"] = seconds
-        figures["ansible-playbook, changed tasks on the no-op run"] = changed
+        invoke(first, "host.setup")
+        figures["lab.up, create"] = invoke(first, "lab.up")[0]
+        invoke(projects[1], "lab.up")
+        one = invoke(first, "lab.provision")[0]
+        other = invoke(projects[1], "lab.provision")[0]
+        figures["lab.provision, cold, one VM"] = one
+        figures["two VMs cold, one after the other (lab.provision twice)"] = round(one + other, 1)
+        figures["lab.provision, no-op, one VM"] = invoke(first, "lab.provision")[0]
+        invoke(first, "lab.inventory")
+        seconds, changed = ansible_playbook(first, ".vagrant/bpflab/inventory.yml")
+        figures["ansible-playbook, no-op, one VM"] = seconds
+        figures["ansible-playbook, no-op, one VM: changed tasks"] = changed
 
         remote = connection.connect(LabVM(config.load(settings)))
         remote.put(str(fake_repository_tarball(work)), "/tmp/repo.tar.gz")
         connection.remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv", sudo=True)
         use_fake_bcc(settings, original, "source", "v1", work / "artifacts")
-        figures["stand-in BCC: source build + export"] = invoke(project, "lab.provision")[0]
+        figures["stand-in BCC: source build + export"] = invoke(first, "lab.provision")[0]
         # Forget the build in the VM, then install the same version from the artifact.
         connection.remote_run(remote, "rm -f /var/lib/bpflab/bcc.json", sudo=True)
         use_fake_bcc(settings, original, "artifact", "v1", work / "artifacts")
-        seconds, output = invoke(project, "lab.provision")
+        seconds, output = invoke(first, "lab.provision")
         assert "Installing BCC v1 from" in output, output
         figures["stand-in BCC: artifact install"] = seconds
+        settings.write_text(original)
+
+        for project in projects:
+            invoke(project, "lab.destroy")
+            invoke(project, "lab.up")
+        room = room_inventory(projects, work / "room.yml")
+        figures["two VMs cold, at once (lab.setup --inventory)"] = invoke(first, "lab.setup", "--inventory",
+                                                                          str(room))[0]
+        figures["lab.setup --inventory, no-op, two VMs"] = invoke(first, "lab.setup", "--inventory", str(room))[0]
+        seconds, changed = ansible_playbook(first, room)
+        figures["ansible-playbook, no-op, two VMs"] = seconds
+        figures["ansible-playbook, no-op, two VMs: changed tasks"] = changed
     finally:
         settings.write_text(original)
-        subprocess.run([sys.executable, "-m", "invoke", "lab.destroy"], cwd=project, stdin=subprocess.DEVNULL,
-                       env={**os.environ, "PYTHONPATH": str(project)}, capture_output=True)
+        for project in projects:
+            subprocess.run([sys.executable, "-m", "invoke", "lab.destroy"], cwd=project, stdin=subprocess.DEVNULL,
+                           env={**os.environ, "PYTHONPATH": str(project)}, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
     width = max(map(len, figures))
