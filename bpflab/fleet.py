@@ -15,7 +15,7 @@ import json
 import shlex
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -160,8 +160,13 @@ def each(hosts: list[Host], job) -> dict[str, Result]:
                 results[host.name] = Result(host.name, False, error=f"{type(error).__name__}: {error}")
                 board.show(host.name, f"[red]failed[/red] {escape(type(error).__name__)}")
 
-    with board, ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-        list(pool.map(work, hosts))
+    # Daemon threads, polled: Ctrl-C ends the command at once instead of waiting for every host.
+    threads = [threading.Thread(target=work, args=(host,), daemon=True) for host in hosts]
+    with board:
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(0.2)
     return {host.name: results[host.name] for host in hosts}
 
 

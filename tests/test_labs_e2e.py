@@ -176,11 +176,10 @@ def seat_b(lab, second_project):
 
 
 def test_ansible_provisions_a_fresh_vm(seat_b):
-    """A new VM provisioned only by `ansible-playbook` (package mode): the checks and a lab
-    pass, and a second playbook run changes nothing."""
+    """A new VM provisioned only by `ansible-playbook` (package mode): the checks pass and a
+    second playbook run changes nothing. (Its labs pass `lab.verify` in the fleet tests below.)"""
     assert ansible_playbook(seat_b) > 0
     assert "missing" not in seat_b.invoke("lab.doctor").stdout
-    assert "All 1 labs passed" in seat_b.invoke("lab.verify", "--names", "hello", "--seconds", "5").stdout
     assert ansible_playbook(seat_b) == 0
 
 
@@ -248,7 +247,7 @@ def test_fleet_refuses_a_changed_host_key(lab, room, tmp_path):
 def test_fleet_goes_on_when_a_host_goes_down_mid_way(lab, seat_b, room):
     """seat-b is switched off during its first lab: it is reported, seat-a completes."""
     command = [sys.executable, "-m", "invoke", "lab.verify", "--inventory", str(room / "room.yml"),
-               "--names", "hello", "--names", "hello-map", "--names", "hello-file", "--seconds", "5"]
+               "--names", "hello", "--names", "hello-map", "--seconds", "5"]
     process = subprocess.Popen(command, cwd=lab.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(lab.path)})
     domain = LabVM(config.load(seat_b.path / "lab.yaml")).domain
@@ -262,7 +261,7 @@ def test_fleet_goes_on_when_a_host_goes_down_mid_way(lab, seat_b, room):
     text = "".join(output)
     print(text)
     assert process.returncode == 1 and "Traceback" not in text
-    assert text.count("seat-a:   PASS") == 3
+    assert text.count("seat-a:   PASS") == 2
     assert re.search(r"seat-b: .*(dropped|does not answer|connection)", text, re.IGNORECASE), text
 
 
