@@ -11,6 +11,7 @@ import collections
 import os
 import shlex
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -23,7 +24,8 @@ from rich.table import Table
 
 from .errors import LabError
 
-console = Console(stderr=True, highlight=False)
+# In logs (not a terminal) lines are never wrapped, so that they stay whole for grep.
+console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
 TAIL_LINES = 15
 
 

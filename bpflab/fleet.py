@@ -195,7 +195,7 @@ def setup(hosts: list[Host], config: Config, root: Path) -> dict[str, Result]:
 
     results = {}
     rest = hosts
-    if config.provision.bcc["install"] in ("source", "auto"):
+    if builds_from_source(config, hosts[0]):
         first = each(hosts[:1], job_with(config))
         results.update(first)
         if first[hosts[0].name].ok and first[hosts[0].name].value == "source":
@@ -205,6 +205,17 @@ def setup(hosts: list[Host], config: Config, root: Path) -> dict[str, Result]:
     if rest:
         results.update(each(rest, job_with(config)))
     return results
+
+
+def builds_from_source(config: Config, host: Host) -> bool:
+    """Whether BCC comes from source here (for `auto`, the first host's distribution decides)."""
+    install = config.provision.bcc["install"]
+    if install != "auto":
+        return install == "source"
+    try:
+        return provision.bcc_mode(install, provision.gather(connect(host), []).distribution) == "source"
+    except LabError:
+        return False
 
 
 def verify(hosts: list[Host], root: Path, names: list[str], seconds: int) -> tuple[dict[str, Result], Path]:

@@ -392,6 +392,13 @@ def verify(connection: Connection, open_connection, root: Path, vm_name: str, na
                      "duration_s": record.get("duration_s"), "time_to_attach_s": record.get("time_to_attach_s"),
                      "time_to_first_event_s": record.get("time_to_first_event_s")})
         say(f"  {rows[-1]['result']}" + (f": {'; '.join(problems)}" if problems else ""))
+        if problems and not answers(open_connection):
+            skipped = labs[len(rows):]
+            rows += [{"lab": other.name, "result": "FAIL", "problems": [f"not run: {vm_name} stopped answering SSH"],
+                      "duration_s": None, "time_to_attach_s": None, "time_to_first_event_s": None}
+                     for other in skipped]
+            say(f"  {vm_name} stopped answering SSH; {len(skipped)} lab(s) not run")
+            break
     return rows
 
 
