@@ -205,12 +205,10 @@ def test_ansible_provisions_a_fresh_vm(lab, seat_b):
     assert results["second run changed"] == 0
 
 
-@pytest.fixture(scope="module")
-def room(lab, seat_b, tmp_path_factory):
-    """Both VMs as one Ansible inventory, with their host keys recorded and checked."""
-    folder = tmp_path_factory.mktemp("room")
+def write_room(folder, seats):
+    """The seats as one Ansible inventory, with their host keys recorded and checked."""
     hosts, known = {}, []
-    for name, project in (("seat-a", lab), ("seat-b", seat_b)):
+    for name, project in seats.items():
         project.invoke("lab.inventory")
         inventory = yaml.safe_load((project.path / ".vagrant" / "bpflab" / "inventory.yml").read_text())
         host = next(iter(inventory["all"]["hosts"].values()))
@@ -221,6 +219,11 @@ def room(lab, seat_b, tmp_path_factory):
     (folder / "known_hosts").write_text("".join(known))
     (folder / "room.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
     return folder
+
+
+@pytest.fixture(scope="module")
+def room(lab, seat_b, tmp_path_factory):
+    return write_room(tmp_path_factory.mktemp("room"), {"seat-a": lab, "seat-b": seat_b})
 
 
 def test_fleet_setup_and_verify_matrix(lab, room):
@@ -349,18 +352,25 @@ def test_bcc_export_packs_the_build_and_its_runtime_needs(lab, fake_bcc):
     assert "usr/lib/libfakebcc.so" in listing and "usr/lib/python3/dist-packages/bcc/__init__.py" in listing
 
 
-def test_bcc_artifact_installs_into_a_vm_that_never_built_it(seat_b, fake_bcc):
-    """`bcc.install: artifact`: seat A's export of the stand-in v2 goes into seat B (which
-    has only Debian's BCC) in place of a build, and the checks pass; a missing version is refused."""
+def test_fleet_builds_once_and_installs_the_artifact_elsewhere(lab, seat_b, fake_bcc, tmp_path):
+    """`bcc.install: source` across the room: the first host builds (seat A has the stand-in v2
+    already), the other gets that build as an artifact in place of a build: seat B, which has
+    only Debian's BCC, and its checks pass."""
     seat_b.invoke("lab.up")  # switched off by the test above
-    fake_bcc("artifact", "v2", seat_b)
-    installed = seat_b.invoke("lab.provision")
-    assert "Removing the distribution's BCC" in installed.stdout
-    assert "Installing BCC v2 from bcc-v2-debian-12-amd64.tar.gz" in installed.stdout
-    assert "Building BCC" not in installed.stdout and "BCC fake-v2" in installed.stdout
-    assert "missing" not in installed.stdout
-    assert "nothing to do" in seat_b.invoke("lab.provision").stdout
+    room = write_room(tmp_path, {"seat-a": lab, "seat-b": seat_b})
+    fake_bcc("source", "v2")
+    result = lab.invoke("lab.setup", "--inventory", str(room / "room.yml"))
+    assert "seat-a: ✓ BCC v2: installed already" in result.stdout
+    assert "seat-b: ✓ Removing the distribution's BCC" in result.stdout
+    assert "seat-b: ✓ Installing BCC v2 from bcc-v2-debian-12-amd64.tar.gz" in result.stdout
+    assert "Building BCC" not in result.stdout and "All 2 hosts are ready" in result.stdout
+    assert "BCC fake-v2" in seat_b.invoke("lab.doctor").stdout
 
+
+def test_artifact_mode_refuses_a_version_it_does_not_have(seat_b, fake_bcc):
+    """`bcc.install: artifact` on seat B: v2 is there already; v9 was never exported."""
+    fake_bcc("artifact", "v2", seat_b)
+    assert "nothing to do" in seat_b.invoke("lab.provision").stdout
     fake_bcc("artifact", "v9", seat_b)
     refused = seat_b.invoke("lab.provision", check=False)
     assert refused.returncode == 1 and "has no BCC v9 built for debian-12 amd64" in refused.stdout
