@@ -201,13 +201,7 @@ def run(c, name, duration=0, trigger=True, args="", inventory=""):
     if inventory:
         results, folder = fleet.run_everywhere(fleet.load_inventory(inventory), settings().root, name, duration,
                                                trigger, tuple(shlex.split(args)))
-        for host, result in results.items():
-            if result.ok:
-                say(f"[dim]{host}: {result.value['stopped']}, exit {result.value['exit_status']}, "
-                    f"{result.value['lines']} lines[/dim]")
-        bad_exits = [f"{host}: exit status {result.value['exit_status']} (see {folder / host / 'output.log'})"
-                     for host, result in results.items() if result.ok and result.value["exit_status"] != 0]
-        fleet.require_all(results, bad_exits, f"ran {name}; output gathered in {folder}")
+        fleet.require_all(results, fleet.run_problems(results, folder), f"ran {name}; output gathered in {folder}")
         return
     vm = lab_vm()
     remote = connection.connect(vm)

@@ -255,6 +255,16 @@ def verify_matrix(results: dict[str, Result]) -> tuple[Table, list[str]]:
     return table, failed
 
 
+def run_problems(results: dict[str, Result], folder: Path) -> list[str]:
+    """Say how each host's run ended; the hosts whose program did not exit cleanly."""
+    for host, result in results.items():
+        if result.ok:
+            say(f"[dim]{host}: {result.value['stopped']}, exit {result.value['exit_status']}, "
+                f"{result.value['lines']} lines[/dim]")
+    return [f"{host}: exit status {result.value['exit_status']} (see {folder / host / 'output.log'})"
+            for host, result in results.items() if result.ok and result.value["exit_status"] != 0]
+
+
 def run_everywhere(hosts: list[Host], root: Path, what: str, duration: int, trigger: bool,
                    args: tuple) -> tuple[dict[str, Result], Path]:
     """One lab on every host at once; lines are prefixed with the host, each host's run

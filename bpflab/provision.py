@@ -248,10 +248,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_bcc(connection: Connection, config: Config, log: Path) -> Path:
-    """Copy the VM's source-built BCC to the host's artifact folder; return the tarball's path."""
-    facts = gather(connection, [])
-    built = facts.stamp.get("built")
+def export_bcc(connection: Connection, config: Config, log: Path, facts: Facts | None = None,
+               built: dict | None = None) -> Path:
+    """Copy the VM's BCC built from source to the host's artifact folder; return the tarball's path.
+    Right after a build, provisioning passes the facts it has and what it built."""
+    facts = facts or gather(connection, [])
+    built = built or facts.stamp.get("built")
     if not built:
         raise LabError("The VM has no BCC built from source to export (its BCC comes from the distribution's "
                        "package, or provisioning has not run). Build it once with `bcc.install: source` in "
@@ -322,7 +324,7 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
         build_bcc(connection, facts, todo, log)
         changed = True
         try:
-            export_bcc(connection, config, log)
+            export_bcc(connection, config, log, facts, todo.settings)
         except LabError as error:
             warn(f"BCC is built, but exporting it as an artifact failed: {error}")
     elif todo.artifact:
