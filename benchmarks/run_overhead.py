@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bpflab import config, connection, sync  # noqa: E402
-from bpflab.vm import MACHINE, LabVM  # noqa: E402
+from bpflab.vm import LabVM  # noqa: E402
 
 INVOKE = [sys.executable, "-m", "invoke"]
 FIRST = "import sys\nprint('first-line', flush=True)\n"
@@ -70,12 +70,12 @@ def main():
     remote.put(str(work / "first.py"), "/tmp/bench/first.py")
     remote.put(str(work / "flood.py"), "/tmp/bench/flood.py")
     vagrant_env = {"VAGRANT_CWD": str(ROOT), **vm.environment()}
-    ssh = ["ssh", "-F", str(ssh_config), MACHINE]
+    ssh = ["ssh", "-F", str(ssh_config), vm.machine]
 
     candidates = {
         "invoke lab.run": INVOKE + ["lab.run", str(work / "first.py"), "--no-trigger"],
         "ssh -F ssh-config": ssh + ["python3 -u /tmp/bench/first.py"],
-        "vagrant ssh -c": ["vagrant", "ssh", MACHINE, "-c", "python3 -u /tmp/bench/first.py"],
+        "vagrant ssh -c": ["vagrant", "ssh", vm.machine, "-c", "python3 -u /tmp/bench/first.py"],
     }
     first = {name: [first_line_seconds(command, vagrant_env) for _ in range(options.repeat)]
              for name, command in candidates.items()}

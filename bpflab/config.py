@@ -74,6 +74,7 @@ BOXES_PER_ARCH = {arch: BOX_NAME for arch in ARCHITECTURES}
 SCHEMA: dict[str, Any] = {
     "vm": {
         "name": Text(r"[a-z][a-z0-9-]{0,30}", "lowercase letters, digits and '-', starting with a letter"),
+        "count": Integer(1, 16),
         "provider": Choice("auto", *PROVIDERS),
         "acceleration": Choice("auto", "kvm", "tcg"),
         "cpus": Integer(1, 64),
@@ -135,6 +136,7 @@ def problems(schema: dict, data: Any, where: str = "") -> list[str]:
 @dataclass(frozen=True)
 class VMSettings:
     name: str
+    count: int
     provider: str
     acceleration: str
     cpus: int
@@ -169,6 +171,11 @@ class Config:
     def root(self) -> Path:
         """The project folder: where the Vagrantfile and .vagrant/ live."""
         return self.path.parent
+
+    @property
+    def machines(self) -> list[str]:
+        """The Vagrant machines, as the Vagrantfile names them: lab (the primary), lab2, lab3, ..."""
+        return ["lab"] + [f"lab{number}" for number in range(2, self.vm.count + 1)]
 
     @property
     def bcc_artifacts(self) -> Path:

@@ -1,4 +1,4 @@
-"""A Fabric connection to the lab VM, built from `vagrant ssh-config`.
+"""A Fabric connection to a lab VM, built from `vagrant ssh-config`.
 
 The VM stage caches Vagrant's answer; when the cached endpoint stops answering
 (the VM was restarted behind bpflab's back), Vagrant is asked once more.
@@ -18,54 +18,59 @@ from fabric import Connection
 
 from .console import TAIL_LINES, failure
 from .errors import LabError
-from .vm import MACHINE, LabVM
+from .vm import LabVM
 
 CONNECT_TIMEOUT = 15
 UNREACHABLE = (OSError, EOFError, socket.timeout, paramiko.SSHException)
 
 
-def parse_ssh_config(text: str) -> dict:
-    """The endpoint that `vagrant ssh-config` describes for the lab machine."""
-    options = paramiko.SSHConfig.from_text(text).lookup(MACHINE)
-    if "hostname" not in options or options["hostname"] == MACHINE:
-        raise LabError("`vagrant ssh-config` did not describe the lab VM (no HostName). "
+def parse_ssh_config(text: str, machine: str) -> dict:
+    """The endpoint that `vagrant ssh-config` describes for one machine."""
+    options = paramiko.SSHConfig.from_text(text).lookup(machine)
+    if "hostname" not in options or options["hostname"] == machine:
+        raise LabError(f"`vagrant ssh-config` did not describe the lab VM {machine} (no HostName). "
                        "Run `invoke lab.status`; if the VM is running, `invoke lab.up` refreshes it.")
     return {"host": options["hostname"], "port": int(options.get("port", 22)), "user": options.get("user", "vagrant"),
             "identity": (options.get("identityfile") or [None])[0]}
 
 
-def ansible_inventory(vm: LabVM) -> dict:
-    """The lab VM as an Ansible YAML inventory: the endpoint Fabric uses, for `ansible-playbook -i`."""
-    endpoint = parse_ssh_config(vm.ssh_config())
-    return {"all": {"hosts": {vm.config.vm.name: {
-        "ansible_host": endpoint["host"], "ansible_port": endpoint["port"], "ansible_user": endpoint["user"],
-        "ansible_ssh_private_key_file": endpoint["identity"],
-        # A Vagrant VM gets a new host key each time it is created; fleet hosts are checked.
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-    }}}}
+# A Vagrant VM gets a new host key each time it is created; fleet hosts are checked.
+UNCHECKED_HOST_KEY = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
 
 
-def from_ssh_config(text: str) -> Connection:
+def ansible_inventory(vms: list[LabVM]) -> dict:
+    """The lab VMs as an Ansible YAML inventory, named by machine: the endpoints Fabric
+    uses, for `ansible-playbook -i` and `--inventory`."""
+    hosts = {}
+    for vm in vms:
+        endpoint = parse_ssh_config(vm.ssh_config(), vm.machine)
+        hosts[vm.machine] = {
+            "ansible_host": endpoint["host"], "ansible_port": endpoint["port"], "ansible_user": endpoint["user"],
+            "ansible_ssh_private_key_file": endpoint["identity"], "ansible_ssh_common_args": UNCHECKED_HOST_KEY}
+    return {"all": {"hosts": hosts}}
+
+
+def from_ssh_config(text: str, machine: str) -> Connection:
     config = FabricConfig(ssh_config=paramiko.SSHConfig.from_text(text))
-    return Connection(MACHINE, config=config, connect_timeout=CONNECT_TIMEOUT)
+    return Connection(machine, config=config, connect_timeout=CONNECT_TIMEOUT)
 
 
 def connect(vm: LabVM) -> Connection:
-    """An open connection to the running lab VM; asks Vagrant only when needed."""
-    connection = from_ssh_config(vm.ssh_config())
+    """An open connection to a running lab VM; asks Vagrant only when needed."""
+    connection = from_ssh_config(vm.ssh_config(), vm.machine)
     try:
         connection.open()
         return connection
     except UNREACHABLE:
         text = vm.ssh_config(refresh=True)
-    connection = from_ssh_config(text)
+    connection = from_ssh_config(text, vm.machine)
     try:
         connection.open()
     except UNREACHABLE as error:
-        details = parse_ssh_config(text)
-        raise LabError(f"The lab VM is running but does not answer SSH at {details['host']}:{details['port']} "
-                       f"({error or type(error).__name__}). Wait a minute and retry; if it persists, "
-                       "`invoke lab.halt` then `invoke lab.up`.") from None
+        details = parse_ssh_config(text, vm.machine)
+        raise LabError(f"{vm.title.capitalize()} is running but does not answer SSH at {details['host']}:"
+                       f"{details['port']} ({error or type(error).__name__}). Wait a minute and retry; if it "
+                       "persists, `invoke lab.halt` then `invoke lab.up`.") from None
     return connection
 
 

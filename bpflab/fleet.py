@@ -1,4 +1,5 @@
-"""A room of lab hosts: the stages above, on every host of an Ansible inventory at once.
+"""A room of lab hosts: the stages above, on every host of an Ansible inventory, or on
+every lab VM of this checkout, at once.
 
 The inventory is Ansible's YAML format, so one file describes the room for
 `ansible-playbook` and for bpflab. Fleet hosts are real machines: their SSH host
@@ -27,9 +28,10 @@ from rich.table import Table
 
 from . import provision, run, sync
 from .config import Config
-from .connection import CONNECT_TIMEOUT, UNREACHABLE
+from .connection import CONNECT_TIMEOUT, UNREACHABLE, parse_ssh_config
 from .console import Board, escape, for_host, say
 from .errors import LabError
+from .vm import LabVM
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
 
@@ -104,6 +106,16 @@ def load_inventory(path: Path | str) -> list[Host]:
             known_hosts=Path(known_hosts).expanduser() if known_hosts else DEFAULT_KNOWN_HOSTS))
     if not hosts:
         raise LabError(f"The inventory {path} lists no hosts.")
+    return hosts
+
+
+def vm_hosts(vms: list[LabVM]) -> list[Host]:
+    """This checkout's lab VMs as fleet hosts, named by machine (host keys unchecked, as for one VM)."""
+    hosts = []
+    for vm in vms:
+        endpoint = parse_ssh_config(vm.ssh_config(), vm.machine)
+        hosts.append(Host(name=vm.machine, address=endpoint["host"], port=endpoint["port"], user=endpoint["user"],
+                          identity=endpoint["identity"], check_host_key=False, known_hosts=DEFAULT_KNOWN_HOSTS))
     return hosts
 
 
@@ -186,7 +198,7 @@ def setup(hosts: list[Host], config: Config, root: Path) -> dict[str, Result]:
     host; the others then install it as an artifact."""
     def job_with(settings: Config):
         def job(host: Host, connection: Connection) -> str:
-            changed, mode = provision.apply(connection, settings, root / "logs" / "fleet" / host.name / "provision.log")
+            changed, mode = provision.apply(connection, settings, root / "logs" / host.name / "provision.log")
             provision.require_healthy(provision.doctor(connection, show=False))
             sync.push(connection, root)
             say("ready" + (" (provisioned)" if changed else " (nothing to provision)"))

@@ -1,7 +1,10 @@
-"""The lab VM through Vagrant: provider and acceleration choice, life cycle, state.
+"""The lab VMs through Vagrant: provider and acceleration choice, life cycle, state.
 
-Vagrant is the only thing that touches the VM here; virsh is used just to find
-and clear libvirt leftovers that Vagrant no longer knows about.
+lab.yaml's `vm.count` asks for one VM (a learner's) or several (a lab server for a
+class); tasks pick them by machine name or all at once, with Vagrant's defaults:
+the life cycle covers every VM, everything else the primary one. Vagrant is the
+only thing that touches the VMs here; virsh is used just to find and clear
+libvirt leftovers that Vagrant no longer knows about.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from .console import run, say, step
 from .errors import LabError
 from .host import LIBVIRT_URI, QUIET_VAGRANT, libvirt_answers
 
-MACHINE = "lab"
 SETUP_HINT = "Run `invoke host.setup` (Debian/Ubuntu) or install Vagrant and a provider as the README says."
 
 
@@ -67,14 +69,41 @@ def choose_provider(setting: str, have_libvirt: bool, have_virtualbox: bool) -> 
     raise LabError(f"No Vagrant provider is installed (neither vagrant-libvirt nor VirtualBox). {SETUP_HINT}")
 
 
-def parse_status(machine_readable: str) -> dict[str, str]:
-    """`vagrant status --machine-readable` -> {'state': ..., 'provider-name': ...}."""
+def parse_status(machine_readable: str, machine: str) -> dict[str, str]:
+    """`vagrant status --machine-readable` -> {'state': ..., 'provider-name': ...} of one machine."""
     found = {}
     for line in machine_readable.splitlines():
         fields = line.split(",", 3)
-        if len(fields) == 4 and fields[1] == MACHINE:
+        if len(fields) == 4 and fields[1] == machine:
             found[fields[2]] = fields[3]
     return found
+
+
+def choose_machines(known: list[str], choice: str, everything_by_default: bool) -> list[str]:
+    """The machines that `--vm` names: a name, names with commas, or `all`; '' is the default."""
+    if choice == "all" or (not choice and everything_by_default):
+        return list(known)
+    if not choice:
+        return known[:1]
+    names = [name.strip() for name in choice.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise LabError(f"lab.yaml defines the lab VMs {', '.join(known)} (vm.count: {len(known)}); there is no "
+                       f"VM named {', '.join(unknown) or repr(choice)}. Give --vm one of those names, names "
+                       "separated by commas, or all.")
+    return list(dict.fromkeys(names))
+
+
+def select(config: Config, choice: str = "", everything_by_default: bool = False) -> list[LabVM]:
+    return [LabVM(config, machine) for machine in choose_machines(config.machines, choice, everything_by_default)]
+
+
+def select_one(config: Config, choice: str, task: str, for_all: str) -> LabVM:
+    """The one VM a single-VM task works on; several are refused with the task that takes them."""
+    chosen = select(config, choice)
+    if len(chosen) > 1:
+        raise LabError(f"`invoke {task}` works on one VM at a time; give --vm one name. {for_all}")
+    return chosen[0]
 
 
 @dataclass
@@ -92,12 +121,19 @@ class Status:
 
 
 class LabVM:
-    """The lab VM of one checkout, as Vagrant sees it."""
+    """One lab VM of one checkout (a machine of the Vagrantfile), as Vagrant sees it."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, machine: str | None = None):
         self.config = config
+        self.machine = machine or config.machines[0]
         self.root = config.root
-        self.state_dir = self.root / ".vagrant" / "bpflab"
+        self.state_dir = self.root / ".vagrant" / "bpflab" / self.machine
+        self.logs = self.root / "logs" / self.machine
+
+    @property
+    def title(self) -> str:
+        """How messages name it: plain "the lab VM" when it is the only one."""
+        return "the lab VM" if self.config.vm.count == 1 else f"the lab VM {self.machine}"
 
     @property
     def instance(self) -> str:
@@ -107,7 +143,7 @@ class LabVM:
 
     @property
     def domain(self) -> str:
-        return f"{self.instance}-{MACHINE}"
+        return f"{self.instance}-{self.machine}"
 
     def provider(self) -> str:
         plugins = self.vagrant("plugin", "list", check=False).stdout
@@ -144,20 +180,21 @@ class LabVM:
                    check=check, log=self.state_dir / "vagrant.log", what=f"vagrant {args[0]}", fix=fix)
 
     def status(self) -> Status:
-        result = self.vagrant("status", MACHINE, "--machine-readable", check=False)
-        fields = parse_status(result.stdout)
+        result = self.vagrant("status", self.machine, "--machine-readable", check=False)
+        fields = parse_status(result.stdout, self.machine)
         if "state" not in fields:
             reason = result.stdout.strip().splitlines()[-3:] if result.stdout.strip() else ["no output"]
-            raise LabError("Vagrant could not tell the lab VM's state: " + " / ".join(reason) +
+            raise LabError(f"Vagrant could not tell the state of {self.title}: " + " / ".join(reason) +
                            f"\nFull log: {self.state_dir / 'vagrant.log'}. {SETUP_HINT}")
         return Status(fields["state"], fields.get("provider-name", "?"))
 
     def require_running(self) -> Status:
         status = self.status()
         if not status.created:
-            raise LabError("The lab VM does not exist yet. Run `invoke lab.up` (or `invoke lab.setup`) first.")
+            raise LabError(f"{self.title.capitalize()} does not exist yet. Run `invoke lab.up` "
+                           "(or `invoke lab.setup`) first.")
         if not status.running:
-            raise LabError(f"The lab VM is {status.state}, not running. Run `invoke lab.up` to start it.")
+            raise LabError(f"{self.title.capitalize()} is {status.state}, not running. Run `invoke lab.up` to start it.")
         return status
 
     def choose_box(self, provider: str) -> str:
@@ -173,7 +210,7 @@ class LabVM:
         return recipe.box_name
 
     def clear_stale_libvirt(self) -> None:
-        """Remove a domain or disk named for this checkout that Vagrant has forgotten.
+        """Remove a domain or disk named for this VM that Vagrant has forgotten.
 
         The name contains a hash of this folder, so nothing else can own it; left
         in place, it makes `vagrant up` fail with "domain ... is already taken".
@@ -193,40 +230,37 @@ class LabVM:
             say(f"Removing the stale libvirt volume {volume} (left from an earlier run)")
             run([*virsh, "vol-delete", "--pool", "default", volume])
 
-    def up(self) -> None:
+    def prepare(self) -> str | None:
+        """Before `vagrant up`: the provider to start it with, or None when it runs already.
+        A VM to be created gets its acceleration, a clean libvirt slot and its box first."""
         self.forget_endpoint()
         status = self.status()
+        if status.running:
+            say(f"[green]✓[/green] {self.title.capitalize()} is already running ({status.provider})")
+            return None
         provider = self.provider() if not status.created else status.provider
         if not status.created:
             if provider == "libvirt":
                 self.remember("acceleration", self.acceleration())
                 self.clear_stale_libvirt()
             self.remember("box", self.choose_box(provider))
-        if status.running:
-            say(f"[green]✓[/green] The lab VM is already running ({provider})")
-            return
-        accel = self.remembered("acceleration") or "-"
-        with step(f"Starting the lab VM ({provider}, {accel}; a few minutes under software emulation)",
-                  "The lab VM is up") as current:
-            self.vagrant("up", MACHINE, f"--provider={provider}", current=current,
-                         fix=f"See the full log in {self.state_dir / 'vagrant.log'}; `invoke lab.destroy` "
-                             "and `invoke lab.up` start again from scratch.")
+        return provider
 
     def halt(self) -> None:
         self.forget_endpoint()
         if not self.status().running:
-            say("The lab VM is not running; nothing to halt.")
+            say(f"{self.title.capitalize()} is not running; nothing to halt.")
             return
-        with step("Halting the lab VM", "The lab VM is halted") as current:
-            self.vagrant("halt", MACHINE, current=current)
+        with step(f"Halting {self.title}", f"{self.title.capitalize()} is halted") as current:
+            self.vagrant("halt", self.machine, current=current)
 
     def destroy(self) -> None:
         self.forget_endpoint()
         if self.status().created:
-            with step("Destroying the lab VM", "The lab VM is destroyed") as current:
-                self.vagrant("destroy", "--force", MACHINE, current=current)
+            with step(f"Destroying {self.title}", f"{self.title.capitalize()} is destroyed") as current:
+                self.vagrant("destroy", "--force", self.machine, current=current)
         else:
-            say("The lab VM does not exist; nothing to destroy.")
+            say(f"{self.title.capitalize()} does not exist; nothing to destroy.")
         for key in ("box", "acceleration"):
             (self.state_dir / key).unlink(missing_ok=True)
 
@@ -239,7 +273,7 @@ class LabVM:
         path = self.state_dir / "ssh-config"
         if refresh or not path.exists():
             self.require_running()
-            text = self.vagrant("ssh-config", MACHINE, fix="`invoke lab.status` tells the VM's state.").stdout
+            text = self.vagrant("ssh-config", self.machine, fix="`invoke lab.status` tells the VM's state.").stdout
             self.state_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         return path.read_text()
@@ -251,4 +285,23 @@ class LabVM:
         """Replace this process with `vagrant ssh`, so the shell gets the real terminal."""
         self.require_running()
         os.chdir(self.root)
-        os.execvpe("vagrant", ["vagrant", "ssh", MACHINE], {**os.environ, **self.environment()})
+        os.execvpe("vagrant", ["vagrant", "ssh", self.machine], {**os.environ, **self.environment()})
+
+
+def bring_up(vms: list[LabVM]) -> None:
+    """Create or start these VMs with one `vagrant up` per provider: vagrant-libvirt
+    then brings several up in parallel."""
+    waiting: dict[str, list[LabVM]] = {}
+    for vm in vms:
+        provider = vm.prepare()
+        if provider:
+            waiting.setdefault(provider, []).append(vm)
+    for provider, group in waiting.items():
+        names = ", ".join(vm.machine for vm in group)
+        what = group[0].title if len(group) == 1 else f"the lab VMs {names}"
+        accel = group[0].remembered("acceleration") or "-"
+        with step(f"Starting {what} ({provider}, {accel}; a few minutes under software emulation)",
+                  f"{what[0].upper()}{what[1:]} {'is' if len(group) == 1 else 'are'} up") as current:
+            group[0].vagrant("up", *(vm.machine for vm in group), f"--provider={provider}", current=current,
+                             fix=f"See the full log in {group[0].state_dir / 'vagrant.log'}; `invoke lab.destroy` "
+                                 "and `invoke lab.up` start again from scratch.")

@@ -47,11 +47,3 @@ def project(tmp_path_factory):
     copy = copy_project(tmp_path_factory.mktemp("lab-project"))
     yield copy
     copy.invoke("lab.destroy", check=False)
-
-
-@pytest.fixture(scope="session")
-def second_project(tmp_path_factory):
-    """Another checkout, so another lab VM: the second seat of a fleet, then the life-cycle test's."""
-    copy = copy_project(tmp_path_factory.mktemp("second-project"))
-    yield copy
-    copy.invoke("lab.destroy", check=False)

@@ -6,7 +6,8 @@ import pytest
 
 from bpflab import box, config
 from bpflab.errors import LabError
-from bpflab.vm import choose_acceleration, choose_provider, hardware_virtualization, parse_status
+from bpflab.vm import (choose_acceleration, choose_machines, choose_provider, hardware_virtualization, parse_status,
+                       select, select_one)
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\n"
 PARAVIRT = "processor\t: 0\nflags\t\t: fpu vme de pse sse2 hypervisor\n"
@@ -53,10 +54,36 @@ def test_missing_provider_points_to_setup(setting, libvirt, virtualbox, message)
         choose_provider(setting, libvirt, virtualbox)
 
 
-def test_parse_status_reads_only_the_lab_machine():
+def test_parse_status_reads_only_the_asked_machine():
     text = ("1795538147,lab,metadata,provider,libvirt\n1795538148,lab,provider-name,libvirt\n"
-            "1795538148,lab,state,shutoff\n1795538148,,ui,info,Current machine states:\\n\\nlab shutoff\n")
-    assert parse_status(text) == {"metadata": "provider,libvirt", "provider-name": "libvirt", "state": "shutoff"}
+            "1795538148,lab,state,shutoff\n1795538148,lab2,state,running\n"
+            "1795538148,,ui,info,Current machine states:\\n\\nlab shutoff\n")
+    assert parse_status(text, "lab") == {"metadata": "provider,libvirt", "provider-name": "libvirt", "state": "shutoff"}
+    assert parse_status(text, "lab2") == {"state": "running"}
+
+
+@pytest.mark.parametrize("choice, everything_by_default, expected", [
+    ("", False, ["lab"]), ("", True, ["lab", "lab2", "lab3"]), ("all", False, ["lab", "lab2", "lab3"]),
+    ("lab2", True, ["lab2"]), ("lab3, lab,lab3", False, ["lab3", "lab"]),
+])
+def test_vm_choice(choice, everything_by_default, expected):
+    assert choose_machines(["lab", "lab2", "lab3"], choice, everything_by_default) == expected
+
+
+@pytest.mark.parametrize("choice", ["lab4", "lab,seat-9", ","])
+def test_unknown_vm_names_the_ones_there_are(choice):
+    with pytest.raises(LabError, match=r"defines the lab VMs lab, lab2, lab3 \(vm.count: 3\).*one of those names"):
+        choose_machines(["lab", "lab2", "lab3"], choice, False)
+
+
+def test_machine_names_follow_vm_count():
+    settings = config.load()
+    assert settings.machines == ["lab"]
+    three = dataclasses.replace(settings, vm=dataclasses.replace(settings.vm, count=3))
+    assert three.machines == ["lab", "lab2", "lab3"]
+    assert [vm.domain.rsplit("-", 1)[1] for vm in select(three, "all")] == ["lab", "lab2", "lab3"]
+    with pytest.raises(LabError, match="works on one VM at a time"):
+        select_one(three, "lab,lab2", "lab.ssh", "")
 
 
 def never(_box):

@@ -1,6 +1,7 @@
 """The learner's loop for real, on a provisioned VM: setup, run, stop, gather, verify;
-then a second VM provisioned by Ansible, the two as a fleet, and BCC from source and
-as an artifact."""
+then a second VM of the same lab.yaml (vm.count: 2) provisioned by Ansible, the two as a
+fleet (by --vm all and by an inventory), BCC from source and as an artifact, and the
+second VM's life cycle addressed by name."""
 
 import json
 import os
@@ -10,6 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,8 +26,8 @@ pytestmark = pytest.mark.vm
 
 
 class AnsibleSeat(threading.Thread):
-    """Brings up a second VM and provisions it with ansible-playbook alone, twice, while the
-    first VM's tests run (the two VMs share the host's 2 cores; this saves minutes of CI)."""
+    """Brings up the second VM (lab2) and provisions it with ansible-playbook alone, twice, while
+    the first VM's tests run (the two VMs share the host's 2 cores; this saves minutes of CI)."""
 
     def __init__(self, project):
         super().__init__(daemon=True)
@@ -31,24 +35,26 @@ class AnsibleSeat(threading.Thread):
 
     def run(self):
         try:
-            self.project.invoke("lab.up")
-            self.results["first run changed"] = ansible_playbook(self.project)
-            self.results["doctor"] = self.project.invoke("lab.doctor").stdout
-            self.results["second run changed"] = ansible_playbook(self.project)
+            self.project.invoke("lab.up", "--vm", "lab2")
+            self.results["first run changed"] = ansible_playbook(self.project, "lab2")
+            self.results["doctor"] = self.project.invoke("lab.doctor", "--vm", "lab2").stdout
+            self.results["second run changed"] = ansible_playbook(self.project, "lab2")
         except BaseException as error:  # reported by the test that waits for it
             self.error = error
 
 
 @pytest.fixture(scope="module")
-def lab(project, second_project):
-    """A lab VM brought up, provisioned (BCC from Debian's package) and synced by `lab.setup`;
-    meanwhile a second VM is being provisioned by Ansible."""
+def lab(project):
+    """Two lab VMs from one lab.yaml (vm.count: 2): lab brought up, provisioned (BCC from
+    Debian's package) and synced by `lab.setup --vm lab`; meanwhile lab2 is provisioned by Ansible."""
+    settings = project.path / "lab.yaml"
+    settings.write_text(settings.read_text().replace("  count: 1", "  count: 2", 1))
     project.invoke("host.setup")
-    project.invoke("lab.up")  # first: it loads the box into libvirt's pool and makes the network
-    project.ansible_seat = AnsibleSeat(second_project)
+    project.invoke("lab.up", "--vm", "lab")  # first: it loads the box into libvirt's pool and makes the network
+    project.ansible_seat = AnsibleSeat(project)
     project.ansible_seat.start()
-    setup = project.invoke("lab.setup")
-    assert "The lab VM is ready" in setup.stdout
+    setup = project.invoke("lab.setup", "--vm", "lab")
+    assert "The lab VM lab is ready" in setup.stdout
     yield project
     project.ansible_seat.join(timeout=1800)
     project.invoke("lab.destroy", check=False)
@@ -78,9 +84,9 @@ def test_provisioning_again_changes_nothing(lab):
     assert "missing" not in again.stdout
 
 
-def ansible_playbook(project):
-    """`ansible-playbook ansible/site.yml` against the lab VM, through `lab.inventory`; the changed count."""
-    project.invoke("lab.inventory")
+def ansible_playbook(project, machine):
+    """`ansible-playbook ansible/site.yml` against one lab VM, through `lab.inventory`; the changed count."""
+    project.invoke("lab.inventory", "--vm", machine)
     result = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", ".vagrant/bpflab/inventory.yml",
          "ansible/site.yml"], cwd=project.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -185,15 +191,15 @@ def test_verify_fails_when_the_kernel_side_does_nothing(lab):
     assert result.returncode == 1 and "FAIL" in result.stdout and "no line matched 'Hello World!'" in result.stdout
 
 
-# A second VM: provisioned by Ansible alone, then a fleet with the first. ----------
+# The second VM: provisioned by Ansible alone, then a fleet with the first. ----------
 
 @pytest.fixture(scope="module")
-def seat_b(lab, second_project):
-    """The second VM, once the Ansible runs started with the first VM are done."""
+def seat_b(lab):
+    """lab2, once the Ansible runs started with the first VM are done."""
     lab.ansible_seat.join(timeout=1800)
     if lab.ansible_seat.error:
         raise lab.ansible_seat.error
-    return second_project
+    return "lab2"
 
 
 def test_ansible_provisions_a_fresh_vm(lab, seat_b):
@@ -205,15 +211,15 @@ def test_ansible_provisions_a_fresh_vm(lab, seat_b):
     assert results["second run changed"] == 0
 
 
-def write_room(folder, seats):
-    """The seats as one Ansible inventory, with their host keys recorded and checked."""
+def write_room(folder, project):
+    """The lab VMs as one Ansible inventory of seats, with their host keys recorded and checked."""
+    project.invoke("lab.inventory", "--output", str(folder / "vms.yml"))
+    machines = yaml.safe_load((folder / "vms.yml").read_text())["all"]["hosts"]
     hosts, known = {}, []
-    for name, project in seats.items():
-        project.invoke("lab.inventory")
-        inventory = yaml.safe_load((project.path / ".vagrant" / "bpflab" / "inventory.yml").read_text())
-        host = next(iter(inventory["all"]["hosts"].values()))
+    for seat, machine in (("seat-a", "lab"), ("seat-b", "lab2")):
+        host = machines[machine]
         host["ansible_ssh_common_args"] = f"-o UserKnownHostsFile={folder / 'known_hosts'}"
-        hosts[name] = host
+        hosts[seat] = host
         known.append(subprocess.run(["ssh-keyscan", "-p", str(host["ansible_port"]), host["ansible_host"]],
                                     capture_output=True, text=True, check=True).stdout)
     (folder / "known_hosts").write_text("".join(known))
@@ -223,20 +229,24 @@ def write_room(folder, seats):
 
 @pytest.fixture(scope="module")
 def room(lab, seat_b, tmp_path_factory):
-    return write_room(tmp_path_factory.mktemp("room"), {"seat-a": lab, "seat-b": seat_b})
+    return write_room(tmp_path_factory.mktemp("room"), lab)
 
 
-def test_fleet_setup_and_verify_matrix(lab, room):
-    """Both seats set up in parallel (Ansible provisioned one, Fabric the other: nothing to do),
-    then a host x lab table."""
-    setup = lab.invoke("lab.setup", "--inventory", str(room / "room.yml"))
-    assert "seat-a: ready (nothing to provision)" in setup.stdout
-    assert "seat-b: ready (nothing to provision)" in setup.stdout and "All 2 hosts are ready" in setup.stdout
-    verify = lab.invoke("lab.verify", "--inventory", str(room / "room.yml"), "--names", "hello",
-                        "--names", "hello-tail", "--seconds", "5")
+def test_all_vms_of_the_checkout_set_up_and_verify_as_a_fleet(lab, seat_b):
+    """`lab.setup` covers every VM of lab.yaml at once (Fabric finds nothing to do on the one
+    Ansible provisioned), `lab.status` shows both, and `lab.verify --vm all` makes a host x lab table."""
+    setup = lab.invoke("lab.setup")
+    assert "lab: ready (nothing to provision)" in setup.stdout
+    assert "lab2: ready (nothing to provision)" in setup.stdout and "All 2 hosts are ready" in setup.stdout
+    status = lab.invoke("lab.status").stdout
+    assert re.search(r"machine\s+lab\n", status) and re.search(r"machine\s+lab2\n", status)
+    assert status.count("running") == 2
+    verify = lab.invoke("lab.verify", "--vm", "all", "--names", "hello", "--names", "hello-tail", "--seconds", "5")
     assert "All 2 hosts passed every lab" in verify.stdout
     matrix = [line for line in verify.stdout.splitlines() if line.count("PASS") == 2]
     assert len(matrix) == 2, verify.stdout
+    wrong = lab.invoke("lab.run", "hello", "--vm", "lab3", check=False)
+    assert wrong.returncode == 1 and "defines the lab VMs lab, lab2 (vm.count: 2)" in wrong.stdout
 
 
 def test_fleet_run_streams_and_gathers_per_host(lab, room):
@@ -275,7 +285,7 @@ def test_fleet_goes_on_when_a_host_goes_down_mid_way(lab, seat_b, room):
                "--names", "hello", "--names", "hello-map", "--seconds", "5"]
     process = subprocess.Popen(command, cwd=lab.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(lab.path)})
-    domain = LabVM(config.load(seat_b.path / "lab.yaml")).domain
+    domain = LabVM(config.load(lab.path / "lab.yaml"), seat_b).domain
     output = []
     for line in process.stdout:
         output.append(line)
@@ -290,22 +300,21 @@ def test_fleet_goes_on_when_a_host_goes_down_mid_way(lab, seat_b, room):
     assert re.search(r"stopped:\s+connection-lost", text) and "seat-b stopped answering SSH; 1 lab(s) not run" in text
 
 
-# BCC from source (a stand-in) on seat A, then as an artifact on seat B. --------
+# BCC from source (a stand-in) on lab, then as an artifact on lab2. --------
 
 @pytest.fixture(scope="module")
-def fake_bcc(lab, seat_b, tmp_path_factory):
+def fake_bcc(lab, tmp_path_factory):
     """Settings for a stand-in BCC repository served to the VM from /srv, with its own artifact folder."""
     folder = tmp_path_factory.mktemp("fake-bcc")
-    originals = {project: (project.path / "lab.yaml").read_text() for project in (lab, seat_b)}
+    original = (lab.path / "lab.yaml").read_text()
 
-    def use(install, version, project=lab):
-        use_fake_bcc(project.path / "lab.yaml", originals[project], install, version, folder / "artifacts")
+    def use(install, version):
+        use_fake_bcc(lab.path / "lab.yaml", original, install, version, folder / "artifacts")
 
     use.artifacts = folder / "artifacts"
     use.repository = fake_repository_tarball(folder)
     yield use
-    for project, text in originals.items():
-        (project.path / "lab.yaml").write_text(text)
+    (lab.path / "lab.yaml").write_text(original)
 
 
 def serve_fake_repository(project, fake_bcc):
@@ -334,7 +343,7 @@ def test_bcc_source_build_mechanics(lab, fake_bcc):
     fake_bcc("source", "v3-broken")
     broken = lab.invoke("lab.provision", check=False)
     assert broken.returncode == 1 and "the BCC build failed in the VM" in broken.stdout
-    assert "error" in broken.stdout and (lab.path / "logs" / "provision.log").exists()
+    assert "error" in broken.stdout and (lab.path / "logs" / "lab" / "provision.log").exists()
     assert "Traceback" not in broken.stdout
 
 
@@ -352,26 +361,83 @@ def test_bcc_export_packs_the_build_and_its_runtime_needs(lab, fake_bcc):
     assert "usr/lib/libfakebcc.so" in listing and "usr/lib/python3/dist-packages/bcc/__init__.py" in listing
 
 
-def test_fleet_builds_once_and_installs_the_artifact_elsewhere(lab, seat_b, fake_bcc, tmp_path):
-    """`bcc.install: source` across the room: the first host builds (seat A has the stand-in v2
-    already), the other gets that build as an artifact in place of a build: seat B, which has
-    only Debian's BCC, and its checks pass."""
-    seat_b.invoke("lab.up")  # switched off by the test above
-    room = write_room(tmp_path, {"seat-a": lab, "seat-b": seat_b})
+def test_fleet_builds_once_and_installs_the_artifact_elsewhere(lab, seat_b, fake_bcc):
+    """`bcc.install: source` across the checkout's VMs: the first builds (lab has the stand-in v2
+    already), the other gets that build as an artifact in place of a build: lab2, which has
+    only Debian's BCC, and its checks pass. lab2 was switched off above: `lab.setup` starts it."""
     fake_bcc("source", "v2")
-    result = lab.invoke("lab.setup", "--inventory", str(room / "room.yml"))
-    assert "seat-a: ✓ BCC v2: installed already" in result.stdout
-    assert "seat-b: ✓ Removing the distribution's BCC" in result.stdout
-    assert "seat-b: ✓ Installing BCC v2 from bcc-v2-debian-12-amd64.tar.gz" in result.stdout
+    result = lab.invoke("lab.setup")
+    assert "lab: ✓ BCC v2: installed already" in result.stdout
+    assert "lab2: ✓ Removing the distribution's BCC" in result.stdout
+    assert "lab2: ✓ Installing BCC v2 from bcc-v2-debian-12-amd64.tar.gz" in result.stdout
     assert "Building BCC" not in result.stdout and "All 2 hosts are ready" in result.stdout
-    assert "BCC fake-v2" in seat_b.invoke("lab.doctor").stdout
+    assert "BCC fake-v2" in lab.invoke("lab.doctor", "--vm", seat_b).stdout
 
 
-def test_artifact_mode_refuses_a_version_it_does_not_have(seat_b, fake_bcc):
-    """`bcc.install: artifact` on seat B: v2 is there already; v9 was never exported."""
-    fake_bcc("artifact", "v2", seat_b)
-    assert "nothing to do" in seat_b.invoke("lab.provision").stdout
-    fake_bcc("artifact", "v9", seat_b)
-    refused = seat_b.invoke("lab.provision", check=False)
+def test_artifact_mode_refuses_a_version_it_does_not_have(lab, seat_b, fake_bcc):
+    """`bcc.install: artifact` on lab2: v2 is there already; v9 was never exported."""
+    fake_bcc("artifact", "v2")
+    assert "nothing to do" in lab.invoke("lab.provision", "--vm", seat_b).stdout
+    fake_bcc("artifact", "v9")
+    refused = lab.invoke("lab.provision", "--vm", seat_b, check=False)
     assert refused.returncode == 1 and "has no BCC v9 built for debian-12 amd64" in refused.stdout
     assert "bcc-v2-debian-12-amd64" in refused.stdout and "Traceback" not in refused.stdout
+
+
+# The second VM's life cycle, addressed by name; the first keeps running. --------
+
+VIRSH = ["virsh", "-c", "qemu:///system"]
+
+
+def domain_state(domain):
+    result = subprocess.run([*VIRSH, "domstate", domain], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def volume_exists(name):
+    return subprocess.run([*VIRSH, "vol-info", "--pool", "default", name], capture_output=True).returncode == 0
+
+
+def qemu_processes(domain):
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f"guest={domain}".encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:
+            pass
+    return found
+
+
+def test_vm_life_cycle_by_name(lab, seat_b):
+    """Halt, recovery from a stale domain and destroy of lab2 alone (--vm lab2), leaving
+    nothing of it; lab runs on untouched."""
+    settings = config.load(lab.path / "lab.yaml")
+    vm, first = LabVM(settings, seat_b), LabVM(settings, "lab")
+    timings = {}
+
+    def timed(name, *args):
+        started = time.monotonic()
+        result = lab.invoke(*args)
+        timings[name] = round(time.monotonic() - started, 1)
+        return result
+
+    assert domain_state(vm.domain) == "running"
+    kernel = connection.remote_run(connection.connect(vm), "uname -r").stdout.strip()
+    timed("lab.halt", "lab.halt", "--vm", seat_b)
+    assert domain_state(vm.domain) == "shut off" and domain_state(first.domain) == "running"
+    assert not (vm.state_dir / "ssh-config").exists()
+
+    # Vagrant forgets the halted VM (its .vagrant/machines/ entry is gone): the next up clears the stale domain.
+    shutil.rmtree(lab.path / ".vagrant" / "machines" / seat_b)
+    recovered = timed("lab.up (over a stale domain)", "lab.up", "--vm", seat_b)
+    assert f"Removing the stale libvirt domain {vm.domain}" in recovered.stdout
+    assert "The lab VM lab is already running" not in recovered.stdout  # --vm lab2 leaves lab alone
+    assert connection.remote_run(connection.connect(vm), "uname -r").stdout.strip() == kernel
+
+    timed("lab.destroy", "lab.destroy", "--vm", seat_b)
+    assert domain_state(vm.domain) is None and not volume_exists(f"{vm.domain}.img")
+    assert qemu_processes(vm.domain) == []
+    assert domain_state(first.domain) == "running"
+    assert "Hello World!" in lab.invoke("lab.run", "hello", "--duration", "3").stdout
+    print("timings (s):", timings)
