@@ -193,7 +193,7 @@ def setup(c, inventory="", vm=""):
         return
     sync_stage.push(provision_vm(chosen), chosen.root)
     hint = f" --vm {chosen.machine}" if chosen.config.vm.count > 1 else ""
-    say(f"[green]✓[/green] {chosen.title.capitalize()} is ready and the labs are in it. "
+    say(f"[green]✓[/green] {chosen.subject} is ready and the labs are in it. "
         f"Try `invoke lab.run hello{hint}`.")
 
 

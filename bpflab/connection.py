@@ -68,7 +68,7 @@ def connect(vm: LabVM) -> Connection:
         connection.open()
     except UNREACHABLE as error:
         details = parse_ssh_config(text, vm.machine)
-        raise LabError(f"{vm.title.capitalize()} is running but does not answer SSH at {details['host']}:"
+        raise LabError(f"{vm.subject} is running but does not answer SSH at {details['host']}:"
                        f"{details['port']} ({error or type(error).__name__}). Wait a minute and retry; if it "
                        "persists, `invoke lab.halt` then `invoke lab.up`.") from None
     return connection

@@ -136,6 +136,11 @@ class LabVM:
         return "the lab VM" if self.config.vm.count == 1 else f"the lab VM {self.machine}"
 
     @property
+    def subject(self) -> str:
+        """The title at the start of a sentence."""
+        return self.title[0].upper() + self.title[1:]
+
+    @property
     def instance(self) -> str:
         """Same name as the Vagrantfile's: lab.yaml's vm.name and a hash of this folder."""
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
@@ -191,10 +196,10 @@ class LabVM:
     def require_running(self) -> Status:
         status = self.status()
         if not status.created:
-            raise LabError(f"{self.title.capitalize()} does not exist yet. Run `invoke lab.up` "
+            raise LabError(f"{self.subject} does not exist yet. Run `invoke lab.up` "
                            "(or `invoke lab.setup`) first.")
         if not status.running:
-            raise LabError(f"{self.title.capitalize()} is {status.state}, not running. Run `invoke lab.up` to start it.")
+            raise LabError(f"{self.subject} is {status.state}, not running. Run `invoke lab.up` to start it.")
         return status
 
     def choose_box(self, provider: str) -> str:
@@ -230,37 +235,40 @@ class LabVM:
             say(f"Removing the stale libvirt volume {volume} (left from an earlier run)")
             run([*virsh, "vol-delete", "--pool", "default", volume])
 
-    def prepare(self) -> str | None:
+    def prepare(self, boxes: dict[str, str]) -> str | None:
         """Before `vagrant up`: the provider to start it with, or None when it runs already.
-        A VM to be created gets its acceleration, a clean libvirt slot and its box first."""
+        A VM to be created gets its acceleration, a clean libvirt slot and its box first
+        (`boxes`: the box per provider, chosen once for all the VMs being created)."""
         self.forget_endpoint()
         status = self.status()
         if status.running:
-            say(f"[green]✓[/green] {self.title.capitalize()} is already running ({status.provider})")
+            say(f"[green]✓[/green] {self.subject} is already running ({status.provider})")
             return None
         provider = self.provider() if not status.created else status.provider
         if not status.created:
             if provider == "libvirt":
                 self.remember("acceleration", self.acceleration())
                 self.clear_stale_libvirt()
-            self.remember("box", self.choose_box(provider))
+            if provider not in boxes:
+                boxes[provider] = self.choose_box(provider)
+            self.remember("box", boxes[provider])
         return provider
 
     def halt(self) -> None:
         self.forget_endpoint()
         if not self.status().running:
-            say(f"{self.title.capitalize()} is not running; nothing to halt.")
+            say(f"{self.subject} is not running; nothing to halt.")
             return
-        with step(f"Halting {self.title}", f"{self.title.capitalize()} is halted") as current:
+        with step(f"Halting {self.title}", f"{self.subject} is halted") as current:
             self.vagrant("halt", self.machine, current=current)
 
     def destroy(self) -> None:
         self.forget_endpoint()
         if self.status().created:
-            with step(f"Destroying {self.title}", f"{self.title.capitalize()} is destroyed") as current:
+            with step(f"Destroying {self.title}", f"{self.subject} is destroyed") as current:
                 self.vagrant("destroy", "--force", self.machine, current=current)
         else:
-            say(f"{self.title.capitalize()} does not exist; nothing to destroy.")
+            say(f"{self.subject} does not exist; nothing to destroy.")
         for key in ("box", "acceleration"):
             (self.state_dir / key).unlink(missing_ok=True)
 
@@ -292,8 +300,9 @@ def bring_up(vms: list[LabVM]) -> None:
     """Create or start these VMs with one `vagrant up` per provider: vagrant-libvirt
     then brings several up in parallel."""
     waiting: dict[str, list[LabVM]] = {}
+    boxes: dict[str, str] = {}
     for vm in vms:
-        provider = vm.prepare()
+        provider = vm.prepare(boxes)
         if provider:
             waiting.setdefault(provider, []).append(vm)
     for provider, group in waiting.items():
