@@ -14,7 +14,6 @@ VM) and measures in one run, with bcc.install: package:
 Prints a table, writes benchmarks/results/provision_times.json, destroys both VMs.
 """
 
-import json
 import os
 import re
 import shutil
@@ -31,9 +30,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from bpflab import config, connection  # noqa: E402
 from bpflab.vm import LabVM  # noqa: E402
+from benchkit import copy_project, destroy_vms, report  # noqa: E402
 from fakebcc import fake_repository_tarball, use_fake_bcc  # noqa: E402
-
-PROJECT_FILES = ["Vagrantfile", "lab.yaml", "tasks.py", "bpflab", "labs", "bpf", "ansible"]
 
 
 def timed(command, cwd, env=None):
@@ -67,12 +65,7 @@ def room_inventory(projects, path):
 
 def main():
     work = Path(tempfile.mkdtemp(prefix="bpflab-bench-"))
-    projects = [work / "seat1", work / "seat2"]
-    for project in projects:
-        project.mkdir()
-        for name in PROJECT_FILES:
-            source = ROOT / name
-            (shutil.copytree if source.is_dir() else shutil.copy2)(source, project / name)
+    projects = [copy_project(work / "seat1"), copy_project(work / "seat2")]
     first = projects[0]
     settings = first / "lab.yaml"
     original = settings.read_text()
@@ -117,16 +110,9 @@ def main():
     finally:
         settings.write_text(original)
         for project in projects:
-            subprocess.run([sys.executable, "-m", "invoke", "lab.destroy"], cwd=project, stdin=subprocess.DEVNULL,
-                           env={**os.environ, "PYTHONPATH": str(project)}, capture_output=True)
+            destroy_vms(project)
         shutil.rmtree(work, ignore_errors=True)
-
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {value}{'' if 'changed' in name else ' s'}")
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "provision_times.json").write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, "provision_times")
 
 
 if __name__ == "__main__":

@@ -438,6 +438,6 @@ def test_vm_life_cycle_by_name(lab, seat_b):
     timed("lab.destroy", "lab.destroy", "--vm", seat_b)
     assert domain_state(vm.domain) is None and not volume_exists(f"{vm.domain}.img")
     assert qemu_processes(vm.domain) == []
-    assert domain_state(first.domain) == "running"
-    assert "Hello World!" in lab.invoke("lab.run", "hello", "--duration", "3").stdout
+    assert domain_state(first.domain) == "running" and "running" in lab.invoke("lab.status", "--vm", "lab").stdout
+    assert connection.remote_run(connection.connect(first), "uname -r").stdout.strip() == kernel
     print("timings (s):", timings)
