@@ -120,8 +120,10 @@ def destroy(c, vm=""):
 @friendly
 def status(c, vm=""):
     """Show each lab VM: state, provider, acceleration, box, SSH endpoint."""
-    for index, each in enumerate(lab_vms(vm, everything_by_default=True)):
-        current = each.status()
+    vms = lab_vms(vm, everything_by_default=True)
+    states = vm_stage.statuses(vms)
+    for index, each in enumerate(vms):
+        current = states[each.machine]
         rows = [("machine", each.machine), ("state", current.state), ("provider", current.provider),
                 ("acceleration", each.remembered("acceleration") or "-"),
                 ("box", each.remembered("box") or "-"), ("libvirt domain", each.domain)]
