@@ -129,6 +129,17 @@ class LabVM:
         self.root = config.root
         self.state_dir = self.root / ".vagrant" / "bpflab" / self.machine
         self.logs = self.root / "logs" / self.machine
+        if self.machine == "lab":
+            self.adopt_single_vm_state()
+
+    def adopt_single_vm_state(self) -> None:
+        """Move what bpflab remembered of the VM before there could be several into lab's folder:
+        without its box name, Vagrant would look for the catalog box to start that VM."""
+        old = self.root / ".vagrant" / "bpflab"
+        for key in ("box", "acceleration", "ssh-config"):
+            if (old / key).is_file():
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                (old / key).replace(self.state_dir / key)
 
     @property
     def title(self) -> str:

@@ -118,3 +118,15 @@ def test_box_recipe_hash_follows_the_recipe():
     bigger = dataclasses.replace(settings, local_box=dataclasses.replace(settings.local_box, disk_gb=32))
     assert box.Recipe.from_config(bigger).digest != first.digest
     assert first.digest in first.box_name and first.digest in str(first.box_file)
+
+
+def test_state_remembered_before_several_vms_moves_to_lab(tmp_path):
+    """A checkout whose VM was created when there was only one keeps its box and acceleration."""
+    (tmp_path / "lab.yaml").write_text(config.DEFAULT_PATH.read_text())
+    old = tmp_path / ".vagrant" / "bpflab"
+    old.mkdir(parents=True)
+    (old / "box").write_text("bpflab/debian-bookworm-1234\n")
+    (old / "acceleration").write_text("tcg\n")
+    vm = select(config.load(tmp_path / "lab.yaml"))[0]
+    assert vm.remembered("box") == "bpflab/debian-bookworm-1234" and vm.remembered("acceleration") == "tcg"
+    assert not (old / "box").exists() and vm.environment()["BPFLAB_LIBVIRT_DRIVER"] == "qemu"
