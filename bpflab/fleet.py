@@ -249,7 +249,7 @@ def verify_matrix(results: dict[str, Result]) -> tuple[Table, list[str]]:
     """A lab x host table of PASS/FAIL (or why a host has no results) and the failing cells."""
     labs = list(dict.fromkeys(row["lab"] for result in results.values() if result.ok for row in result.value))
     table = Table(title="lab.verify across the fleet")
-    table.add_column("lab")
+    table.add_column("lab \\ host")
     for name in results:
         table.add_column(name)
     failed = []

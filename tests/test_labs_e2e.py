@@ -260,8 +260,8 @@ def test_fleet_run_streams_and_gathers_per_host(lab, room):
         assert "Hello World!" in (folder / seat / "output.log").read_text()
 
 
-def test_fleet_refuses_a_changed_host_key(lab, room, tmp_path):
-    """A host whose key differs from known_hosts is an error naming it; the other still runs."""
+def test_fleet_refuses_a_changed_or_unknown_host_key(lab, room, tmp_path):
+    """A host whose key differs from known_hosts, or is not in it, is an error naming it; the other still runs."""
     text = (room / "room.yml").read_text()
     seat_b = yaml.safe_load(text)["all"]["hosts"]["seat-b"]
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
@@ -277,6 +277,14 @@ def test_fleet_refuses_a_changed_host_key(lab, room, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stdout
     assert "seat-b" in result.stdout and "host key is not the one recorded" in result.stdout
     assert "seat-a:   PASS" in result.stdout
+
+    # A host not recorded at all: refused with the line that records it.
+    (tmp_path / "known_hosts").write_text("\n".join(kept) + "\n")
+    unknown = lab.invoke("lab.run", "hello", "--duration", "3", "--inventory", str(tmp_path / "room.yml"), check=False)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stdout
+    assert f"ssh-keyscan -p {seat_b['ansible_port']} {seat_b['ansible_host']} >> {tmp_path / 'known_hosts'}" in \
+        " ".join(unknown.stdout.split())
+    assert re.search(r"seat-a\s*\| .*Hello World!", unknown.stdout)
 
 
 def test_fleet_goes_on_when_a_host_goes_down_mid_way(lab, seat_b, room):
