@@ -77,5 +77,5 @@ def test_verify_matrix_marks_failed_cells_and_hosts_without_results():
     results = {"seat1": fleet.Result("seat1", True, rows), "seat2": fleet.Result("seat2", False, error="down")}
     table, failed = fleet.verify_matrix(results)
     assert failed == ["hello-tail on seat1: no line matched 'Timer'"]
-    assert [column.header for column in table.columns] == ["lab", "seat1", "seat2"]
+    assert [column.header for column in table.columns] == ["lab \\ host", "seat1", "seat2"]
     assert table.row_count == 2
