@@ -111,9 +111,11 @@ def halt(c, vm=""):
 @task(help={"vm": VM_HELP + " (default: all)"})
 @friendly
 def destroy(c, vm=""):
-    """Delete the lab VMs and their disks."""
+    """Delete the lab VMs and their disks (by default also VMs left beyond a lowered vm.count)."""
     for each in lab_vms(vm, everything_by_default=True):
         each.destroy()
+    if vm in ("", "all"):
+        vm_stage.remove_leftovers(settings())
 
 
 @task(help={"vm": VM_HELP + " (default: all)"})
@@ -131,6 +133,7 @@ def status(c, vm=""):
             endpoint = connection.parse_ssh_config(each.ssh_config(), each.machine)
             rows.append(("ssh", f"{endpoint['user']}@{endpoint['host']}:{endpoint['port']}"))
         print("\n" * bool(index) + "\n".join(f"{name:<15}{value}" for name, value in rows))
+    vm_stage.warn_of_leftovers(settings())
 
 
 @task(help={"vm": VM_HELP})

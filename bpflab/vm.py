@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from . import box
 from .config import Config
-from .console import run, say, step
+from .console import run, say, step, warn
 from .errors import LabError
 from .host import LIBVIRT_URI, QUIET_VAGRANT, libvirt_answers
 
@@ -92,6 +93,35 @@ def choose_machines(known: list[str], choice: str, everything_by_default: bool) 
                        f"VM named {', '.join(unknown) or repr(choice)}. Give --vm one of those names, names "
                        "separated by commas, or all.")
     return list(dict.fromkeys(names))
+
+
+def beyond_count(instance: str, known: list[str], domains: list[str]) -> list[str]:
+    """Machines of this checkout that libvirt still has but lab.yaml no longer defines."""
+    pattern = re.compile(re.escape(instance) + r"-(lab\d+)")
+    return [found.group(1) for domain in domains
+            if (found := pattern.fullmatch(domain)) and found.group(1) not in known]
+
+
+def leftovers(config: Config) -> list[LabVM]:
+    """VMs left in libvirt after vm.count was lowered: Vagrant no longer sees them."""
+    if shutil.which("virsh") is None or not libvirt_answers():
+        return []
+    domains = subprocess.run(["virsh", "-c", LIBVIRT_URI, "list", "--all", "--name"],
+                             capture_output=True, text=True).stdout.split()
+    return [LabVM(config, machine) for machine in beyond_count(LabVM(config).instance, config.machines, domains)]
+
+
+def warn_of_leftovers(config: Config) -> None:
+    for vm in leftovers(config):
+        warn(f"libvirt still has {vm.domain}, a VM beyond vm.count: {config.vm.count} in lab.yaml. "
+             "`invoke lab.destroy` removes it.")
+
+
+def remove_leftovers(config: Config) -> None:
+    for vm in leftovers(config):
+        vm.clear_stale_libvirt()
+        shutil.rmtree(vm.root / ".vagrant" / "machines" / vm.machine, ignore_errors=True)
+        shutil.rmtree(vm.state_dir, ignore_errors=True)
 
 
 def select(config: Config, choice: str = "", everything_by_default: bool = False) -> list[LabVM]:

@@ -6,8 +6,8 @@ import pytest
 
 from bpflab import box, config
 from bpflab.errors import LabError
-from bpflab.vm import (choose_acceleration, choose_machines, choose_provider, hardware_virtualization, parse_status,
-                       select, select_one)
+from bpflab.vm import (beyond_count, choose_acceleration, choose_machines, choose_provider, hardware_virtualization,
+                       parse_status, select, select_one)
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\n"
 PARAVIRT = "processor\t: 0\nflags\t\t: fpu vme de pse sse2 hypervisor\n"
@@ -130,3 +130,10 @@ def test_state_remembered_before_several_vms_moves_to_lab(tmp_path):
     vm = select(config.load(tmp_path / "lab.yaml"))[0]
     assert vm.remembered("box") == "bpflab/debian-bookworm-1234" and vm.remembered("acceleration") == "tcg"
     assert not (old / "box").exists() and vm.environment()["BPFLAB_LIBVIRT_DRIVER"] == "qemu"
+
+
+def test_vms_beyond_a_lowered_count_are_found_by_name():
+    domains = ["bpflab-1234abcd-lab", "bpflab-1234abcd-lab2", "bpflab-1234abcd-lab3", "bpflab-99999999-lab2",
+               "other-vm", "bpflab-1234abcd-lab2-extra"]
+    assert beyond_count("bpflab-1234abcd", ["lab", "lab2"], domains) == ["lab3"]
+    assert beyond_count("bpflab-1234abcd", ["lab"], domains) == ["lab2", "lab3"]

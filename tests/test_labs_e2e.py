@@ -392,7 +392,7 @@ def test_artifact_mode_refuses_a_version_it_does_not_have(lab, seat_b, fake_bcc)
     assert "bcc-v2-debian-12-amd64" in refused.stdout and "Traceback" not in refused.stdout
 
 
-# The second VM's life cycle, addressed by name; the first keeps running. --------
+# The second VM's life cycle, addressed by name; then fewer VMs in lab.yaml. --------
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 
@@ -417,10 +417,12 @@ def qemu_processes(domain):
     return found
 
 
-def test_vm_life_cycle_by_name(lab, seat_b):
-    """Halt, recovery from a stale domain and destroy of lab2 alone (--vm lab2), leaving
-    nothing of it; lab runs on untouched."""
-    settings = config.load(lab.path / "lab.yaml")
+def test_vm_life_cycle_by_name_then_a_lowered_count(lab, seat_b):
+    """Halt of lab2 alone and its recovery from a stale domain (--vm lab2) while lab runs on;
+    then vm.count lowered to 1: lab.status warns of lab2, and lab.destroy removes lab and that
+    leftover too, leaving nothing of either."""
+    settings_file = lab.path / "lab.yaml"
+    settings = config.load(settings_file)
     vm, first = LabVM(settings, seat_b), LabVM(settings, "lab")
     timings = {}
 
@@ -443,9 +445,14 @@ def test_vm_life_cycle_by_name(lab, seat_b):
     assert "The lab VM lab is already running" not in recovered.stdout  # --vm lab2 leaves lab alone
     assert connection.remote_run(connection.connect(vm), "uname -r").stdout.strip() == kernel
 
-    timed("lab.destroy", "lab.destroy", "--vm", seat_b)
-    assert domain_state(vm.domain) is None and not volume_exists(f"{vm.domain}.img")
-    assert qemu_processes(vm.domain) == []
-    assert domain_state(first.domain) == "running" and "running" in lab.invoke("lab.status", "--vm", "lab").stdout
-    assert connection.remote_run(connection.connect(first), "uname -r").stdout.strip() == kernel
+    text = settings_file.read_text()
+    settings_file.write_text(text.replace("  count: 2", "  count: 1", 1))
+    try:
+        status = lab.invoke("lab.status").stdout
+        assert f"libvirt still has {vm.domain}" in " ".join(status.split()) and not re.search(r"machine\s+lab2", status)
+        timed("lab.destroy (lab and the leftover lab2)", "lab.destroy")
+    finally:
+        settings_file.write_text(text)
+    for domain in (vm.domain, first.domain):
+        assert domain_state(domain) is None and not volume_exists(f"{domain}.img") and qemu_processes(domain) == []
     print("timings (s):", timings)
