@@ -28,7 +28,7 @@ from rich.table import Table
 
 from . import provision, run, sync
 from .config import Config
-from .connection import CONNECT_TIMEOUT, UNREACHABLE, parse_ssh_config
+from .connection import CONNECT_TIMEOUT, UNREACHABLE, ansible_inventory
 from .console import Board, escape, for_host, say
 from .errors import LabError
 from .vm import LabVM
@@ -89,6 +89,11 @@ def load_inventory(path: Path | str) -> list[Host]:
     if not isinstance(data, dict) or not all(isinstance(group, (dict, type(None))) for group in data.values()):
         raise LabError(f"The inventory {path} is not in Ansible's YAML format: expected groups such as "
                        "`all: {hosts: {NAME: {ansible_host: ..., ansible_port: ...}}}`.")
+    return inventory_hosts(data, path)
+
+
+def inventory_hosts(data: dict, path: Path) -> list[Host]:
+    """The hosts of inventory data; relative key paths start at the inventory's folder."""
     hosts = []
     for name, variables in host_variables(data).items():
         port = variables.get("ansible_port", 22)
@@ -110,13 +115,8 @@ def load_inventory(path: Path | str) -> list[Host]:
 
 
 def vm_hosts(vms: list[LabVM]) -> list[Host]:
-    """This checkout's lab VMs as fleet hosts, named by machine (host keys unchecked, as for one VM)."""
-    hosts = []
-    for vm in vms:
-        endpoint = parse_ssh_config(vm.ssh_config(), vm.machine)
-        hosts.append(Host(name=vm.machine, address=endpoint["host"], port=endpoint["port"], user=endpoint["user"],
-                          identity=endpoint["identity"], check_host_key=False, known_hosts=DEFAULT_KNOWN_HOSTS))
-    return hosts
+    """This checkout's lab VMs as fleet hosts: the inventory `lab.inventory` writes for them."""
+    return inventory_hosts(ansible_inventory(vms), vms[0].root / "lab.yaml")
 
 
 def connect(host: Host) -> Connection:
