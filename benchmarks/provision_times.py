@@ -28,8 +28,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from bpflab import config, connection  # noqa: E402
+from bpflab import config  # noqa: E402
+from bpflab.commands import remote_run  # noqa: E402
+from bpflab.hosts import Host  # noqa: E402
 from bpflab.vm import LabVM  # noqa: E402
+
 from benchkit import copy_project, destroy_vms, report  # noqa: E402
 from fakebcc import fake_repository_tarball, use_fake_bcc  # noqa: E402
 
@@ -84,13 +87,13 @@ def main():
         figures["ansible-playbook, no-op, one VM"] = seconds
         figures["ansible-playbook, no-op, one VM: changed tasks"] = changed
 
-        remote = connection.connect(LabVM(config.load(settings)))
+        remote = Host.of_vm(LabVM(config.load(settings))).connect()
         remote.put(str(fake_repository_tarball(work)), "/tmp/repo.tar.gz")
-        connection.remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv", sudo=True)
+        remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv", sudo=True)
         use_fake_bcc(settings, original, "source", "v1", work / "artifacts")
         figures["stand-in BCC: source build + export"] = invoke(first, "lab.provision")[0]
         # Forget the build in the VM, then install the same version from the artifact.
-        connection.remote_run(remote, "rm -f /var/lib/bpflab/bcc.json", sudo=True)
+        remote_run(remote, "rm -f /var/lib/bpflab/bcc.json", sudo=True)
         use_fake_bcc(settings, original, "artifact", "v1", work / "artifacts")
         seconds, output = invoke(first, "lab.provision")
         assert "Installing BCC v1 from" in output, output

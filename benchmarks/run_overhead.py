@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bpflab import config, connection, sync  # noqa: E402
+from bpflab import config, sync  # noqa: E402
+from bpflab.hosts import Host  # noqa: E402
 from bpflab.vm import LabVM  # noqa: E402
 
 INVOKE = [sys.executable, "-m", "invoke"]
@@ -61,7 +62,7 @@ def main():
     options = parser.parse_args()
 
     vm = LabVM(config.load())
-    remote = connection.connect(vm)
+    remote = Host.of_vm(vm).connect()
     ssh_config = vm.state_dir / "ssh-config"
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     (work / "first.py").write_text(FIRST)

@@ -23,10 +23,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import arch, vagrant
+from .commands import run
 from .config import Config
-from .console import run, say, step
+from .console import say, step
 from .errors import LabError
-from .host import QUIET_VAGRANT, cache_dir, machine_arch, require_tool
+from .host import cache_dir, require_tool
 
 PACKAGES = [
     "linux-image-amd64", "systemd-sysv", "udev", "dbus", "ifupdown", "isc-dhcp-client",
@@ -97,20 +99,6 @@ def insecure_public_key() -> str:
         raise LabError("Vagrant's insecure public key (keys/vagrant.pub) was not found: is Vagrant "
                        "installed? Run `invoke host.setup` and then `invoke box.build`.")
     return Path(sorted(candidates)[-1]).read_text()
-
-
-def installed_boxes() -> set[tuple[str, str]]:
-    """(name, provider) of every box Vagrant has."""
-    listing = subprocess.run(["vagrant", "box", "list", "--machine-readable"],
-                             capture_output=True, text=True, env={**os.environ, **QUIET_VAGRANT}).stdout
-    names, providers = [], []
-    for line in listing.splitlines():
-        fields = line.split(",")
-        if len(fields) >= 4 and fields[2] == "box-name":
-            names.append(fields[3])
-        elif len(fields) >= 4 and fields[2] == "box-provider":
-            providers.append(fields[3])
-    return set(zip(names, providers))
 
 
 def catalog_reachable(box: str, timeout: float = 5.0) -> bool:
@@ -231,7 +219,7 @@ def build(config: Config) -> Recipe:
     if os.geteuid() != 0:
         raise LabError("Building the box needs root (mmdebstrap and chroot): run `sudo invoke box.build`, "
                        "then `invoke lab.up`.")
-    if machine_arch() != "x86_64":
+    if arch.debian() != "amd64":
         raise LabError("The local box is built for amd64 hosts only. On this host use a catalog box: "
                        "set vm.box to catalog in lab.yaml.")
     recipe = Recipe.from_config(config)
@@ -248,11 +236,10 @@ def build(config: Config) -> Recipe:
             (workdir / "bpflab.box").rename(recipe.box_file)
         finally:
             run((["rm", "-rf", "--one-file-system", str(workdir)]), check=False)
-    if (recipe.box_name, "libvirt") in installed_boxes():
+    if (recipe.box_name, "libvirt") in vagrant.installed_boxes():
         say(f"[green]✓[/green] Box {recipe.box_name} is registered with Vagrant")
     else:
         with step(f"Registering {recipe.box_name} with Vagrant") as current:
-            run(["vagrant", "box", "add", "--force", "--name", recipe.box_name, str(recipe.box_file)],
-                current=current, env=QUIET_VAGRANT)
+            vagrant.add_box(recipe.box_name, recipe.box_file, current)
     return recipe
 

@@ -1,28 +1,22 @@
-"""Progress for long steps and the host-side command runner.
+"""Everything bpflab shows: progress for long steps, one line per host, and the tables.
 
-Every long step shows what it is doing and for how long: a live status line on
-a terminal, plain start/finish lines in CI logs. Commands stream into a log
-file as they run, so a failure can show its last lines and point to the rest.
+Stages return results and report progress through `say`, `warn` and `step`; this
+module decides how that looks: a live status line or board on a terminal, plain
+start/finish lines (prefixed with the host) in CI logs. Stages never build
+tables themselves: they hand their rows to the functions at the end.
 """
 
 from __future__ import annotations
 
-import collections
-import os
-import shlex
-import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
-
-from .errors import LabError
 
 # In logs (not a terminal) lines are never wrapped, so that they stay whole for grep.
 console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
@@ -141,54 +135,52 @@ def step(title: str, done: str | None = None):
     say(f"[green]✓[/green] {escape(done or title)} [dim]({current.elapsed:.1f}s)[/dim]")
 
 
-def failure(what: str, code: int, tail, log: Path | None, fix: str, where: str = "") -> LabError:
-    """The one shape of a failed command: what, exit code, last lines, full log, what to do."""
-    shown = "\n".join(f"    {line}" for line in tail)
-    log_line = f"\n  Full log: {log}" if log else ""
-    return LabError(f"{what} failed{where} (exit {code}). Last lines:\n{shown}{log_line}\n{fix}".rstrip())
+def doctor_table(rows: list[tuple[str, bool, str]]) -> None:
+    table = Table(title="What the labs need, checked in the VM")
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for name, ok, detail in rows:
+        table.add_row(name, "[green]ok[/green]" if ok else "[red]missing[/red]", escape(detail))
+    console.print(table)
 
 
-def run(command: list[str], *, current: Step | None = None, log: Path | None = None,
-        env: dict | None = None, cwd: Path | None = None, check: bool = True,
-        what: str | None = None, fix: str = "") -> subprocess.CompletedProcess:
-    """Run a host command, streaming its output to the step and an optional log.
+def verify_table(rows: list[dict]) -> None:
+    """One host's verify rows: lab, PASS/FAIL, timings, why."""
+    table = Table(title="lab.verify")
+    for column in ("lab", "result", "attach s", "first event s", "total s", "why"):
+        table.add_column(column)
+    for row in rows:
+        colour = "green" if row["result"] == "PASS" else "red"
+        table.add_row(row["lab"], f"[{colour}]{row['result']}[/{colour}]", str(row["time_to_attach_s"]),
+                      str(row["time_to_first_event_s"]), str(row["duration_s"]), escape("; ".join(row["problems"])))
+    console.print(table)
 
-    On failure raise LabError naming the command, its last lines and the log,
-    followed by `fix` (what the user should do next).
-    """
-    full_env = {**os.environ, **(env or {})}
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    lines: list[str] = []
-    log_file = None
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log_file = log.open("a")
-        log_file.write(f"$ {shlex.join(command)}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    started = time.monotonic()
-    try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                   env=full_env, cwd=cwd)
-    except FileNotFoundError:
-        raise LabError(f"`{command[0]}` is not installed on this host. {fix or 'Run `invoke host.setup`.'}") from None
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            tail.append(line.rstrip())
-            if log_file:
-                log_file.write(f"[{time.monotonic() - started:6.1f}s] {line}")
-                log_file.flush()
-            if current:
-                current.update(line)
-        process.wait()
-    except BaseException:
-        process.terminate()
-        process.wait()
-        raise
-    finally:
-        if log_file:
-            log_file.close()
-    result = subprocess.CompletedProcess(command, process.returncode, "".join(lines), "")
-    if check and process.returncode != 0:
-        raise failure(what or shlex.join(command), process.returncode, tail, log, fix)
-    return result
+
+def verify_matrix(matrix: dict[str, list[dict] | None]) -> Table:
+    """A lab x host table of PASS/FAIL; a host without results (None) gets a dash in every row."""
+    labs = list(dict.fromkeys(row["lab"] for rows in matrix.values() if rows for row in rows))
+    table = Table(title="lab.verify across the fleet")
+    table.add_column("lab \\ host")
+    for host in matrix:
+        table.add_column(host)
+    for lab in labs:
+        cells = []
+        for rows in matrix.values():
+            row = next((row for row in rows or [] if row["lab"] == lab), None)
+            cells.append("[red]–[/red]" if row is None else
+                         "[green]PASS[/green]" if row["result"] == "PASS" else "[red]FAIL[/red]")
+        table.add_row(lab, *cells)
+    console.print(table)
+    return table
+
+
+def fields(groups: list[list[tuple[str, str]]]) -> None:
+    """Name/value blocks (lab.status), one block per machine, separated by a blank line."""
+    print("\n\n".join("\n".join(f"{name:<15}{value}" for name, value in rows) for rows in groups))
+
+
+def columns(rows: list[tuple], widths: tuple[int, ...]) -> None:
+    """Plain aligned columns on stdout (lab.list, lab.runs): easy to grep and pipe."""
+    for row in rows:
+        padded = "".join(f"{str(cell):<{width}}" for cell, width in zip(row, widths, strict=False))
+        print(padded + str(row[len(widths)]))

@@ -18,13 +18,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from .console import run, say, step
+from . import arch, libvirt
+from .commands import run
+from .console import say, step
 from .errors import LabError
 
-LIBVIRT_URI = "qemu:///system"
-# Vagrant without its update check (no network here) and without colour codes in logs.
-QUIET_VAGRANT = {"VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1"}
-QEMU_PACKAGE = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 HOST_PACKAGES = [
     "vagrant", "vagrant-libvirt", "libvirt-daemon-system", "libvirt-clients", "qemu-utils",
     "dnsmasq-base", "iptables", "openssh-client", "rsync",
@@ -46,10 +44,6 @@ def cache_dir() -> Path:
     return Path(base) / "bpflab"
 
 
-def machine_arch() -> str:
-    return platform.machine()
-
-
 def privileged(command: list[str]) -> list[str]:
     return command if os.geteuid() == 0 else ["sudo", *command]
 
@@ -66,11 +60,6 @@ def missing_packages(packages: list[str]) -> list[str]:
                            capture_output=True, text=True)
     installed = {line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")}
     return [package for package in packages if package not in installed]
-
-
-def libvirt_answers() -> bool:
-    probe = subprocess.run(["virsh", "-c", LIBVIRT_URI, "version"], capture_output=True, timeout=30)
-    return probe.returncode == 0
 
 
 def pid_state_file() -> Path:
@@ -97,7 +86,7 @@ def start_daemons() -> None:
         previous = json.loads(pid_state_file().read_text()) if pid_state_file().exists() else {}
         pid_state_file().write_text(json.dumps({**previous, **started}))
     for _ in range(100):
-        if libvirt_answers():
+        if libvirt.answers():
             return
         time.sleep(0.2)
     raise LabError("libvirtd was started but does not answer on qemu:///system. "
@@ -121,20 +110,6 @@ def process_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def ensure_storage_pool() -> None:
-    """vagrant-libvirt keeps box images and disks in the pool named `default`."""
-    virsh = ["virsh", "-c", LIBVIRT_URI]
-    info = subprocess.run([*virsh, "pool-info", "default"], capture_output=True, text=True)
-    if info.returncode == 0:
-        if "running" not in info.stdout:
-            run([*virsh, "pool-start", "default"])
-        return
-    run([*virsh, "pool-define-as", "default", "dir", "--target", "/var/lib/libvirt/images"])
-    run([*virsh, "pool-build", "default"])
-    run([*virsh, "pool-start", "default"])
-    run([*virsh, "pool-autostart", "default"])
 
 
 def ensure_kvm_device_group() -> None:
@@ -163,7 +138,7 @@ def setup() -> None:
     os_release = Path("/etc/os-release").read_text() if Path("/etc/os-release").exists() else ""
     if platform.system() != "Linux" or not is_debian_like(os_release):
         raise LabError(OTHER_SYSTEMS)
-    packages = HOST_PACKAGES + [QEMU_PACKAGE.get(machine_arch(), "qemu-system")]
+    packages = HOST_PACKAGES + [arch.qemu_system_package()]
     missing = missing_packages(packages)
     if missing:
         with step(f"Installing {len(missing)} host packages: {' '.join(missing)}") as current:
@@ -174,12 +149,12 @@ def setup() -> None:
     else:
         say("[green]✓[/green] Host packages already installed")
     ensure_kvm_device_group()
-    if libvirt_answers():
-        say("[green]✓[/green] libvirtd answers on qemu:///system")
+    if libvirt.answers():
+        say(f"[green]✓[/green] libvirtd answers on {libvirt.URI}")
     else:
         with step("Starting virtlogd and libvirtd"):
             start_daemons()
-    ensure_storage_pool()
+    libvirt.ensure_storage_pool()
 
 
 def teardown() -> None:
@@ -189,10 +164,7 @@ def teardown() -> None:
         return
     pids = json.loads(pid_state_file().read_text())
     if process_alive(pids.get("libvirtd")):
-        active = subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-list", "--name"],
-                                capture_output=True, text=True).stdout.split()
-        for network in active:
-            subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-destroy", network], capture_output=True)
+        libvirt.stop_networks()
     for name in ("libvirtd", "virtlogd"):
         pid = pids.get(name)
         if process_alive(pid):

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabric import Connection
-from rich.table import Table
 
+from .commands import remote_run
 from .config import Config
-from .connection import remote_run
-from .console import console, say, step, warn
+from .console import say, step, warn
 from .errors import LabError
 
 SCRIPTS = Path(__file__).parent / "scripts"
+APT_UNAVAILABLE = (SCRIPTS / "apt-unavailable.sh").read_text()
 STAMP = "/var/lib/bpflab/bcc.json"
 # Every file a BCC install put in the VM (source build or artifact): what an export packs.
 INSTALLED_FILES = "/var/lib/bpflab/bcc-files.txt"
@@ -37,9 +37,10 @@ echo "memory_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
 echo "python_link=$(readlink /usr/bin/python || true)"
 echo "stamp=$(tr -d '\n' < /var/lib/bpflab/bcc.json 2>/dev/null || true)"
 if ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
-  echo "no_candidate=$(for p in $OPTIONAL; do c=$(apt-cache policy $p | awk '/Candidate:/ {print $2}'); [ -z "$c" ] || [ "$c" = '(none)' ] && echo $p; done | tr '\n' ' ')"
+  echo "no_candidate=$(bash -c "$UNAVAILABLE" apt-unavailable $OPTIONAL | tr '\n' ' ')"
 fi
-echo "installed=$(dpkg-query -W -f='${Package}:${db:Status-Status} ' | tr ' ' '\n' | sed -n 's/:installed$//p' | tr '\n' ' ')"
+echo "installed=$(dpkg-query -W -f='${Package}:${db:Status-Status} ' | tr ' ' '\n' \
+  | sed -n 's/:installed$//p' | tr '\n' ' ')"
 """
 
 
@@ -67,8 +68,9 @@ class Facts:
 
 def gather(connection: Connection, optional: list[str]) -> Facts:
     """All facts in one round trip; `optional` packages are checked for an apt candidate."""
-    script = f"OPTIONAL={shlex.quote(' '.join(optional))}\n{FACTS_SCRIPT}"
-    return Facts.parse(remote_run(connection, script, what="reading the VM's state").stdout)
+    variables = {"OPTIONAL": " ".join(optional), "UNAVAILABLE": APT_UNAVAILABLE}
+    return Facts.parse(remote_run(connection, with_variables(FACTS_SCRIPT, variables),
+                                  what="reading the VM's state").stdout)
 
 
 @dataclass
@@ -150,11 +152,8 @@ def install_packages(connection: Connection, config: Config, todo: Plan, log: Pa
     with step(f"Installing {len(todo.packages)} packages") as current:
         remote_run(connection, apt("update", timeout), sudo=True, current=current, log=log,
                    what="apt-get update", fix="Check the VM's network (`invoke lab.ssh`) and run provision again.")
-        names = " ".join(todo.packages)
-        unavailable = remote_run(
-            connection, f"for p in {names}; do c=$(apt-cache policy $p | awk '/Candidate:/ {{print $2}}'); "
-                        "[ -z \"$c\" ] || [ \"$c\" = '(none)' ] && echo $p; done; true",
-            log=log).stdout.split()
+        unavailable = remote_run(connection, f"bash -c {shlex.quote(APT_UNAVAILABLE)} apt-unavailable "
+                                             f"{' '.join(todo.packages)}", log=log).stdout.split()
         skipped = [name for name in unavailable if name in todo.optional]
         required = [name for name in unavailable if name not in todo.optional]
         if required:
@@ -175,10 +174,13 @@ def write_stamp(connection: Connection, built: dict, via: str, facts: Facts, log
                            f"> {STAMP}", sudo=True, log=log)
 
 
+def with_variables(text: str, variables: dict) -> str:
+    return "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in variables.items()) + text
+
+
 def script(name: str, **environment: str) -> str:
     """A shell script from bpflab/scripts (shared with the Ansible role), with its variables set first."""
-    assignments = "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in environment.items())
-    return assignments + (SCRIPTS / name).read_text()
+    return with_variables((SCRIPTS / name).read_text(), environment)
 
 
 def build_bcc(connection: Connection, facts: Facts, todo: Plan, log: Path) -> None:
@@ -335,25 +337,11 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
     return changed, todo.bcc_mode
 
 
-
-
-def doctor(connection: Connection, show: bool = True) -> list[tuple[str, bool, str]]:
-    """Check what the labs need in the VM; print a table (if `show`); return the rows."""
+def doctor(connection: Connection) -> list[tuple[str, bool, str]]:
+    """What the labs need, checked in the VM: (check, ok, detail) rows."""
     output = remote_run(connection, script("doctor.sh"), sudo=True, what="the lab checks").stdout
-    rows = []
-    for line in output.splitlines():
-        parts = line.split("|", 2)
-        if len(parts) == 3:
-            rows.append((parts[0], parts[1] == "ok", parts[2]))
-    if not show:
-        return rows
-    table = Table(title="What the labs need, checked in the VM")
-    for column in ("check", "result", "detail"):
-        table.add_column(column)
-    for name, ok, detail in rows:
-        table.add_row(name, "[green]ok[/green]" if ok else "[red]missing[/red]", detail)
-    console.print(table)
-    return rows
+    return [(name, state == "ok", detail) for name, state, detail in
+            (line.split("|", 2) for line in output.splitlines() if line.count("|") >= 2)]
 
 
 def require_healthy(rows) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fabric import Connection
 
-from .connection import remote_run
+from .commands import remote_run
 from .errors import LabError
 
 REMOTE_ROOT = "/home/vagrant/bpflab"

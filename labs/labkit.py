@@ -52,10 +52,8 @@ def until_stopped():
         raise KeyboardInterrupt
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         yield
-    except KeyboardInterrupt:
-        pass
     print("Detaching.", flush=True)
 
 

@@ -15,7 +15,8 @@ def main():
     with labkit.until_stopped():
         while True:
             sleep(2)
-            line = "   ".join(f"ID {k.value}: {v.value}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1].value))
+            busiest = sorted(counts.items(), key=lambda kv: -kv[1].value)
+            line = "   ".join(f"ID {k.value}: {v.value}" for k, v in busiest)
             counts.clear()
             print(line, flush=True)
 

@@ -25,7 +25,8 @@ def fake_bcc_repository(folder):
     git("config", "user.name", "bpflab test")
     # It links zlib, so an export has a runtime package to name (zlib1g).
     for tag, body in (("v1", "return 1;"), ("v2", "return 2;"), ("v3-broken", "return")):
-        source = f"#include <zlib.h>\nint fake(void) {{ {body} }}\nconst char *fake_zlib(void) {{ return zlibVersion(); }}\n"
+        source = (f"#include <zlib.h>\nint fake(void) {{ {body} }}\n"
+                  "const char *fake_zlib(void) { return zlibVersion(); }\n")
         (folder / "fake.c").write_text(source)
         (folder / "bcc" / "__init__.py").write_text(f"__version__ = 'fake-{tag}'\n")
         git("add", "-A")

@@ -6,8 +6,16 @@ import pytest
 
 from bpflab import box, config
 from bpflab.errors import LabError
-from bpflab.vm import (beyond_count, choose_acceleration, choose_machines, choose_provider, hardware_virtualization,
-                       parse_status, select, select_one)
+from bpflab.vagrant import parse_status
+from bpflab.vm import (
+    beyond_count,
+    choose_acceleration,
+    choose_machines,
+    choose_provider,
+    hardware_virtualization,
+    select,
+    select_one,
+)
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\n"
 PARAVIRT = "processor\t: 0\nflags\t\t: fpu vme de pse sse2 hypervisor\n"

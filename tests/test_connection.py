@@ -1,7 +1,9 @@
+from dataclasses import asdict
+
 import pytest
 
-from bpflab.connection import parse_ssh_config
 from bpflab.errors import LabError
+from bpflab.vagrant import parse_ssh_config
 
 VAGRANT_SSH_CONFIG = """\
 Host lab
@@ -20,14 +22,14 @@ Host lab
 
 
 def test_parse_vagrant_ssh_config():
-    assert parse_ssh_config(VAGRANT_SSH_CONFIG, "lab") == {
+    assert asdict(parse_ssh_config(VAGRANT_SSH_CONFIG, "lab")) == {
         "host": "192.168.121.170", "port": 22, "user": "vagrant",
         "identity": "/work/main/.vagrant/machines/lab/libvirt/private_key"}
 
 
 def test_virtualbox_style_forwarded_port():
     text = VAGRANT_SSH_CONFIG.replace("192.168.121.170", "127.0.0.1").replace("Port 22", "Port 2222")
-    assert parse_ssh_config(text, "lab")["port"] == 2222
+    assert parse_ssh_config(text, "lab").port == 2222
 
 
 def test_output_without_the_asked_machine_is_refused():

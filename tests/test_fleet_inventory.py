@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bpflab import fleet
+from bpflab import console, hosts, orchestrate
 from bpflab.errors import LabError
 
 ROOM = """
@@ -35,24 +35,24 @@ all:
 def room(tmp_path, text=ROOM):
     path = tmp_path / "room.yml"
     path.write_text(text)
-    return {host.name: host for host in fleet.load_inventory(path)}
+    return {host.name: host for host in hosts.read_inventory(path)}
 
 
 def test_group_variables_flow_down_and_hosts_override_them(tmp_path):
-    hosts = room(tmp_path)
-    assert list(hosts) == ["alone", "seat1", "seat2", "vm", "checked"]
-    assert (hosts["alone"].address, hosts["alone"].port, hosts["alone"].user) == ("10.0.0.9", 22, "vagrant")
-    assert (hosts["seat1"].port, hosts["seat1"].user) == (2201, "vagrant")
-    assert (hosts["seat2"].port, hosts["seat2"].user) == (2202, "learner")
-    assert hosts["seat1"].identity == str(tmp_path / "keys" / "row1")
-    assert hosts["checked"].address == "checked"
+    found = {name: host.endpoint for name, host in room(tmp_path).items()}
+    assert list(found) == ["alone", "seat1", "seat2", "vm", "checked"]
+    assert (found["alone"].host, found["alone"].port, found["alone"].user) == ("10.0.0.9", 22, "vagrant")
+    assert (found["seat1"].port, found["seat1"].user) == (2201, "vagrant")
+    assert (found["seat2"].port, found["seat2"].user) == (2202, "learner")
+    assert found["seat1"].identity == str(tmp_path / "keys" / "row1")
+    assert found["checked"].host == "checked"
 
 
 def test_host_keys_are_checked_unless_the_inventory_turns_it_off(tmp_path):
-    hosts = room(tmp_path)
-    assert hosts["seat1"].check_host_key and hosts["seat1"].known_hosts == fleet.DEFAULT_KNOWN_HOSTS
-    assert not hosts["vm"].check_host_key
-    assert hosts["checked"].check_host_key and hosts["checked"].known_hosts == Path("~/room/known_hosts").expanduser()
+    found = room(tmp_path)
+    assert found["seat1"].known_hosts == hosts.DEFAULT_KNOWN_HOSTS
+    assert found["vm"].known_hosts is None  # not checked
+    assert found["checked"].known_hosts == Path("~/room/known_hosts").expanduser()
 
 
 @pytest.mark.parametrize("text, message", [
@@ -68,14 +68,14 @@ def test_a_bad_inventory_is_one_message(tmp_path, text, message):
 
 def test_a_missing_inventory_says_what_to_give(tmp_path):
     with pytest.raises(LabError, match="Cannot read the inventory"):
-        fleet.load_inventory(tmp_path / "nowhere.yml")
+        hosts.read_inventory(tmp_path / "nowhere.yml")
 
 
 def test_verify_matrix_marks_failed_cells_and_hosts_without_results():
     rows = [{"lab": "hello", "result": "PASS", "problems": []},
             {"lab": "hello-tail", "result": "FAIL", "problems": ["no line matched 'Timer'"]}]
-    results = {"seat1": fleet.Result("seat1", True, rows), "seat2": fleet.Result("seat2", False, error="down")}
-    table, failed = fleet.verify_matrix(results)
+    matrix = {"seat1": rows, "seat2": None}  # seat2: down, no results
+    table, failed = console.verify_matrix(matrix), orchestrate.failed_cells(matrix)
     assert failed == ["hello-tail on seat1: no line matched 'Timer'"]
     assert [column.header for column in table.columns] == ["lab \\ host", "seat1", "seat2"]
     assert table.row_count == 2

@@ -6,21 +6,23 @@ second VM's life cycle addressed by name."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from fakebcc import fake_repository_tarball, use_fake_bcc
 
-from bpflab import config, connection
+from bpflab import config
+from bpflab.commands import remote_run
+from bpflab.hosts import Host
 from bpflab.vm import LabVM
+
+from fakebcc import fake_repository_tarball, use_fake_bcc
 
 pytestmark = pytest.mark.vm
 
@@ -62,7 +64,7 @@ def lab(project):
 
 def vm_shell(project, command):
     vm = LabVM(config.load(project.path / "lab.yaml"))
-    return connection.remote_run(connection.connect(vm), command, sudo=True, check=False).stdout
+    return remote_run(Host.of_vm(vm).connect(), command, sudo=True, check=False).stdout
 
 
 def latest_run(project, name):
@@ -326,9 +328,9 @@ def fake_bcc(lab, tmp_path_factory):
 
 
 def serve_fake_repository(project, fake_bcc):
-    remote = connection.connect(LabVM(config.load(project.path / "lab.yaml")))
+    remote = Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).connect()
     remote.put(str(fake_bcc.repository), "/tmp/repo.tar.gz")
-    connection.remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv && chown -R root: /srv",
+    remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv && chown -R root: /srv",
                           sudo=True)
 
 
@@ -433,7 +435,7 @@ def test_vm_life_cycle_by_name_then_a_lowered_count(lab, seat_b):
         return result
 
     assert domain_state(vm.domain) == "running"
-    kernel = connection.remote_run(connection.connect(vm), "uname -r").stdout.strip()
+    kernel = remote_run(Host.of_vm(vm).connect(), "uname -r").stdout.strip()
     timed("lab.halt", "lab.halt", "--vm", seat_b)
     assert domain_state(vm.domain) == "shut off" and domain_state(first.domain) == "running"
     assert not (vm.state_dir / "ssh-config").exists()
@@ -443,7 +445,7 @@ def test_vm_life_cycle_by_name_then_a_lowered_count(lab, seat_b):
     recovered = timed("lab.up (over a stale domain)", "lab.up", "--vm", seat_b)
     assert f"Removing the stale libvirt domain {vm.domain}" in recovered.stdout
     assert "The lab VM lab is already running" not in recovered.stdout  # --vm lab2 leaves lab alone
-    assert connection.remote_run(connection.connect(vm), "uname -r").stdout.strip() == kernel
+    assert remote_run(Host.of_vm(vm).connect(), "uname -r").stdout.strip() == kernel
 
     text = settings_file.read_text()
     settings_file.write_text(text.replace("  count: 2", "  count: 1", 1))

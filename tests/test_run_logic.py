@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from bpflab.catalog import Lab, load_catalog, resolve
 from bpflab.errors import LabError
-from bpflab.run import (Lab, Outcome, check_expectations, compiler_errors, load_catalog, parse_stop, resolve,
-                        run_folder)
+from bpflab.run import Outcome, check_expectations, compiler_errors, free_folder, parse_stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_LABS = ["hello", "hello-file", "hello-map", "hello-buffer", "hello-file-ring-buffer", "hello-tail"]
@@ -68,5 +68,7 @@ def test_compiler_errors_are_extracted_with_context():
 def test_run_folders_never_collide(tmp_path):
     from datetime import datetime, timezone
     now = datetime(2026, 11, 24, 17, 0, 0, tzinfo=timezone.utc)
-    first, second = run_folder(tmp_path, "my lab", now), run_folder(tmp_path, "my lab", now)
+    first = free_folder(tmp_path, "my lab", now)
+    first.mkdir()
+    second = free_folder(tmp_path, "my lab", now)
     assert first.name == "20261124T170000Z-my_lab" and second.name.endswith("-2")

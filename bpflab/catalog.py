@@ -1,0 +1,57 @@
+"""The lab catalog (labs/catalog.yaml) and the learner's own copies of its labs."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import LabError
+
+
+@dataclass
+class Lab:
+    name: str
+    summary: str
+    note: str
+    probe: str
+    trigger: str
+    expect: list
+    reject: list
+
+
+def load_catalog(root: Path) -> dict[str, Lab]:
+    path = root / "labs" / "catalog.yaml"
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise LabError(f"Cannot read the lab catalog {path}: {error}") from None
+    return {name: Lab(name=name, **entry) for name, entry in entries.items()}
+
+
+def resolve(catalog: dict[str, Lab], name: str) -> Lab:
+    if name in catalog:
+        return catalog[name]
+    close = difflib.get_close_matches(name, catalog, n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise LabError(f"There is no lab named {name!r}.{hint} Labs: {', '.join(catalog)}. "
+                   "To run your own program, give its path (for example labs/my-hello.py).")
+
+
+def new_exercise(root: Path, name: str, template: str, catalog: dict[str, Lab]) -> Path:
+    """Copy a lab (both sides) into exercises/<name>/ as the learner's own program."""
+    lab = resolve(catalog, template)
+    if not re.fullmatch(r"[A-Za-z][\w-]*", name):
+        raise LabError(f"{name!r} is not a usable program name: use letters, digits, '-' and '_'.")
+    folder = root / "exercises" / name
+    if folder.exists():
+        raise LabError(f"{folder} already exists: pick another name, or run it with "
+                       f"`invoke lab.run exercises/{name}/{name}.py`.")
+    folder.mkdir(parents=True)
+    program = (root / "labs" / f"{lab.name}.py").read_text()
+    (folder / f"{name}.py").write_text(program.replace(f'labkit.source("{lab.name}")', f'labkit.source("{name}")'))
+    (folder / f"{name}.bpf.c").write_text((root / "bpf" / f"{lab.name}.bpf.c").read_text())
+    return folder / f"{name}.py"

@@ -1,0 +1,165 @@
+"""Running commands on the host and in a lab machine, and waiting for work in threads.
+
+Both runners stream whole lines to a progress step and a log file as they
+arrive, so a failure can show its last lines and point to the rest; both fail
+with the same message shape.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+
+from .console import TAIL_LINES, Step
+from .errors import LabError
+
+# What a dropped or refused SSH connection surfaces as.
+UNREACHABLE = (OSError, EOFError, socket.timeout, paramiko.SSHException)
+
+
+class LineSink:
+    """Takes output in chunks and hands whole lines to a step, a log file and a callback."""
+
+    def __init__(self, current: Step | None = None, log=None, on_line=None, stamp: bool = False):
+        self.current, self.log, self.on_line, self.stamp = current, log, on_line, stamp
+        self.started = time.monotonic()
+        self.pending = ""
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    def write(self, chunk: str) -> None:
+        self.pending += chunk
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.line(line)
+
+    def line(self, line: str) -> None:
+        line = line.rstrip("\r")
+        self.tail.append(line)
+        if self.log:
+            prefix = f"[{time.monotonic() - self.started:6.1f}s] " if self.stamp else ""
+            self.log.write(f"{prefix}{line}\n")
+            self.log.flush()
+        if self.current:
+            self.current.update(line)
+        if self.on_line:
+            self.on_line(line)
+
+    def flush(self) -> None:
+        """Fabric flushes after every chunk; lines are only complete at a newline."""
+
+    def finish(self) -> None:
+        if self.pending:
+            self.line(self.pending)
+            self.pending = ""
+
+
+def failure(what: str, code: int, tail, log: Path | None, fix: str, where: str = "") -> LabError:
+    """The one shape of a failed command: what, exit code, last lines, full log, what to do."""
+    shown = "\n".join(f"    {line}" for line in tail)
+    log_line = f"\n  Full log: {log}" if log else ""
+    return LabError(f"{what} failed{where} (exit {code}). Last lines:\n{shown}{log_line}\n{fix}".rstrip())
+
+
+def open_log(log: Path | None, command: str):
+    if log is None:
+        return None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = log.open("a")
+    handle.write(f"$ {command}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    return handle
+
+
+def run(command: list[str], *, current: Step | None = None, log: Path | None = None,
+        env: dict | None = None, cwd: Path | None = None, check: bool = True,
+        what: str | None = None, fix: str = "") -> subprocess.CompletedProcess:
+    """Run a host command; on failure raise a LabError ending with `fix` (what to do next)."""
+    handle = open_log(log, shlex.join(command))
+    sink = LineSink(current, handle, stamp=True)
+    lines: list[str] = []
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                   env={**os.environ, **(env or {})}, cwd=cwd)
+    except FileNotFoundError:
+        if handle:
+            handle.close()
+        raise LabError(f"`{command[0]}` is not installed on this host. {fix or 'Run `invoke host.setup`.'}") from None
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            sink.write(line)
+        process.wait()
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
+    finally:
+        sink.finish()
+        if handle:
+            handle.close()
+    if check and process.returncode != 0:
+        raise failure(what or shlex.join(command), process.returncode, sink.tail, log, fix)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines), "")
+
+
+def remote_run(connection: Connection, command: str, *, current: Step | None = None, log: Path | None = None,
+               sudo: bool = False, check: bool = True, what: str = "", fix: str = "", on_line=None):
+    """Run a shell command in the lab machine, streaming its lines; on failure show the last ones.
+
+    Output and errors share one stream (2>&1) so the log reads in order.
+    """
+    handle = open_log(log, command)
+    sink = LineSink(current, handle, on_line)
+    wrapped = f"sudo -n bash -c {shlex.quote(command)} 2>&1" if sudo else f"bash -c {shlex.quote(command)} 2>&1"
+    try:
+        result = connection.run(wrapped, hide=True, warn=True, out_stream=sink, in_stream=False)
+    except UNREACHABLE as error:
+        raise LabError(f"The SSH connection to the lab VM dropped during: {what or command} ({error}). "
+                       "Run the same command again: it picks up where it stopped.") from None
+    finally:
+        sink.finish()
+        if handle:
+            handle.close()
+    if check and result.exited != 0:
+        raise failure(what or command, result.exited, sink.tail, log, fix, where=" in the VM")
+    return result
+
+
+def in_background(work) -> threading.Event:
+    """Start work() in a daemon thread; the returned event is set when it has finished."""
+    finished = threading.Event()
+
+    def body():
+        try:
+            work()
+        finally:
+            finished.set()
+
+    threading.Thread(target=body, daemon=True).start()
+    return finished
+
+
+def wait_for(finished: threading.Event, tick=None, interrupted=None) -> None:
+    """Wait for background work, calling tick() every 0.2 s and interrupted() on each Ctrl-C.
+
+    An Event, not Thread.join: a join interrupted by Ctrl-C can report the thread
+    as finished while it still runs. Without `interrupted`, Ctrl-C propagates.
+    """
+    while not finished.is_set():
+        try:
+            finished.wait(0.2)
+            if tick:
+                tick()
+        except KeyboardInterrupt:
+            if interrupted is None:
+                raise
+            interrupted()

@@ -1,0 +1,222 @@
+"""One host or a room: the stages above on every host given, through one path.
+
+One host works in the foreground: its lines are not prefixed and its failure is
+the command's, in full. Several hosts work at once, each in its own thread with
+one progress line; a host that is down or fails is named in the summary and
+never stops the others. Runs are gathered under runs/ either way (a room's in one
+folder per command, one subfolder per host).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import console, provision, run, sync
+from .catalog import load_catalog
+from .commands import in_background, wait_for
+from .config import Config
+from .console import Board, escape, for_host, say
+from .errors import LabError
+from .hosts import Host
+from .runs import write_summary
+
+
+@dataclass
+class Result:
+    host: str
+    ok: bool
+    value: object = None
+    error: str = ""
+
+
+def each(hosts: list[Host], job, interrupted=None, room: list[Host] | None = None) -> dict[str, Result]:
+    """job(host, connection) on every host. In a room (`room`: all the command's hosts, by default
+    `hosts`) at once, one progress line each, failures collected; Ctrl-C calls `interrupted()`
+    if given, else ends the command. A lone host works in the foreground."""
+    if len(room or hosts) == 1:
+        host = hosts[0]
+        return {host.name: Result(host.name, True, job(host, host.connect()))}
+    results: dict[str, Result] = {}
+    board = Board([host.name for host in hosts])
+
+    def work(host: Host) -> None:
+        with for_host(host.name, board):
+            try:
+                results[host.name] = Result(host.name, True, job(host, host.connect()))
+                board.show(host.name, "[green]done[/green]")
+            except LabError as error:
+                results[host.name] = Result(host.name, False, error=str(error))
+                board.show(host.name, f"[red]failed[/red] {escape(str(error).splitlines()[0][:100])}")
+            except Exception as error:  # a dropped connection mid-way surfaces as many exception types
+                results[host.name] = Result(host.name, False, error=f"{type(error).__name__}: {error}")
+                board.show(host.name, f"[red]failed[/red] {escape(type(error).__name__)}")
+
+    threads = [threading.Thread(target=work, args=(host,), daemon=True) for host in hosts]
+    with board:
+        for thread in threads:
+            thread.start()
+        wait_for(in_background(lambda: [thread.join() for thread in threads]), interrupted=interrupted)
+    return {host.name: results[host.name] for host in hosts}
+
+
+def require_all(results: dict[str, Result], problems: list[str], done: str) -> None:
+    """Name every host (or cell) that failed and why, or say that all went well."""
+    problems = [f"{name}: {result.error.splitlines()[0]}" for name, result in results.items()
+                if not result.ok] + problems
+    if problems:
+        listing = "\n".join(f"  {line}" for line in problems)
+        raise LabError(f"{len(problems)} problem(s) across {len(results)} hosts:\n{listing}\nThe other hosts "
+                       "finished. Fix these and run the same command again.")
+    say(f"[green]✓[/green] All {len(results)} hosts {done}.")
+
+
+# provisioning --------------------------------------------------------------
+
+def setup(hosts: list[Host], config: Config, root: Path, push_labs: bool = True) -> dict[str, Result]:
+    """Provision, check and (with `push_labs`) sync every host. In a room, a source build
+    happens once, on the first host; the others then install it as an artifact."""
+    def job_with(settings: Config):
+        def job(host: Host, connection) -> dict:
+            changed, mode = provision.apply(connection, settings, root / "logs" / host.name / "provision.log")
+            checks = provision.doctor(connection)
+            if len(hosts) == 1:
+                console.doctor_table(checks)
+            provision.require_healthy(checks)
+            if push_labs:
+                sync.push(connection, root)
+            if len(hosts) > 1:
+                say("ready" + (" (provisioned)" if changed else " (nothing to provision)"))
+            return {"changed": changed, "mode": mode}
+        return job
+
+    rest, results = hosts, {}
+    if len(hosts) > 1 and builds_from_source(config, hosts[0]):
+        results.update(each(hosts[:1], job_with(config), room=hosts))
+        first = results[hosts[0].name]
+        if first.ok and first.value["mode"] == "source":
+            bcc = {**config.provision.bcc, "install": "artifact"}
+            config = dataclasses.replace(config, provision=dataclasses.replace(config.provision, bcc=bcc))
+        rest = hosts[1:]
+    if rest:
+        results.update(each(rest, job_with(config), room=hosts))
+    return results
+
+
+def builds_from_source(config: Config, host: Host) -> bool:
+    """Whether BCC comes from source here (for `auto`, the first host's distribution decides)."""
+    install = config.provision.bcc["install"]
+    if install != "auto":
+        return install == "source"
+    try:
+        return provision.bcc_mode(install, provision.gather(host.connect(), []).distribution) == "source"
+    except LabError:
+        return False
+
+
+def finish_setup(results: dict[str, Result], hosts: list[Host], config: Config, synced: bool = True) -> None:
+    """A room: every host's failure, or that all are ready. One host: what provisioning did."""
+    if len(results) > 1:
+        require_all(results, [], "are ready")
+        return
+    changed = next(iter(results.values())).value["changed"]
+    say("Provisioning changed the VM." if changed else "Provisioning: nothing to do, the VM was up to date.")
+    if synced:
+        subject = hosts[0].title[0].upper() + hosts[0].title[1:]
+        hint = f" --vm {hosts[0].name}" if config.vm.count > 1 and hosts[0].name in config.machines else ""
+        say(f"[green]✓[/green] {subject} is ready and the labs are in it. Try `invoke lab.run hello{hint}`.")
+
+
+# running ---------------------------------------------------------------------
+
+def run_lab(hosts: list[Host], root: Path, what: str, duration: int, trigger: bool, args: str,
+            tool: str = "") -> dict[str, Result]:
+    """A lab, a learner's program or (`tool`) a BCC tool on every host at once. In a room, lines
+    are prefixed with the host, each host's run is gathered in its own folder of one fleet run,
+    and Ctrl-C stops it everywhere."""
+    if duration < 0:
+        raise LabError(f"--duration must be 0 (until Ctrl-C) or a number of seconds, not {duration}.")
+    catalog = load_catalog(root)
+    started = datetime.now(timezone.utc)
+    fleet = run.free_folder(root / "runs", f"{Path(what).stem}-fleet", started) if len(hosts) > 1 else None
+    stop = threading.Event()
+    printing = threading.Lock()
+    width = max(len(host.name) for host in hosts)
+
+    def job(host: Host, connection) -> run.Outcome:
+        target = run.tool_target(connection, tool) if tool else run.prepare(connection, root, what, catalog)
+        echo = run.print_line
+        if fleet:
+            def echo(line: str) -> None:
+                with printing:
+                    sys.stdout.write(f"{host.name:<{width}} | {line}\n")
+                    sys.stdout.flush()
+        folder = fleet / host.name if fleet else run.free_folder(root / "runs", target.name, started)
+        program = run.ProgramRun(host, target, folder, duration=duration, args=tuple(shlex.split(args)), echo=echo,
+                                 trigger=target.lab.trigger if (trigger and target.lab) else None, stop=stop)
+        return program.execute(connection)
+
+    def stop_everywhere() -> None:
+        say("\nStopping the lab on every host...")
+        stop.set()
+
+    return each(hosts, job, interrupted=stop_everywhere)
+
+
+def finish_run(results: dict[str, Result], what: str) -> None:
+    """One closing line per host; an error (non-zero exit) for a failed program or a leak."""
+    problems = []
+    for name, result in results.items():
+        if not result.ok:
+            continue
+        record, outcome = result.value.record, result.value
+        prefix = f"{name}: " if len(results) > 1 else f"{record['lab']}: "
+        say(f"[dim]{prefix}{record['stopped']}, exit {record['exit_status']}, {record['lines']} lines, "
+            f"{record['duration_s']}s. Saved in {outcome.folder}[/dim]")
+        found = run.problem(outcome)
+        if found:
+            problems.append(found if len(results) == 1 else f"{name}: {found.splitlines()[0]}")
+    if len(results) == 1:
+        if problems:
+            raise LabError(problems[0])
+        return
+    folders = {result.value.folder.parent for result in results.values() if result.ok}
+    require_all(results, problems, f"ran {what}; output gathered in {', '.join(map(str, folders))}")
+
+
+# verifying --------------------------------------------------------------
+
+def verify(hosts: list[Host], root: Path, names: list[str], seconds: int) -> None:
+    """Every lab (or `names`) on every host, checked against the catalog: a table, a summary
+    under runs/, and an error naming each failure."""
+    now = datetime.now(timezone.utc)
+    if len(hosts) == 1:
+        rows = each(hosts, lambda host, connection: run.verify(host, connection, root, names, seconds,
+                                                                root / "runs"))[hosts[0].name].value
+        console.verify_table(rows)
+        summary = write_summary(run.free_folder(root / "runs", "verify", now), rows)
+        failed = [row["lab"] for row in rows if row["result"] == "FAIL"]
+        if failed:
+            raise LabError(f"{len(failed)} of {len(rows)} labs failed: {', '.join(failed)}. Summary: {summary}")
+        say(f"All {len(rows)} labs passed. Summary: {summary}")
+        return
+    folder = run.free_folder(root / "runs", "verify-fleet", now)
+    results = each(hosts, lambda host, connection: run.verify(host, connection, root, names, seconds,
+                                                              folder / host.name))
+    matrix = {name: result.value if result.ok else None for name, result in results.items()}
+    summary = write_summary(folder, {"hosts": {name: {row["lab"]: row for row in rows}
+                                               for name, rows in matrix.items() if rows is not None},
+                                     "failed_hosts": {name: r.error for name, r in results.items() if not r.ok}})
+    console.verify_matrix(matrix)
+    require_all(results, failed_cells(matrix), f"passed every lab (summary: {summary})")
+
+
+def failed_cells(matrix: dict[str, list[dict] | None]) -> list[str]:
+    """`lab on host: why` for every failed cell of a lab x host matrix."""
+    return [f"{row['lab']} on {name}: {'; '.join(row['problems'])}"
+            for name, rows in matrix.items() for row in rows or [] if row["result"] != "PASS"]
