@@ -11,11 +11,10 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from bpflab import box, catalog, config, console, host, orchestrate, provision
+from bpflab import box, catalog, config, console, host, orchestrate, provision, run
 from bpflab.console import say
 from bpflab.errors import LabTask
 from bpflab.hosts import choose, choose_one, save_inventory
-from bpflab.run import probe_arguments
 from bpflab.runs import list_runs
 from bpflab.sync import push
 from bpflab.vm import bring_up, destroy_all, halt_all, select, select_one, status_rows, warn_of_leftovers
@@ -128,21 +127,43 @@ def sync_labs(c, vm=""):
         f"Synced: {len(difference.upload)} updated, {len(difference.delete)} deleted.")
 
 
+RUN = {"duration": "stop after this many seconds of tracing, counted from attached (default 0: until Ctrl-C)",
+       "trigger": "a shell command to run in the VM once attached (catalog labs have their own)",
+       "no_trigger": "run no trigger, not even the lab's own", **ROOM}
+
+
 @task(klass=LabTask, name="run", help={
-    "name": "a lab from `invoke lab.list`, or the path of your own BCC program (.py)",
-    "duration": "stop after this many seconds (0: run until Ctrl-C)",
-    "trigger": "once attached, run the lab's trigger workload in the VM (default: on)",
-    "args": "arguments passed to the program, as one string", **ROOM})
-def run_lab(c, name, duration=0, trigger=True, args="", inventory="", vm=""):
-    """Run a lab in the VM with live output; saved under runs/."""
+    "name": "a lab from `invoke lab.list`, or the path of your own program (BCC .py or bpftrace .bt)",
+    "args": "arguments passed to the program, as one string", **RUN})
+def run_lab(c, name, duration="0", trigger="", no_trigger=False, args="", inventory="", vm=""):
+    """Run a lab or your own program in the VM with live output; saved under runs/."""
+    root = settings().root
+    orchestrate.check_run(root, name, duration)
     chosen = choose(settings(), inventory, vm)
-    orchestrate.finish_run(orchestrate.run_lab(chosen, settings().root, name, duration, trigger, args), name)
+    orchestrate.finish_run(*orchestrate.run_lab(chosen, root, name, duration, workload(trigger, no_trigger), args),
+                           what=name)
+
+
+@task(klass=LabTask, help={"program": "a bpftrace program, for example 'kprobe:do_nanosleep { @[comm] = count(); }'",
+                           **RUN})
+def trace(c, program, duration="0", trigger="", no_trigger=False, inventory="", vm=""):
+    """Run a bpftrace one-liner in the VM like a lab: live output, saved under runs/."""
+    orchestrate.check_run(settings().root, program, duration, kind="one-liner")
+    results = orchestrate.run_lab(choose(settings(), inventory, vm), settings().root, program, duration,
+                                  workload(trigger, no_trigger), kind="one-liner")
+    orchestrate.finish_run(*results, what="the one-liner")
+
+
+def workload(trigger, no_trigger):
+    """--trigger CMD, --no-trigger, or neither (None: the lab's own trigger)."""
+    return "" if no_trigger else (trigger or None)
 
 
 @task(klass=LabTask, optional=["names"], iterable=["names"], help={
     "names": "labs to check (repeat --names; default: all)", "seconds": "how long each lab runs", **ROOM})
-def verify(c, names=None, seconds=12, inventory="", vm=""):
+def verify(c, names=None, seconds="12", inventory="", vm=""):
     """Run every lab with its trigger and check its expectations: a PASS/FAIL table."""
+    orchestrate.check_verify(settings().root, names or [], seconds)
     orchestrate.verify(choose(settings(), inventory, vm), settings().root, names or [], seconds)
 
 
@@ -157,15 +178,16 @@ def new(c, name, template="hello"):
 @task(klass=LabTask, name="probe-args", help={"probe": "for example tracepoint:syscalls:sys_enter_openat", **ONE})
 def probe_args(c, probe, vm=""):
     """The arguments of a probe in the VM (bpftrace -lv)."""
-    print(probe_arguments(choose_one(settings(), vm, "lab.probe-args").connect(), probe), end="")
+    print(run.probe_arguments(choose_one(settings(), vm, "lab.probe-args").connect(), probe), end="")
 
 
 @task(klass=LabTask, help={"name": "a BCC tool: execsnoop, opensnoop, ...", "duration": "stop after this many seconds",
-                "args": "arguments for the tool, as one string", **ONE})
-def tool(c, name, duration=0, args="", vm=""):
+                           "args": "arguments for the tool, as one string", **ONE})
+def tool(c, name, duration="0", args="", vm=""):
     """Run a tool that BCC ships, in the VM, gathered under runs/ like a lab."""
-    chosen = [choose_one(settings(), vm, "lab.tool")]
-    orchestrate.finish_run(orchestrate.run_lab(chosen, settings().root, name, duration, False, args, tool=name), name)
+    results = orchestrate.run_lab([choose_one(settings(), vm, "lab.tool")], settings().root, name, duration, "", args,
+                                  kind="tool")
+    orchestrate.finish_run(*results, what=name)
 
 
 @task(klass=LabTask, name="list")
@@ -196,4 +218,5 @@ ns = Collection(test)
 ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
 ns.add_collection(Collection("box", build=box_build))
 ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision_vm, bcc_export, inventory,
-                             doctor, sync_labs, run_lab, list_labs, gathered_runs, verify, new, probe_args, tool))
+                             doctor, sync_labs, run_lab, trace, list_labs, gathered_runs, verify, new, probe_args,
+                             tool))

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import yaml
 
-from .errors import LabError
+from .errors import LabError, shorten
 
 
 @dataclass
 class Lab:
+    """One catalog entry; `kind` bcc: labs/<name>.py with bpf/<name>.bpf.c, bpftrace: labs/<name>.bt."""
     name: str
     summary: str
     note: str
@@ -21,6 +22,7 @@ class Lab:
     trigger: str
     expect: list
     reject: list
+    kind: str = "bcc"
 
 
 def load_catalog(root: Path) -> dict[str, Lab]:
@@ -37,8 +39,8 @@ def resolve(catalog: dict[str, Lab], name: str) -> Lab:
         return catalog[name]
     close = difflib.get_close_matches(name, catalog, n=1)
     hint = f" Did you mean {close[0]}?" if close else ""
-    raise LabError(f"There is no lab named {name!r}.{hint} Labs: {', '.join(catalog)}. "
-                   "To run your own program, give its path (for example labs/my-hello.py).")
+    raise LabError(f"There is no lab named {shorten(name)!r}.{hint} Labs: {', '.join(catalog)}. "
+                   "To run your own program, give its path (for example exercises/my-hello/my-hello.py).")
 
 
 def new_exercise(root: Path, name: str, template: str, catalog: dict[str, Lab]) -> Path:

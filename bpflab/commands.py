@@ -10,10 +10,12 @@ from __future__ import annotations
 import collections
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import paramiko
@@ -163,3 +165,33 @@ def wait_for(finished: threading.Event, tick=None, interrupted=None) -> None:
             if interrupted is None:
                 raise
             interrupted()
+
+
+def open_channel(connection: Connection, command: str) -> paramiko.Channel:
+    """A session channel running `command` as root, its output and errors in one stream and
+    its stdin open: for a long program that takes requests on stdin and streams lines."""
+    channel = connection.client.get_transport().open_session()
+    channel.set_combine_stderr(True)
+    channel.exec_command(f"sudo -n bash -c {shlex.quote(command)}")
+    return channel
+
+
+@contextmanager
+def signals_as_interrupts():
+    """While in the block, SIGTERM and SIGHUP (a closed terminal, a cancelled job, `timeout`)
+    act like Ctrl-C, so whatever runs stops cleanly; the list yielded names those received."""
+    received: list[int] = []
+
+    def interrupt(number, _frame):
+        received.append(number)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

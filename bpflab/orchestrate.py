@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import console, provision, run, sync
-from .catalog import load_catalog
-from .commands import in_background, wait_for
+from .catalog import load_catalog, resolve
+from .commands import in_background, signals_as_interrupts, wait_for
 from .config import Config
 from .console import Board, escape, for_host, say
 from .errors import LabError
@@ -134,22 +135,24 @@ def finish_setup(results: dict[str, Result], hosts: list[Host], config: Config, 
 
 # running ---------------------------------------------------------------------
 
-def run_lab(hosts: list[Host], root: Path, what: str, duration: int, trigger: bool, args: str,
-            tool: str = "") -> dict[str, Result]:
-    """A lab, a learner's program or (`tool`) a BCC tool on every host at once. In a room, lines
-    are prefixed with the host, each host's run is gathered in its own folder of one fleet run,
-    and Ctrl-C stops it everywhere."""
-    if duration < 0:
-        raise LabError(f"--duration must be 0 (until Ctrl-C) or a number of seconds, not {duration}.")
+def run_lab(hosts: list[Host], root: Path, what: str, duration: str | int = 0, trigger: str | None = None,
+            args: str = "", kind: str = "program") -> tuple[dict[str, Result], list[int]]:
+    """A lab or learner's program (`kind` program), a BCC tool or a bpftrace one-liner on every host
+    at once. `trigger`: a command to run once attached (None: the lab's own; "": none). In a room,
+    lines are prefixed with the host, each host's run is gathered in its own folder of one fleet
+    run, and Ctrl-C stops it everywhere. Also returns the signals (SIGTERM, SIGHUP) received."""
+    seconds = check_run(root, what, duration, kind)
     catalog = load_catalog(root)
+    name = {"program": Path(what).stem, "tool": what, "one-liner": "trace"}[kind]
     started = datetime.now(timezone.utc)
-    fleet = run.free_folder(root / "runs", f"{Path(what).stem}-fleet", started) if len(hosts) > 1 else None
+    fleet = run.free_folder(root / "runs", f"{name}-fleet", started) if len(hosts) > 1 else None
     stop = threading.Event()
     printing = threading.Lock()
     width = max(len(host.name) for host in hosts)
 
     def job(host: Host, connection) -> run.Outcome:
-        target = run.tool_target(connection, tool) if tool else run.prepare(connection, root, what, catalog)
+        target = (run.tool_target(connection, what) if kind == "tool" else run.one_liner_target(what)
+                  if kind == "one-liner" else run.prepare(connection, root, what, catalog))
         echo = run.print_line
         if fleet:
             def echo(line: str) -> None:
@@ -157,20 +160,38 @@ def run_lab(hosts: list[Host], root: Path, what: str, duration: int, trigger: bo
                     sys.stdout.write(f"{host.name:<{width}} | {line}\n")
                     sys.stdout.flush()
         folder = fleet / host.name if fleet else run.free_folder(root / "runs", target.name, started)
-        program = run.ProgramRun(host, target, folder, duration=duration, args=tuple(shlex.split(args)), echo=echo,
-                                 trigger=target.lab.trigger if (trigger and target.lab) else None, stop=stop)
+        workload = trigger if trigger is not None else (target.lab.trigger if target.lab else None)
+        program = run.ProgramRun(host, target, folder, duration=seconds, args=tuple(shlex.split(args)), echo=echo,
+                                 trigger=workload or None, stop=stop)
         return program.execute(connection)
 
     def stop_everywhere() -> None:
         say("\nStopping the lab on every host...")
         stop.set()
 
-    return each(hosts, job, interrupted=stop_everywhere)
+    with signals_as_interrupts() as received:
+        return each(hosts, job, interrupted=stop_everywhere), received
 
 
-def finish_run(results: dict[str, Result], what: str) -> None:
-    """One closing line per host; an error (non-zero exit) for a failed program or a leak."""
-    problems = []
+def check_run(root: Path, what: str, duration: str | int, kind: str = "program") -> int:
+    """Refuse bad input (a misspelled lab, a missing file, a duration that is no number) before
+    any VM is touched; the duration in seconds."""
+    if kind == "program":
+        run.check_target(root, what, load_catalog(root))
+    return run.seconds(duration, "--duration")
+
+
+def check_verify(root: Path, names: list[str], seconds: str | int) -> int:
+    catalog = load_catalog(root)
+    for name in names:
+        resolve(catalog, name)
+    return run.seconds(seconds, "--seconds")
+
+
+def finish_run(results: dict[str, Result], what: str, received: list[int]) -> None:
+    """One closing line per host; then the program's exit status (one host) or every host's
+    problem (a room). A host process told to stop by a signal ends with 128 + its number."""
+    errors = []
     for name, result in results.items():
         if not result.ok:
             continue
@@ -178,22 +199,28 @@ def finish_run(results: dict[str, Result], what: str) -> None:
         prefix = f"{name}: " if len(results) > 1 else f"{record['lab']}: "
         say(f"[dim]{prefix}{record['stopped']}, exit {record['exit_status']}, {record['lines']} lines, "
             f"{record['duration_s']}s. Saved in {outcome.folder}[/dim]")
-        found = run.problem(outcome)
-        if found:
-            problems.append(found if len(results) == 1 else f"{name}: {found.splitlines()[0]}")
+        error = run.verdict(outcome)
+        if error:
+            errors.append((name, error))
+    if received:
+        raise LabError(f"Stopped by {signal.Signals(received[0]).name}; the program in the VM was stopped and "
+                       "its output is kept (see the line above).", code=128 + received[0])
     if len(results) == 1:
-        if problems:
-            raise LabError(problems[0])
+        if errors:
+            raise errors[0][1]
         return
+    problems = [f"{name}: {str(error).splitlines()[0] if str(error) else f'exit status {error.code}'}"
+                for name, error in errors]
     folders = {result.value.folder.parent for result in results.values() if result.ok}
     require_all(results, problems, f"ran {what}; output gathered in {', '.join(map(str, folders))}")
 
 
 # verifying --------------------------------------------------------------
 
-def verify(hosts: list[Host], root: Path, names: list[str], seconds: int) -> None:
+def verify(hosts: list[Host], root: Path, names: list[str], seconds: str | int) -> None:
     """Every lab (or `names`) on every host, checked against the catalog: a table, a summary
     under runs/, and an error naming each failure."""
+    seconds = check_verify(root, names, seconds)
     now = datetime.now(timezone.utc)
     if len(hosts) == 1:
         rows = each(hosts, lambda host, connection: run.verify(host, connection, root, names, seconds,

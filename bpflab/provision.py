@@ -24,6 +24,9 @@ from .errors import LabError
 SCRIPTS = Path(__file__).parent / "scripts"
 APT_UNAVAILABLE = (SCRIPTS / "apt-unavailable.sh").read_text()
 STAMP = "/var/lib/bpflab/bcc.json"
+# sshd notices a host that is gone (a dropped connection, a firewall) within about 10 s and
+# ends its session: a lab program's supervisor then stops the program and frees the lock.
+SSHD_KEEPALIVE = (Path(__file__).parent / "scripts" / "sshd-keepalive.conf").read_text()
 # Every file a BCC install put in the VM (source build or artifact): what an export packs.
 INSTALLED_FILES = "/var/lib/bpflab/bcc-files.txt"
 APT_BUSY_NOW = "ps -eo comm= | grep -xE 'apt|apt-get|dpkg|unattended-upgr|apt.systemd.dai'"
@@ -35,6 +38,7 @@ echo "kernel=$(uname -r)"
 echo "cpus=$(nproc)"
 echo "memory_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
 echo "python_link=$(readlink /usr/bin/python || true)"
+echo "sshd_keepalive=$(tr '\n' ' ' < /etc/ssh/sshd_config.d/bpflab.conf 2>/dev/null || true)"
 echo "stamp=$(tr -d '\n' < /var/lib/bpflab/bcc.json 2>/dev/null || true)"
 if ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
   echo "no_candidate=$(bash -c "$UNAVAILABLE" apt-unavailable $OPTIONAL | tr '\n' ' ')"
@@ -56,6 +60,7 @@ class Facts:
     stamp: dict
     installed: set = field(default_factory=set)
     no_candidate: set = field(default_factory=set)
+    sshd_keepalive: str = ""
 
     @classmethod
     def parse(cls, text: str) -> Facts:
@@ -63,7 +68,8 @@ class Facts:
         return cls(values["distribution"], values["arch"], values["kernel"], int(values["cpus"]),
                    int(values["memory_kb"]), values["python_link"],
                    json.loads(values["stamp"]) if values["stamp"].strip() else {},
-                   set(values["installed"].split()), set(values.get("no_candidate", "").split()))
+                   set(values["installed"].split()), set(values.get("no_candidate", "").split()),
+                   values.get("sshd_keepalive", "").strip())
 
 
 def gather(connection: Connection, optional: list[str]) -> Facts:
@@ -83,6 +89,7 @@ class Plan:
     remove: list[str]
     build_bcc: bool
     link_python: bool
+    sshd_keepalive: bool
     settings: dict
     artifact: Artifact | None = None
 
@@ -119,6 +126,7 @@ def plan(config: Config, facts: Facts) -> Plan:
         remove=[name for name in distro["bcc_conflicts"] if mode in ("source", "artifact") and name in facts.installed],
         build_bcc=mode == "source" and built != build_settings,
         link_python=facts.python_link not in ("python3", "/usr/bin/python3"),
+        sshd_keepalive=facts.sshd_keepalive != " ".join(SSHD_KEEPALIVE.split()),
         settings=build_settings,
         artifact=artifact,
     )
@@ -318,6 +326,12 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
         changed = True
     else:
         say("[green]✓[/green] Packages: all installed")
+    if todo.sshd_keepalive:
+        remote_run(connection, f"printf %s {shlex.quote(SSHD_KEEPALIVE)} > /etc/ssh/sshd_config.d/bpflab.conf && "
+                               "{ systemctl reload ssh || service ssh reload || true; } 2>/dev/null",
+                   sudo=True, log=log, what="setting sshd's keepalive")
+        say("[green]✓[/green] sshd ends sessions whose host is gone (ClientAliveInterval 3)")
+        changed = True
     if todo.link_python:
         remote_run(connection, "ln -sfn python3 /usr/bin/python", sudo=True, log=log)
         say("[green]✓[/green] /usr/bin/python -> python3")

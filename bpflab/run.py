@@ -10,6 +10,7 @@ SSH does not forward Ctrl-C.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import shlex
@@ -20,20 +21,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import paramiko
 from fabric import Connection
 
 from . import sync
 from .catalog import Lab, load_catalog, resolve
-from .commands import in_background, remote_run, wait_for
+from .commands import LineSink, in_background, open_channel, remote_run, wait_for
 from .console import say, warn
-from .errors import LabError
+from .errors import LabError, shorten
 from .hosts import Host
 
 READY = re.compile(r"Hit Ctrl-C to end")
-STOP_MARK = "@@bpflab-stopped "
+MARK = "@@bpflab-"
+STOP_MARK = f"{MARK}stopped "
 GRACE_SECONDS = 3
-# --duration counts from "attached" (BCC compiles for seconds first); this VM-side
-# fallback stops the program even if bpflab's host side is gone.
+# --duration counts from "attached" (BCC compiles for seconds first); a program that has
+# attached nothing after this long is stopped.
 COMPILE_ALLOWANCE = 120
 # After this long without a line, check with a new connection that the machine still answers.
 SILENCE_PROBE_SECONDS = 20
@@ -43,11 +46,19 @@ if ! flock -n 9; then
   echo "bpflab: another lab program is running in this VM: $(cat /run/bpflab-lab.owner 2>/dev/null)"
   echo "@@bpflab-stopped busy 75 0"; exit 75
 fi
-echo "$PROGRAM (since $(date +%T))" > /run/bpflab-lab.owner
+echo "$NAME (since $(date +%T))" > /run/bpflab-lab.owner
 echo $$ > /run/bpflab-lab.pid
+# No line from before this run: empty the kernel's trace buffer (the trace pipe reads from it).
+for tracing in /sys/kernel/tracing /sys/kernel/debug/tracing; do
+  [ -e $tracing/trace ] && { : > $tracing/trace; break; }
+done 2>/dev/null
+# Waiting is `read -t` on a FIFO that never delivers: a sleep would start a process the
+# learner's program might trace.
+rm -f /run/bpflab-lab.wait && mkfifo -m 600 /run/bpflab-lab.wait && exec 3<>/run/bpflab-lab.wait
+pause() { read -t "$1" -u 3 _ 2>/dev/null; true; }
 cd "$WORKDIR"
 set -m  # job control: the program gets its own process group and does not ignore SIGINT
-PYTHONDONTWRITEBYTECODE=1 python3 -u "$PROGRAM" "$@" 9>&- < /dev/null &
+PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 9>&- < /dev/null &
 child=$!
 set +m
 reason=exited
@@ -56,20 +67,45 @@ stop() {
   [ "$reason" = exited ] && [ -z "$finished" ] || return 0
   reason=$1
   kill -INT $child 2>/dev/null
-  ( for i in $(seq $((GRACE * 10))); do kill -0 $child 2>/dev/null || exit 0; sleep 0.1; done
-    kill -TERM $child 2>/dev/null; sleep $GRACE; kill -KILL $child 2>/dev/null ) 9>&- &
+  ( for ((i = 0; i < GRACE * 10; i++)); do kill -0 $child 2>/dev/null || exit 0; pause 0.1; done
+    kill -TERM $child 2>/dev/null; pause $GRACE; kill -KILL $child 2>/dev/null ) 9>&- &
 }
-trap 'stop interrupted' INT TERM HUP
+trap 'stop interrupted' INT
+trap 'stop terminated' TERM
+trap 'stop hangup' HUP
 trap 'stop duration' USR1
-timer=
-if [ "$DURATION" != 0 ]; then ( sleep "$DURATION"; kill -USR1 $$ ) 9>&- > /dev/null 2>&1 & timer=$!; fi
+trap 'stop never-attached' USR2
+# The host's requests arrive on stdin; its end means the host or the connection is gone.
+( while read -r request; do
+    case "$request" in
+      stop) kill -INT $$ ;;
+      duration) kill -USR1 $$ ;;
+      kill) kill -KILL $child ;;
+    esac
+  done
+  kill -HUP $$ ) 9>&- > /dev/null 2>&1 &
+requests=$!
+# Attached is what the kernel says: the program's BPF programs on kprobes, tracepoints or
+# raw tracepoints. Once attached nothing more is started here; the VM times --duration.
+( if ! command -v bpftool > /dev/null; then echo "@@bpflab-no-bpftool"; exit 0; fi
+  for ((i = 0; i < ALLOWANCE * 5; i++)); do
+    kill -0 $child 2>/dev/null || exit 0
+    case "$(bpftool perf list 2>/dev/null; bpftool link show 2>/dev/null)" in
+      *"pid $child "*|*"($child)"*)
+        echo "@@bpflab-attached"
+        [ "$DURATION" = 0 ] || { pause "$DURATION"; kill -USR1 $$; }
+        exit 0 ;;
+    esac
+    pause 0.2
+  done
+  echo "@@bpflab-never-attached"; kill -USR2 $$ ) 9>&- 2>/dev/null &
+watcher=$!
 while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
 finished=1
-# A timer still sleeping would hold the SSH channel open.
-[ -z "$timer" ] || { pkill -P $timer; kill $timer; } 2>/dev/null
+kill $requests $watcher 2>/dev/null
 leaked=$(grep -c "bcc_$child" /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events 2>/dev/null \
   | awk -F: '{s+=$2} END {print s+0}')
-rm -f /run/bpflab-lab.pid /run/bpflab-lab.owner
+rm -f /run/bpflab-lab.pid /run/bpflab-lab.owner /run/bpflab-lab.wait
 echo "@@bpflab-stopped $reason $status $leaked"
 exit $status
 """
@@ -97,35 +133,78 @@ def free_folder(runs: Path, name: str, now: datetime) -> Path:
 
 @dataclass
 class Target:
-    """What to run: a catalog lab (in the synced tree), a learner's own file, or a BCC tool."""
+    """What to run: a catalog lab, a learner's own BCC or bpftrace file, a bpftrace one-liner,
+    or a BCC tool. `ready` is the line a program prints once attached: a faster hint than
+    the kernel's word, and the only one where the VM has no bpftool."""
     name: str
     workdir: str
     program: str
+    kind: str = "bcc"
     lab: Lab | None = None
     ready: re.Pattern = READY
+
+    def argv(self, args: tuple) -> list[str]:
+        if self.kind == "one-liner":
+            return ["bpftrace", "-B", "none", "-e", self.program]
+        if self.kind == "bpftrace":
+            return ["bpftrace", "-B", "none", self.program, *args]
+        return ["python3", "-u", self.program, *args]
+
+
+BPFTRACE_READY = re.compile(r"^Attaching \d+ probes?")
+PROGRAM_SUFFIXES = {".py": "bcc", ".bt": "bpftrace"}
+
+
+def check_target(root: Path, what: str, catalog: dict[str, Lab]) -> None:
+    """Refuse a misspelled lab or a missing file before any VM is touched."""
+    if Path(what).suffix in PROGRAM_SUFFIXES or "/" in what:
+        if not Path(what).is_file():
+            raise LabError(f"{shorten(what)} does not exist (or is not a file). Give the path of a BCC Python "
+                           "program (.py) or a bpftrace script (.bt), or a lab name from `invoke lab.list`.")
+        if Path(what).suffix not in PROGRAM_SUFFIXES:
+            raise LabError(f"{shorten(what)} is neither a BCC Python program (.py) nor a bpftrace script (.bt).")
+    else:
+        resolve(catalog, what)
+
+
+def seconds(value: str | int, option: str) -> int:
+    """A number of seconds given on the command line, or a message that says what to give."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise LabError(f"{option} takes a whole number of seconds, not {shorten(str(value))!r}.") from None
+    if number < 0:
+        raise LabError(f"{option} must be 0 (until Ctrl-C) or a number of seconds, not {number}.")
+    return number
 
 
 def prepare(connection: Connection, root: Path, what: str, catalog: dict[str, Lab]) -> Target:
     """Sync the labs, or the learner's file with the .c files beside it, into the machine."""
+    check_target(root, what, catalog)
+    sync.push(connection, root)
     path = Path(what)
-    if what.endswith(".py") or "/" in what:
-        if not path.is_file():
-            raise LabError(f"{what} does not exist (or is not a file). Give the path of a BCC Python program, "
-                           "or a lab name from `invoke lab.list`.")
-        sync.push(connection, root)
+    if path.suffix in PROGRAM_SUFFIXES or "/" in what:
         folder = path.resolve().parent
         files = [item.name for item in sorted(folder.iterdir())
                  if item.is_file() and (item == path.resolve() or item.suffix in (".c", ".h"))]
         remote = f"{sync.REMOTE_ROOT}/user/{path.stem}"
         sync.push_files(connection, folder, remote, files, extra={"labkit.py": root / "labs" / "labkit.py"})
-        return Target(path.stem, remote, path.name)
-    lab = resolve(catalog, what)
-    sync.push(connection, root)
-    return lab_target(lab)
+        kind = PROGRAM_SUFFIXES[path.suffix]
+        return Target(path.stem, remote, path.name, kind, ready=BPFTRACE_READY if kind == "bpftrace" else READY)
+    return lab_target(resolve(catalog, what))
 
 
 def lab_target(lab: Lab) -> Target:
-    return Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.py", lab)
+    if lab.kind == "bpftrace":
+        return Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.bt", "bpftrace", lab, BPFTRACE_READY)
+    return Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.py", "bcc", lab)
+
+
+def one_liner_target(program: str) -> Target:
+    if not program.strip():
+        raise LabError("Give a bpftrace program, for example: invoke lab.trace 'tracepoint:syscalls:"
+                       "sys_enter_execve { printf(\"%s\\n\", comm); }'")
+    return Target("trace", "/tmp", program, "one-liner", ready=BPFTRACE_READY)
 
 
 def vm_facts(connection: Connection) -> dict:
@@ -146,8 +225,11 @@ class Outcome:
 
 
 def print_line(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except OSError:  # the terminal was closed (SIGHUP): the log still gets every line
+        pass
 
 
 class ProgramRun:
@@ -166,17 +248,19 @@ class ProgramRun:
         self.lines: list[str] = []
         self.stopped: tuple[str, int, int] | None = None
         self.ready_at = self.first_event_at = None
-        self.trigger_error = self.error = None
+        self.kernel_readiness = True  # False when the VM has no bpftool: the host times --duration
+        self.trigger_error = self.channel = self.log = None
         self.started = self.heard_at = time.monotonic()
         self.probe_at = self.started + SILENCE_PROBE_SECONDS
-        self.duration_sent, self.interrupts = False, 0
-        self.log = None
+        self.requested: set[str] = set()
+        self.interrupts = 0
 
     def command(self) -> str:
-        fallback = int(self.duration) + COMPILE_ALLOWANCE if self.duration else 0
-        env = f"WORKDIR={shlex.quote(self.target.workdir)} PROGRAM={shlex.quote(self.target.program)} " \
-              f"DURATION={fallback} GRACE={GRACE_SECONDS}"
-        return f"{env} bash -c {shlex.quote(SUPERVISOR)} supervisor {' '.join(shlex.quote(a) for a in self.args)}"
+        env = {"WORKDIR": self.target.workdir, "NAME": self.target.name, "DURATION": self.duration,
+               "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS}
+        assignments = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
+        argv = " ".join(shlex.quote(word) for word in self.target.argv(self.args))
+        return f"{assignments} bash -c {shlex.quote(SUPERVISOR)} supervisor {argv}"
 
     def execute(self, connection: Connection) -> Outcome:
         facts = vm_facts(connection)
@@ -187,24 +271,24 @@ class ProgramRun:
             wait_for(finished, tick=lambda: self.tick(connection), interrupted=self.interrupted)
         record = self.record(facts, started_at)
         (self.folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-        if self.error:
-            raise LabError(f"{self.error}\nThe output so far is kept in {self.folder}.")
         return Outcome(self.folder, record, self.lines)
 
     def supervise(self, connection: Connection) -> None:
+        """Stream the supervisor's output in large blocks until its channel ends."""
+        sink = LineSink(on_line=self.on_line)
         try:
-            remote_run(connection, self.command(), sudo=True, check=False, on_line=self.on_line,
-                       what=f"lab {self.target.name}")
-        except LabError as error:
-            self.error = error
+            self.channel = open_channel(connection, self.command())
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            while chunk := self.channel.recv(1 << 16):
+                sink.write(decoder.decode(chunk))
         except Exception:  # the connection was closed under it: recorded as connection-lost
             pass
+        sink.finish()
 
     def on_line(self, line: str) -> None:
         self.heard_at = time.monotonic()
-        stop = parse_stop(line)
-        if stop:
-            self.stopped = stop
+        if line.startswith(MARK):
+            self.on_mark(line)
             return
         self.lines.append(line)
         self.log.write(line + "\n")
@@ -212,11 +296,26 @@ class ProgramRun:
         if self.echo:
             self.echo(line)
         if self.ready_at is None and self.target.ready.search(line):
-            self.ready_at = self.heard_at
-            if self.trigger:
-                in_background(self.fire_trigger)
+            self.attached()
         elif self.ready_at is not None and self.first_event_at is None:
             self.first_event_at = self.heard_at
+
+    def on_mark(self, line: str) -> None:
+        """The supervisor's own lines: attached, no bpftool, never attached, stopped."""
+        if line.startswith(STOP_MARK):
+            self.stopped = parse_stop(line)
+        elif line == f"{MARK}attached" and self.ready_at is None:
+            self.attached()
+            if self.echo:  # the program itself said nothing: say it for it
+                say(f"[dim]{self.target.name}: attached ({self.ready_at - self.started:.1f}s); "
+                    "tracing until Ctrl-C or --duration[/dim]")
+        elif line == f"{MARK}no-bpftool":
+            self.kernel_readiness = False
+
+    def attached(self) -> None:
+        self.ready_at = self.heard_at
+        if self.trigger:
+            in_background(self.fire_trigger)
 
     def fire_trigger(self) -> None:
         try:
@@ -225,14 +324,15 @@ class ProgramRun:
             self.trigger_error = str(error)
 
     def tick(self, connection: Connection) -> None:
-        """Every fraction of a second: the duration, a stop request, a machine gone silent."""
+        """Every fraction of a second: a stop request, the duration (where the VM cannot time
+        it), a machine gone silent."""
         now = time.monotonic()
-        if self.duration and self.ready_at and not self.duration_sent and now - self.ready_at >= self.duration:
-            self.duration_sent = True
-            self.signal("USR1")
         if self.stop.is_set() and not self.interrupts:
             self.interrupts = 1
-            self.signal("INT")
+            self.request("stop")
+        if (not self.kernel_readiness and self.duration and self.ready_at
+                and now - self.ready_at >= self.duration):
+            self.request("duration")
         if now - self.heard_at > SILENCE_PROBE_SECONDS and now >= self.probe_at:
             # A machine that vanished never closes the TCP connection: after a silence,
             # check with a new connection and give up on the old one if that fails.
@@ -241,24 +341,29 @@ class ProgramRun:
                 connection.close()
 
     def interrupted(self) -> None:
-        """Ctrl-C: the first asks the program to stop, the next ones kill it."""
+        """Ctrl-C (or SIGTERM, SIGHUP): the first asks the program to stop, the next kill it."""
         self.interrupts += 1
-        name = "INT" if self.interrupts == 1 else "KILL"
-        say(f"\nStopping {self.target.name} in the VM (SIG{name} to its supervisor)...")
-        self.signal(name)
+        what = "stop" if self.interrupts == 1 else "kill"
+        say(f"\nStopping {self.target.name} in the VM ({'SIGINT' if what == 'stop' else 'SIGKILL'})...")
+        self.request(what, again=True)
 
-    def signal(self, name: str) -> None:
+    def request(self, what: str, again: bool = False) -> None:
+        """A request to the supervisor on its stdin: no new process in the VM."""
+        if (what in self.requested and not again) or self.channel is None:
+            return
+        self.requested.add(what)
         try:
-            remote_run(self.host.connect(), f"test -f /run/bpflab-lab.pid && kill -{name} "
-                                            "$(cat /run/bpflab-lab.pid) || true", sudo=True)
-        except LabError as error:
-            warn(str(error))
+            self.channel.sendall(f"{what}\n".encode())
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            warn(f"Could not ask the VM to {what} {self.target.name} ({error or type(error).__name__}); "
+                 "the VM stops it when the connection ends.")
 
     def record(self, facts: dict, started_at: datetime) -> dict:
         """run.json; no status line from the supervisor means the SSH channel ended under it."""
         reason, status, leaked = self.stopped or ("connection-lost", None, None)
         return {
-            "lab": self.target.name, "program": self.target.program, "vm": self.host.name, **facts,
+            "lab": self.target.name, "program": self.target.program, "kind": self.target.kind,
+            "vm": self.host.name, **facts,
             "start": started_at.isoformat(timespec="seconds"),
             "end": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "duration_s": round(time.monotonic() - self.started, 2), "stopped": reason, "exit_status": status,
@@ -284,27 +389,33 @@ def compiler_errors(lines: list[str], context: int = 2) -> list[str]:
     return shown
 
 
-def problem(outcome: Outcome) -> str | None:
-    """What went wrong with a finished run, as a message that says what to do; None if nothing."""
+def verdict(outcome: Outcome) -> LabError | None:
+    """How a finished run ends the command: None for a clean exit, else an error whose code is
+    the program's own status where it has one (128 + N for a program ended by signal N)."""
     record, log = outcome.record, outcome.folder / "output.log"
-    if record["stopped"] == "busy":
-        return ("Another lab program is running in the VM (one at a time: they share the trace pipe). "
-                "Wait for it to finish or stop it, then run again.")
+    lab, status, stopped = record["lab"], record["exit_status"], record["stopped"]
+    if stopped == "busy":
+        return LabError("Another lab program is running in the VM (one at a time: they share the trace pipe). "
+                        "Wait for it to finish or stop it, then run again.")
     if record["leaked_probes"]:
-        return (f"{record['leaked_probes']} probe(s) of {record['lab']} were left attached in the VM "
-                "after it stopped. `invoke lab.halt` and `invoke lab.up` clear them.")
-    if record["exit_status"] not in (0, None) and record["stopped"] == "exited":
+        return LabError(f"{record['leaked_probes']} probe(s) of {lab} were left attached in the VM "
+                        "after it stopped. `invoke lab.halt` and `invoke lab.up` clear them.")
+    if status is None:
+        return LabError(f"The connection to the lab VM ended before {lab} reported its status (the VM "
+                        f"stopped or the network dropped). The output so far is kept in {outcome.folder}. "
+                        "`invoke lab.status` tells whether the VM still runs; `invoke lab.up` starts it.")
+    if stopped == "never-attached":
+        return LabError(f"{lab} attached no BPF program to a kprobe, tracepoint or raw tracepoint within "
+                        f"{COMPILE_ALLOWANCE} s, so it was stopped. Check that it attaches (attach_kprobe, or "
+                        f"names such as kprobe__...), and see its output above (also in {log}).", status or 1)
+    if status and stopped == "exited":
         errors = compiler_errors(outcome.lines)
         if errors:
-            return (f"{record['lab']}: the BPF program did not compile (BCC calls the .bpf.c file main.c):\n" +
-                    "\n".join(f"    {line}" for line in errors) +
-                    f"\nFix the C code and run it again (full output: {log}).")
-        return f"{record['lab']} exited with status {record['exit_status']}: see its output above (also in {log})."
-    if record["exit_status"] is None:
-        return (f"The connection to the lab VM ended before {record['lab']} reported its status (the VM "
-                f"stopped or the network dropped). The output so far is kept in {outcome.folder}. "
-                "`invoke lab.status` tells whether the VM still runs; `invoke lab.up` starts it.")
-    return None
+            return LabError(f"{lab}: the BPF program did not compile (BCC calls the .bpf.c file main.c):\n" +
+                            "\n".join(f"    {line}" for line in errors) +
+                            f"\nFix the C code and run it again (full output: {log}).", status)
+        return LabError(f"{lab} exited with status {status}: see its output above (also in {log}).", status)
+    return LabError(code=status) if status else None
 
 
 def check_expectations(lab: Lab, outcome: Outcome) -> list[str]:
@@ -370,7 +481,7 @@ def tool_target(connection: Connection, name: str) -> Target:
                        "`ls /usr/share/bcc/tools /usr/sbin/*-bpfcc` lists them.")
     folder, program = found.rsplit("/", 1)
     # BCC's tools print their column header once attached; some never say "Hit Ctrl-C".
-    return Target(name, folder, program, ready=re.compile(r"\S"))
+    return Target(name, folder, program, "tool", ready=re.compile(r"\S"))
 
 
 def probe_arguments(connection: Connection, probe: str) -> str:

@@ -15,18 +15,26 @@ class RecordingConnection:
         self.answers = list(answers)
         self.commands: list[str] = []
         self.uploads: list[str] = []
+        self.requests: list[str] = []
         self.closed = False
+        # paramiko's side, for programs run on a channel of their own (connection.client.get_transport())
+        self.client = SimpleNamespace(get_transport=lambda: SimpleNamespace(open_session=self.open_session))
 
-    def run(self, command, out_stream=None, **_options):
+    def answer(self, command):
         self.commands.append(command)
-        output, status = "", 0
         for pattern, *answer in self.answers:
             if re.search(pattern, command):
-                output, status = answer[0], (answer[1] if len(answer) > 1 else 0)
-                break
+                return answer[0], (answer[1] if len(answer) > 1 else 0)
+        return "", 0
+
+    def run(self, command, out_stream=None, **_options):
+        output, status = self.answer(command)
         if out_stream is not None:
             out_stream.write(output)
         return SimpleNamespace(exited=status, stdout=output)
+
+    def open_session(self):
+        return RecordingChannel(self)
 
     def put(self, local, remote):
         self.uploads.append(remote)
@@ -49,3 +57,23 @@ class RecordingHost:
 
     def answers(self) -> bool:
         return True
+
+
+class RecordingChannel:
+    """A session channel: its command's scripted output arrives in one block, then the end."""
+
+    def __init__(self, connection: RecordingConnection):
+        self.connection, self.output = connection, b""
+
+    def set_combine_stderr(self, _combine):
+        pass
+
+    def exec_command(self, command):
+        self.output = self.connection.answer(command)[0].encode()
+
+    def recv(self, _size):
+        block, self.output = self.output, b""
+        return block
+
+    def sendall(self, data):
+        self.connection.requests.append(data.decode())

@@ -179,7 +179,7 @@ def test_every_lab_passes_verify(lab):
     result = lab.invoke("lab.verify", "--seconds", "8", check=False)
     assert result.returncode == 0, result.stdout
     summary = json.loads(sorted((lab.path / "runs").glob("*-verify/summary.json"))[-1].read_text())
-    assert len(summary) == 11 and all(row["result"] == "PASS" for row in summary)
+    assert len(summary) == 15 and all(row["result"] == "PASS" for row in summary), summary
 
 
 def test_verify_fails_when_the_kernel_side_does_nothing(lab):
@@ -191,6 +191,120 @@ def test_verify_fails_when_the_kernel_side_does_nothing(lab):
     finally:
         source.write_text(original)
     assert result.returncode == 1 and "FAIL" in result.stdout and "no line matched 'Hello World!'" in result.stdout
+
+
+# Any program a learner brings: the book's style, bpftrace, and every way a run can end. --------
+
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+
+
+def bring(project, name):
+    """A test program (written here in the book's style) as the learner's own file in the project."""
+    folder = project.path / "exercises" / "book"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(PROGRAMS / name, folder / name)
+    return f"exercises/book/{name}"
+
+
+def lab_run_in_background(project, *args):
+    return subprocess.Popen([sys.executable, "-m", "invoke", "lab.run", *args], cwd=project.path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(project.path)})
+
+
+def test_a_program_without_a_ready_line_stops_after_its_duration(lab):
+    """The book's style: no "attached" line. Attached is what the kernel says; the duration
+    counts from there, the trigger fires, and the status of a program ended by SIGINT (130) is lab.run's."""
+    result = lab.invoke("lab.run", bring(lab, "quiet_hello.py"), "--duration", "5",
+                        "--trigger", "for i in 1 2 3; do /bin/true; done", check=False)
+    assert result.returncode == 130, result.stdout
+    assert "quiet_hello: attached (" in result.stdout and "quiet hello" in result.stdout
+    assert "Traceback" not in result.stdout.split("quiet_hello: duration")[-1]
+    _, record = latest_run(lab, "quiet_hello")
+    assert record["stopped"] == "duration" and record["exit_status"] == 130 and record["trigger_error"] is None
+    traced = record["duration_s"] - record["time_to_attach_s"]
+    assert 4.5 <= traced <= 5 + 8, record
+    assert nothing_left_in_vm(lab)
+
+
+def test_no_line_from_before_a_run_is_shown(lab):
+    """A program that wrote trace-pipe lines it never read leaves them in the kernel; the next
+    reader of the trace pipe must not show them as its own."""
+    lab.invoke("lab.run", bring(lab, "stale_writer.py"), "--duration", "3",
+               "--trigger", "for i in 1 2 3 4 5; do /bin/true; done", check=False)
+    assert int(vm_shell(lab, "grep -c 'stale line' /sys/kernel/tracing/trace")) > 0  # still in the kernel
+    result = lab.invoke("lab.run", bring(lab, "quiet_hello.py"), "--duration", "3", "--no-trigger", check=False)
+    assert "quiet_hello: attached (" in result.stdout and "stale line" not in result.stdout
+    assert "stale line" not in (latest_run(lab, "quiet_hello")[0] / "output.log").read_text()
+
+
+def lock_is_free(project):
+    state = vm_shell(project, "test -e /run/bpflab-lab.pid && echo pidfile; "
+                              "flock -n /run/bpflab-lab.lock true || echo locked; "
+                              "bpftool perf list | wc -l; pgrep -c -f '[q]uiet_events'")
+    return state.split() == ["0", "0"]
+
+
+def end_the_run(project, process, how):
+    if how == "connection dropped (sshd child killed)":
+        vm_shell(project, "p=$(cat /run/bpflab-lab.pid); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
+                          "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
+    else:
+        process.send_signal(getattr(signal, how.split()[0]))
+
+
+@pytest.mark.parametrize("how, exit_code, stopped", [
+    ("SIGINT", 0, "interrupted"), ("SIGTERM", 128 + 15, "interrupted"), ("SIGHUP", 128 + 1, "interrupted"),
+    ("SIGKILL of the host process", -9, None), ("connection dropped (sshd child killed)", 1, "connection-lost")])
+def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exit_code, stopped):
+    """A quiet program (prints only on events) is stopped within seconds however lab.run ends;
+    what was gathered is kept."""
+    process = lab_run_in_background(lab, bring(lab, "quiet_events.py"), "--no-trigger")
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "quiet_events: attached (" in line:
+            break
+    vm_shell(lab, "sync")  # one event, so there is output to keep
+    time.sleep(2)
+    ended = time.monotonic()
+    end_the_run(lab, process, how)
+    while not lock_is_free(lab):
+        assert time.monotonic() - ended < 30, f"{how}: the lab is still running in the VM"
+        time.sleep(0.5)
+    free_after = round(time.monotonic() - ended, 1)
+    rest = process.stdout.read()
+    assert process.wait(timeout=60) == exit_code, "".join(seen) + rest
+    assert "Traceback" not in rest and nothing_left_in_vm(lab)
+    folder = sorted((lab.path / "runs").glob("*-quiet_events"))[-1]
+    assert "sync called" in (folder / "output.log").read_text()
+    if stopped:
+        assert json.loads((folder / "run.json").read_text())["stopped"] == stopped
+    print(f"STOP-FIGURE {how}: lock free {free_after} s after the host-side end")
+
+
+def test_exit_status_and_a_failing_program(lab):
+    result = lab.invoke("lab.run", bring(lab, "exit_three.py"), check=False)
+    assert result.returncode == 3 and "exited with status 3" in result.stdout and "Traceback" not in result.stdout
+    assert latest_run(lab, "exit_three")[1]["exit_status"] == 3
+
+
+def test_bpftrace_by_path_and_as_a_one_liner(lab):
+    script = lab.invoke("lab.run", bring(lab, "opens.bt"), "--duration", "3", "--trigger", "cat /etc/hostname")
+    assert re.search(r"open by cat: /etc/hostname", script.stdout)
+    assert latest_run(lab, "opens")[1]["stopped"] == "duration"
+    one_liner = lab.invoke("lab.trace", 'tracepoint:syscalls:sys_enter_execve { printf("exec %s\\n", '
+                                        'str(args->filename)); }', "--duration", "3", "--trigger", "/bin/true")
+    assert "exec /bin/true" in one_liner.stdout
+    _, record = latest_run(lab, "trace")
+    assert record["kind"] == "one-liner" and record["stopped"] == "duration" and record["exit_status"] == 0
+
+
+def test_the_runner_stays_out_of_the_learners_trace(lab):
+    """A --duration stop starts nothing in the VM: an exec logger sees none of the runner's commands."""
+    result = lab.invoke("lab.run", bring(lab, "exec_logger.py"), "--duration", "4", "--no-trigger")
+    commands = re.findall(r"^exec by (\S+)", result.stdout, re.MULTILINE)
+    assert not {"sudo", "cat", "sleep", "flock", "kill"} & set(commands), commands
 
 
 # The second VM: provisioned by Ansible alone, then a fleet with the first. ----------

@@ -11,14 +11,20 @@ from bpflab.run import Outcome, check_expectations, compiler_errors, free_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_LABS = ["hello", "hello-file", "hello-map", "hello-buffer", "hello-file-ring-buffer", "hello-tail"]
+BPFTRACE_COMPANIONS = {"hello-bpftrace": "hello", "hello-map-bpftrace": "hello-map",
+                       "hello-file-bpftrace": "hello-file", "syscall-count-bpftrace": "syscall-count"}
 
 
 def test_catalog_has_every_lab_with_both_sides_and_notes():
     catalog = load_catalog(ROOT)
-    assert set(BOOK_LABS) <= set(catalog) and len(catalog) == len(BOOK_LABS) + 5
+    assert set(BOOK_LABS) <= set(catalog) and len(catalog) == len(BOOK_LABS) + 5 + len(BPFTRACE_COMPANIONS)
     for lab in catalog.values():
-        assert (ROOT / "labs" / f"{lab.name}.py").exists()
-        assert (ROOT / "bpf" / f"{lab.name}.bpf.c").exists()
+        if lab.kind == "bpftrace":
+            assert (ROOT / "labs" / f"{lab.name}.bt").exists() and BPFTRACE_COMPANIONS[lab.name] in catalog
+        else:
+            assert lab.kind == "bcc"
+            assert (ROOT / "labs" / f"{lab.name}.py").exists()
+            assert (ROOT / "bpf" / f"{lab.name}.bpf.c").exists()
         assert lab.summary and lab.trigger and lab.expect
         assert re.search(r"[\u4e00-\u9fff]", lab.note), f"{lab.name} needs its Chinese note"
         for pattern in lab.expect + lab.reject:

@@ -3,10 +3,13 @@ against a recording connection (no VM): the real-VM tests prove the commands wor
 
 import hashlib
 import json
+import time
 
+import pytest
 from recording import RecordingConnection, RecordingHost
 
 from bpflab import config, provision, run, sync
+from bpflab.errors import LabError
 
 ROOT = config.PROJECT_ROOT
 
@@ -35,7 +38,8 @@ def test_sync_uploads_changes_and_deletes_leftovers_in_one_command():
 
 def facts_output(installed, kernel="6.1.0-28-amd64", stamp=""):
     return (f"distribution=debian-12\narch=amd64\nkernel={kernel}\ncpus=2\nmemory_kb=2000000\n"
-            f"python_link=python3\nstamp={stamp}\nno_candidate=\ninstalled={' '.join(installed)}\n")
+            f"python_link=python3\nsshd_keepalive=ClientAliveInterval 3 ClientAliveCountMax 3\nstamp={stamp}\n"
+            f"no_candidate=\ninstalled={' '.join(installed)}\n")
 
 
 def debian_packages(settings, kernel="6.1.0-28-amd64"):
@@ -77,7 +81,7 @@ def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
     assert record["lines"] == 4 and record["kernel"] == "6.1.0-28-amd64" and record["bcc"] == "0.26.0"
     assert record["time_to_attach_s"] is not None and record["time_to_first_event_s"] is not None
     assert shown == outcome.lines and "@@bpflab" not in (tmp_path / "hello" / "output.log").read_text()
-    assert run.problem(outcome) is None
+    assert run.verdict(outcome) is None
 
 
 def test_a_run_whose_channel_ends_without_a_status_is_connection_lost(tmp_path):
@@ -86,4 +90,68 @@ def test_a_run_whose_channel_ends_without_a_status_is_connection_lost(tmp_path):
     target = run.Target("hello", "/home/vagrant/bpflab/labs", "hello.py")
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", echo=None).execute(connection)
     assert outcome.record["stopped"] == "connection-lost" and outcome.record["exit_status"] is None
-    assert "ended before hello reported its status" in run.problem(outcome)
+    assert "ended before hello reported its status" in str(run.verdict(outcome))
+
+
+BOOK_STYLE_OUTPUT = ("@@bpflab-attached\nbash-1234 [000] Hello World!\n"
+                     "@@bpflab-stopped duration 130 0\n")
+
+
+def test_readiness_comes_from_the_kernel_and_the_status_passes_through(tmp_path):
+    """A program that prints no ready line (the book's, as printed) is attached when the VM says
+    so; stopped by --duration without handling SIGINT it exits 130, and so does lab.run, silently."""
+    connection = RecordingConnection([("import bcc", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", BOOK_STYLE_OUTPUT)])
+    target = run.Target("hello", "/home/vagrant/book", "hello.py")
+    outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", duration=5, echo=None,
+                             trigger="true").execute(connection)
+    assert outcome.lines == ["bash-1234 [000] Hello World!"]
+    assert outcome.record["time_to_attach_s"] is not None and outcome.record["time_to_first_event_s"] is not None
+    for _ in range(50):  # the trigger runs in its own thread
+        if connection.ran("bash -c true"):
+            break
+        time.sleep(0.05)
+    assert connection.ran("bash -c true") and not connection.requests  # the VM timed the duration itself
+    error = run.verdict(outcome)
+    assert isinstance(error, LabError) and error.code == 130 and str(error) == ""
+
+
+def finished(stopped, status, lines=(), leaked=0):
+    record = {"lab": "demo", "stopped": stopped, "exit_status": status, "leaked_probes": leaked}
+    return run.Outcome(config.PROJECT_ROOT / "runs" / "x", record, list(lines))
+
+
+@pytest.mark.parametrize("outcome, code, words", [
+    (finished("exited", 0), None, None),
+    (finished("interrupted", 0), None, None),
+    (finished("exited", 3), 3, "exited with status 3"),
+    (finished("exited", 1, ["/virtual/main.c:2:3: error: use of undeclared identifier 'x'"]), 1, "did not compile"),
+    (finished("terminated", 143), 143, ""),
+    (finished("busy", 75), 1, "Another lab program is running"),
+    (finished("never-attached", 130), 130, "attached no BPF program"),
+    (finished("connection-lost", None), 1, "connection to the lab VM ended"),
+    (finished("duration", 0, leaked=2), 1, "2 probe(s)"),
+])
+def test_verdict_exit_codes(outcome, code, words):
+    error = run.verdict(outcome)
+    assert (error.code if error else None) == code
+    if words is not None:
+        assert words in str(error) if words else str(error) == ""
+
+
+@pytest.mark.parametrize("value, message", [("abc", "takes a whole number of seconds, not 'abc'"),
+                                            ("-3", "--duration must be 0"), ("x" * 5000, "5000 characters")])
+def test_bad_seconds_are_one_message(value, message):
+    with pytest.raises(LabError, match=message):
+        run.seconds(value, "--duration")
+
+
+def test_without_bpftool_the_host_times_the_duration(tmp_path):
+    output = "@@bpflab-no-bpftool\nAttached. Hit Ctrl-C to end.\n"
+    connection = RecordingConnection([("import bcc", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", output)])
+    program = run.ProgramRun(RecordingHost(connection), run.Target("hello", "/x", "hello.py"), tmp_path / "h",
+                             duration=1, echo=None)
+    program.execute(connection)
+    program.ready_at -= 2  # as if attached two seconds ago
+    program.tick(connection)
+    program.tick(connection)
+    assert connection.requests == ["duration\n"]

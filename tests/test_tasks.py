@@ -27,3 +27,17 @@ def test_every_documented_task_exists():
     for name in ("host.setup", "host.teardown", "box.build", "lab.setup", "lab.up", "lab.halt",
                  "lab.destroy", "lab.status", "lab.ssh"):
         assert name in listing
+
+
+def test_bad_run_input_is_refused_before_any_vm_is_touched():
+    """This checkout has no VM: each answer must be about the input, not about the VM."""
+    for args, message in ((["lab.run", "helo"], "Did you mean hello"),
+                          (["lab.run", "hello", "--duration", "abc"], "takes a whole number of seconds"),
+                          (["lab.verify", "--seconds", "soon"], "takes a whole number of seconds"),
+                          (["lab.verify", "--names", "hello-tial"], "Did you mean hello-tail"),
+                          (["lab.run", "x" * 5000], "(5000 characters)"),
+                          (["lab.run", "no/such/file.bt"], "does not exist")):
+        result = invoke(*args)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1 and message in output, output
+        assert "Traceback" not in output and "does not exist yet" not in output and len(output) < 1500
