@@ -137,34 +137,23 @@ RUN = {"duration": "stop after this many seconds of tracing, counted from attach
     "args": "arguments passed to the program, as one string", **RUN})
 def run_lab(c, name, duration="0", trigger="", no_trigger=False, args="", inventory="", vm=""):
     """Run a lab or your own program in the VM with live output; saved under runs/."""
-    root = settings().root
-    orchestrate.check_run(root, name, duration)
-    chosen = choose(settings(), inventory, vm)
-    orchestrate.finish_run(*orchestrate.run_lab(chosen, root, name, duration, workload(trigger, no_trigger), args),
-                           what=name)
+    orchestrate.run_and_report(settings(), name, inventory=inventory, vm=vm, duration=duration, trigger=trigger,
+                               no_trigger=no_trigger, args=args)
 
 
 @task(klass=LabTask, help={"program": "a bpftrace program, for example 'kprobe:do_nanosleep { @[comm] = count(); }'",
                            **RUN})
 def trace(c, program, duration="0", trigger="", no_trigger=False, inventory="", vm=""):
     """Run a bpftrace one-liner in the VM like a lab: live output, saved under runs/."""
-    orchestrate.check_run(settings().root, program, duration, kind="one-liner")
-    results = orchestrate.run_lab(choose(settings(), inventory, vm), settings().root, program, duration,
-                                  workload(trigger, no_trigger), kind="one-liner")
-    orchestrate.finish_run(*results, what="the one-liner")
-
-
-def workload(trigger, no_trigger):
-    """--trigger CMD, --no-trigger, or neither (None: the lab's own trigger)."""
-    return "" if no_trigger else (trigger or None)
+    orchestrate.run_and_report(settings(), program, inventory=inventory, vm=vm, duration=duration, trigger=trigger,
+                               no_trigger=no_trigger, kind="one-liner")
 
 
 @task(klass=LabTask, optional=["names"], iterable=["names"], help={
     "names": "labs to check (repeat --names; default: all)", "seconds": "how long each lab runs", **ROOM})
 def verify(c, names=None, seconds="12", inventory="", vm=""):
     """Run every lab with its trigger and check its expectations: a PASS/FAIL table."""
-    orchestrate.check_verify(settings().root, names or [], seconds)
-    orchestrate.verify(choose(settings(), inventory, vm), settings().root, names or [], seconds)
+    orchestrate.verify(settings(), names or [], seconds, inventory=inventory, vm=vm)
 
 
 @task(klass=LabTask, help={"name": "name of your program", "template": "the lab to start from (default: hello)"})
@@ -185,9 +174,7 @@ def probe_args(c, probe, vm=""):
                            "args": "arguments for the tool, as one string", **ONE})
 def tool(c, name, duration="0", args="", vm=""):
     """Run a tool that BCC ships, in the VM, gathered under runs/ like a lab."""
-    results = orchestrate.run_lab([choose_one(settings(), vm, "lab.tool")], settings().root, name, duration, "", args,
-                                  kind="tool")
-    orchestrate.finish_run(*results, what=name)
+    orchestrate.run_and_report(settings(), name, vm=vm, duration=duration, no_trigger=True, args=args, kind="tool")
 
 
 @task(klass=LabTask, name="list")

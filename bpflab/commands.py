@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import paramiko
@@ -165,6 +165,20 @@ def wait_for(finished: threading.Event, tick=None, interrupted=None) -> None:
             if interrupted is None:
                 raise
             interrupted()
+
+
+def responsive(connection: Connection, timeout: float = 5) -> bool:
+    """Whether the machine at the other end of this connection still answers: an SSH keepalive
+    request that wants a reply, so nothing is started there. A firewall that drops the
+    connection, or a VM that vanished, gives no reply and never closes the TCP connection."""
+    transport = connection.client.get_transport()
+    if transport is None or not transport.is_active():
+        return False
+    def ask():
+        with suppress(UNREACHABLE):  # the transport died while asking: no answer
+            transport.global_request("keepalive@openssh.com", wait=True)
+
+    return in_background(ask).wait(timeout) and transport.is_active()
 
 
 def open_channel(connection: Connection, command: str) -> paramiko.Channel:

@@ -24,7 +24,7 @@ from .commands import in_background, signals_as_interrupts, wait_for
 from .config import Config
 from .console import Board, escape, for_host, say
 from .errors import LabError
-from .hosts import Host
+from .hosts import Host, choose
 from .runs import write_summary
 
 
@@ -173,6 +173,18 @@ def run_lab(hosts: list[Host], root: Path, what: str, duration: str | int = 0, t
         return each(hosts, job, interrupted=stop_everywhere), received
 
 
+def run_and_report(config: Config, what: str, *, inventory: str = "", vm: str = "", duration: str | int = 0,
+                   trigger: str = "", no_trigger: bool = False, args: str = "", kind: str = "program") -> None:
+    """lab.run, lab.trace and lab.tool: input checked before any VM is touched, then the run on
+    the chosen hosts and its report. `trigger`/`no_trigger`: --trigger CMD, --no-trigger, or
+    neither (the lab's own)."""
+    check_run(config.root, what, duration, kind)
+    hosts = choose(config, inventory, vm)
+    workload = "" if no_trigger else (trigger or None)
+    results, received = run_lab(hosts, config.root, what, duration, workload, args, kind)
+    finish_run(results, {"program": what, "tool": what, "one-liner": "the one-liner"}[kind], received)
+
+
 def check_run(root: Path, what: str, duration: str | int, kind: str = "program") -> int:
     """Refuse bad input (a misspelled lab, a missing file, a duration that is no number) before
     any VM is touched; the duration in seconds."""
@@ -217,10 +229,12 @@ def finish_run(results: dict[str, Result], what: str, received: list[int]) -> No
 
 # verifying --------------------------------------------------------------
 
-def verify(hosts: list[Host], root: Path, names: list[str], seconds: str | int) -> None:
-    """Every lab (or `names`) on every host, checked against the catalog: a table, a summary
-    under runs/, and an error naming each failure."""
+def verify(config: Config, names: list[str], seconds: str | int, inventory: str = "", vm: str = "") -> None:
+    """Every lab (or `names`) on every chosen host, checked against the catalog: a table, a
+    summary under runs/, and an error naming each failure. Input is checked first."""
+    root = config.root
     seconds = check_verify(root, names, seconds)
+    hosts = choose(config, inventory, vm)
     now = datetime.now(timezone.utc)
     if len(hosts) == 1:
         rows = each(hosts, lambda host, connection: run.verify(host, connection, root, names, seconds,

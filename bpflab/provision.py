@@ -330,7 +330,7 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
         remote_run(connection, f"printf %s {shlex.quote(SSHD_KEEPALIVE)} > /etc/ssh/sshd_config.d/bpflab.conf && "
                                "{ systemctl reload ssh || service ssh reload || true; } 2>/dev/null",
                    sudo=True, log=log, what="setting sshd's keepalive")
-        say("[green]✓[/green] sshd ends sessions whose host is gone (ClientAliveInterval 3)")
+        say("[green]✓[/green] sshd ends sessions whose host is gone (ClientAliveInterval 2)")
         changed = True
     if todo.link_python:
         remote_run(connection, "ln -sfn python3 /usr/bin/python", sudo=True, log=log)

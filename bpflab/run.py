@@ -26,7 +26,7 @@ from fabric import Connection
 
 from . import sync
 from .catalog import Lab, load_catalog, resolve
-from .commands import LineSink, in_background, open_channel, remote_run, wait_for
+from .commands import LineSink, in_background, open_channel, remote_run, responsive, wait_for
 from .console import say, warn
 from .errors import LabError, shorten
 from .hosts import Host
@@ -38,8 +38,8 @@ GRACE_SECONDS = 3
 # --duration counts from "attached" (BCC compiles for seconds first); a program that has
 # attached nothing after this long is stopped.
 COMPILE_ALLOWANCE = 120
-# After this long without a line, check with a new connection that the machine still answers.
-SILENCE_PROBE_SECONDS = 20
+# After this long without a line, ask the connection whether the machine still answers.
+SILENCE_PROBE_SECONDS = 5
 SUPERVISOR = r"""
 exec 9>/run/bpflab-lab.lock
 if ! flock -n 9; then
@@ -57,8 +57,9 @@ done 2>/dev/null
 rm -f /run/bpflab-lab.wait && mkfifo -m 600 /run/bpflab-lab.wait && exec 3<>/run/bpflab-lab.wait
 pause() { read -t "$1" -u 3 _ 2>/dev/null; true; }
 cd "$WORKDIR"
+exec 4<&0  # the host's requests (stdin): a background job without job control gets /dev/null instead
 set -m  # job control: the program gets its own process group and does not ignore SIGINT
-PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 9>&- < /dev/null &
+PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 9>&- < /dev/null &
 child=$!
 set +m
 reason=exited
@@ -75,31 +76,40 @@ trap 'stop terminated' TERM
 trap 'stop hangup' HUP
 trap 'stop duration' USR1
 trap 'stop never-attached' USR2
+# Attached is what the kernel says: the program's BPF programs on kprobes, tracepoints or raw
+# tracepoints; or what the program itself says (the host passes that on), and then nothing
+# more is started here. Once attached, the VM times --duration.
+( told=
+  trap 'told=1' USR1
+  if ! command -v bpftool > /dev/null; then echo "@@bpflab-no-bpftool"; exit 0; fi
+  for ((i = 0; i < ALLOWANCE * 5; i++)); do
+    kill -0 $child 2>/dev/null || exit 0
+    [ -z "$told" ] || break
+    case "$(printf 'perf list\nlink show\n' | bpftool batch file - 2>/dev/null)" in
+      *"pid $child "*|*"($child)"*) echo "@@bpflab-attached"; break ;;
+    esac
+    pause 0.2
+  done
+  if [ -n "$told" ] || [ $i -lt $((ALLOWANCE * 5)) ]; then
+    [ "$DURATION" = 0 ] && exit 0
+    end=$(( ${EPOCHREALTIME/./} + DURATION * 1000000 ))  # a deadline: a late USR1 cuts a pause short
+    while (( ${EPOCHREALTIME/./} < end )); do pause 0.2; done
+    kill -USR1 $$
+  else
+    echo "@@bpflab-never-attached"; kill -USR2 $$
+  fi ) 9>&- < /dev/null 2>/dev/null &
+watcher=$!
 # The host's requests arrive on stdin; its end means the host or the connection is gone.
-( while read -r request; do
+( while read -r -u 4 request; do
     case "$request" in
       stop) kill -INT $$ ;;
       duration) kill -USR1 $$ ;;
+      attached) kill -USR1 $watcher ;;
       kill) kill -KILL $child ;;
     esac
   done
   kill -HUP $$ ) 9>&- > /dev/null 2>&1 &
 requests=$!
-# Attached is what the kernel says: the program's BPF programs on kprobes, tracepoints or
-# raw tracepoints. Once attached nothing more is started here; the VM times --duration.
-( if ! command -v bpftool > /dev/null; then echo "@@bpflab-no-bpftool"; exit 0; fi
-  for ((i = 0; i < ALLOWANCE * 5; i++)); do
-    kill -0 $child 2>/dev/null || exit 0
-    case "$(bpftool perf list 2>/dev/null; bpftool link show 2>/dev/null)" in
-      *"pid $child "*|*"($child)"*)
-        echo "@@bpflab-attached"
-        [ "$DURATION" = 0 ] || { pause "$DURATION"; kill -USR1 $$; }
-        exit 0 ;;
-    esac
-    pause 0.2
-  done
-  echo "@@bpflab-never-attached"; kill -USR2 $$ ) 9>&- 2>/dev/null &
-watcher=$!
 while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
 finished=1
 kill $requests $watcher 2>/dev/null
@@ -297,6 +307,7 @@ class ProgramRun:
             self.echo(line)
         if self.ready_at is None and self.target.ready.search(line):
             self.attached()
+            self.request("attached")  # the supervisor stops asking the kernel
         elif self.ready_at is not None and self.first_event_at is None:
             self.first_event_at = self.heard_at
 
@@ -334,10 +345,10 @@ class ProgramRun:
                 and now - self.ready_at >= self.duration):
             self.request("duration")
         if now - self.heard_at > SILENCE_PROBE_SECONDS and now >= self.probe_at:
-            # A machine that vanished never closes the TCP connection: after a silence,
-            # check with a new connection and give up on the old one if that fails.
+            # A machine that vanished, or a connection a firewall dropped, never closes: after
+            # a silence, ask the connection itself, and give up on it if nothing answers.
             self.probe_at = now + SILENCE_PROBE_SECONDS
-            if not self.host.answers():
+            if not responsive(connection):
                 connection.close()
 
     def interrupted(self) -> None:

@@ -62,6 +62,12 @@ def lab(project):
     project.invoke("lab.destroy", check=False)
 
 
+def interruptible():
+    """In a child about to be sent SIGINT: default SIGINT handling, even where this run was started
+    in the background of a non-interactive shell (which leaves SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def vm_shell(project, command):
     vm = LabVM(config.load(project.path / "lab.yaml"))
     return remote_run(Host.of_vm(vm).connect(), command, sudo=True, check=False).stdout
@@ -116,7 +122,8 @@ def test_run_with_trigger_and_duration(lab):
 
 def test_ctrl_c_stops_the_program_and_leaves_nothing(lab):
     process = subprocess.Popen([sys.executable, "-m", "invoke", "lab.run", "hello-map"], cwd=lab.path, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               preexec_fn=interruptible)
     for line in process.stdout:
         if "Hit Ctrl-C" in line:
             break
@@ -209,7 +216,7 @@ def bring(project, name):
 def lab_run_in_background(project, *args):
     return subprocess.Popen([sys.executable, "-m", "invoke", "lab.run", *args], cwd=project.path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(project.path)})
+                            env={**os.environ, "PYTHONPATH": str(project.path)}, preexec_fn=interruptible)
 
 
 def test_a_program_without_a_ready_line_stops_after_its_duration(lab):
@@ -246,16 +253,28 @@ def lock_is_free(project):
 
 
 def end_the_run(project, process, how):
+    """End the run; return the firewall rules to remove afterwards."""
     if how == "connection dropped (sshd child killed)":
         vm_shell(project, "p=$(cat /run/bpflab-lab.pid); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
                           "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
+    elif how == "connection dropped (firewall)":
+        address = Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).endpoint.host
+        sockets = subprocess.run(["ss", "-tnpH", "dst", address], capture_output=True, text=True).stdout
+        port = re.search(rf"\S+:(\d+)\s+{re.escape(address)}:22\s.*pid={process.pid},", sockets).group(1)
+        rules = [["OUTPUT", "-p", "tcp", "-d", address, "--dport", "22", "--sport", port, "-j", "DROP"],
+                 ["INPUT", "-p", "tcp", "-s", address, "--sport", "22", "--dport", port, "-j", "DROP"]]
+        for rule in rules:
+            subprocess.run(["iptables", "-I", *rule], check=True)
+        return rules
     else:
         process.send_signal(getattr(signal, how.split()[0]))
+    return []
 
 
 @pytest.mark.parametrize("how, exit_code, stopped", [
     ("SIGINT", 0, "interrupted"), ("SIGTERM", 128 + 15, "interrupted"), ("SIGHUP", 128 + 1, "interrupted"),
-    ("SIGKILL of the host process", -9, None), ("connection dropped (sshd child killed)", 1, "connection-lost")])
+    ("SIGKILL of the host process", -9, None), ("connection dropped (sshd child killed)", 1, "connection-lost"),
+    ("connection dropped (firewall)", 1, "connection-lost")])
 def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exit_code, stopped):
     """A quiet program (prints only on events) is stopped within seconds however lab.run ends;
     what was gathered is kept."""
@@ -268,13 +287,17 @@ def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exi
     vm_shell(lab, "sync")  # one event, so there is output to keep
     time.sleep(2)
     ended = time.monotonic()
-    end_the_run(lab, process, how)
-    while not lock_is_free(lab):
-        assert time.monotonic() - ended < 30, f"{how}: the lab is still running in the VM"
-        time.sleep(0.5)
-    free_after = round(time.monotonic() - ended, 1)
-    rest = process.stdout.read()
-    assert process.wait(timeout=60) == exit_code, "".join(seen) + rest
+    rules = end_the_run(lab, process, how)
+    try:
+        while not lock_is_free(lab):
+            assert time.monotonic() - ended < 40, f"{how}: the lab is still running in the VM"
+            time.sleep(0.5)
+        free_after = round(time.monotonic() - ended, 1)
+        rest = process.stdout.read()
+        assert process.wait(timeout=60) == exit_code, "".join(seen) + rest
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-D", *rule])
     assert "Traceback" not in rest and nothing_left_in_vm(lab)
     folder = sorted((lab.path / "runs").glob("*-quiet_events"))[-1]
     assert "sync called" in (folder / "output.log").read_text()
@@ -305,6 +328,10 @@ def test_the_runner_stays_out_of_the_learners_trace(lab):
     result = lab.invoke("lab.run", bring(lab, "exec_logger.py"), "--duration", "4", "--no-trigger")
     commands = re.findall(r"^exec by (\S+)", result.stdout, re.MULTILINE)
     assert not {"sudo", "cat", "sleep", "flock", "kill"} & set(commands), commands
+    assert commands.count("bash") <= 1, commands  # at most the one kernel query that saw it attach
+    # A lab that says it is attached stops the kernel queries at once: none of them in its trace.
+    opens = lab.invoke("lab.run", "hello-file", "--duration", "4", "--no-trigger")
+    assert "bpftool" not in opens.stdout and "/proc/" not in opens.stdout
 
 
 # The second VM: provisioned by Ansible alone, then a fleet with the first. ----------

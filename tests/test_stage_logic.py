@@ -38,7 +38,7 @@ def test_sync_uploads_changes_and_deletes_leftovers_in_one_command():
 
 def facts_output(installed, kernel="6.1.0-28-amd64", stamp=""):
     return (f"distribution=debian-12\narch=amd64\nkernel={kernel}\ncpus=2\nmemory_kb=2000000\n"
-            f"python_link=python3\nsshd_keepalive=ClientAliveInterval 3 ClientAliveCountMax 3\nstamp={stamp}\n"
+            f"python_link=python3\nsshd_keepalive={' '.join(provision.SSHD_KEEPALIVE.split())}\nstamp={stamp}\n"
             f"no_candidate=\ninstalled={' '.join(installed)}\n")
 
 
@@ -154,4 +154,4 @@ def test_without_bpftool_the_host_times_the_duration(tmp_path):
     program.ready_at -= 2  # as if attached two seconds ago
     program.tick(connection)
     program.tick(connection)
-    assert connection.requests == ["duration\n"]
+    assert connection.requests == ["attached\n", "duration\n"]  # the hint passed on, then the host's timer
