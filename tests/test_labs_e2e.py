@@ -63,9 +63,11 @@ def lab(project):
 
 
 def interruptible():
-    """In a child about to be sent SIGINT: default SIGINT handling, even where this run was started
-    in the background of a non-interactive shell (which leaves SIGINT ignored, and children inherit that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    """In a child about to be signalled: default handling, even where this run was started in the
+    background of a non-interactive shell or under nohup (which leave SIGINT or SIGHUP ignored, and
+    children inherit that)."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
 
 
 def vm_shell(project, command):
