@@ -11,8 +11,9 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from bpflab import box, catalog, config, console, host, orchestrate, provision, run
+from bpflab import box, catalog, config, console, host, orchestrate, provision, report, run
 from bpflab.console import say
+from bpflab.counts import newest_counting_run
 from bpflab.errors import LabTask
 from bpflab.hosts import choose, choose_one, save_inventory
 from bpflab.runs import list_runs
@@ -134,11 +135,12 @@ RUN = {"duration": "stop after this many seconds of tracing, counted from attach
 
 @task(klass=LabTask, name="run", help={
     "name": "a lab from `invoke lab.list`, or the path of your own program (BCC .py or bpftrace .bt)",
-    "args": "arguments passed to the program, as one string", **RUN})
-def run_lab(c, name, duration="0", trigger="", no_trigger=False, args="", inventory="", vm=""):
+    "args": "arguments passed to the program, as one string", "plot": "a counting lab: draw its counts at the end",
+    **RUN})
+def run_lab(c, name, duration="0", trigger="", no_trigger=False, args="", inventory="", vm="", plot=False):
     """Run a lab or your own program in the VM with live output; saved under runs/."""
     orchestrate.run_and_report(settings(), name, inventory=inventory, vm=vm, duration=duration, trigger=trigger,
-                               no_trigger=no_trigger, args=args)
+                               no_trigger=no_trigger, args=args, draw=plot)
 
 
 @task(klass=LabTask, help={"program": "a bpftrace program, for example 'kprobe:do_nanosleep { @[comm] = count(); }'",
@@ -177,24 +179,45 @@ def tool(c, name, duration="0", args="", vm=""):
     orchestrate.run_and_report(settings(), name, vm=vm, duration=duration, no_trigger=True, args=args, kind="tool")
 
 
-@task(klass=LabTask, name="list")
-def list_labs(c):
-    """The lab catalog: name, probe kind, summary."""
+@task(klass=LabTask, name="list", help={"json": "JSON for scripts instead of a table"})
+def list_labs(c, json=False):
+    """The lab catalog: name, kind, probe, summary."""
     labs = catalog.load_catalog(settings().root).values()
-    console.columns([(lab.name, lab.probe, lab.summary) for lab in labs], (26, 16))
+    console.listing("Labs", ["name", "kind", "probe", "summary"],
+                    [(lab.name, lab.kind, lab.probe, lab.summary) for lab in labs], json)
 
 
-@task(klass=LabTask, name="runs")
-def gathered_runs(c):
+@task(klass=LabTask, name="runs", help={"json": "JSON for scripts instead of a table"})
+def gathered_runs(c, json=False):
     """The gathered runs, newest first."""
-    console.columns([(run["folder"], run["stopped"], f"exit {run['exit_status']}  {run['lines']} lines")
-                     for run in list_runs(settings().root / "runs")], (48, 14))
+    header = ["folder", "lab", "vm", "stopped", "exit_status", "lines", "duration_s"]
+    console.listing("Gathered runs", header, [tuple(record.get(name) for name in header)
+                                              for record in list_runs(settings().root / "runs")], json)
 
 
-@task(help={"fast": "only the tests that need no VM (seconds instead of minutes)"})
+@task(klass=LabTask, help={"run": "a folder under runs/ (default: the newest run of a counting lab)",
+                           "top": "how many keys to draw (default 8)"})
+def plot(c, run="", top=8):
+    """Draw a counting lab's counts over time (PNG and SVG in the run's folder)."""
+    root = settings().root
+    labs = catalog.load_catalog(root)
+    folder = (root / "runs" / run if (root / "runs" / run).is_dir() else Path(run)) if run else \
+        newest_counting_run(root / "runs", labs)
+    say(f"Plot: {', '.join(map(str, report.plot_run(folder, labs, top)))}")
+
+
+@task(klass=LabTask, name="report")
+def write_report(c):
+    """One HTML file under runs/ for an instructor: newest verify, the runs, the counting labs' plots."""
+    root = settings().root
+    say(f"Report: {report.write(root / 'runs', catalog.load_catalog(root))} (opens offline, in any browser)")
+
+
+@task(help={"fast": "only the tests that need no VM and no browser (seconds instead of minutes)"})
 def test(c, fast=False):
-    """Run the test suite; without --fast this includes the real-VM tests."""
-    code = subprocess.run([sys.executable, "-m", "pytest"] + (["-m", "not vm"] if fast else [])).returncode
+    """Run the test suite; without --fast this includes the real-VM and browser tests."""
+    selection = ["-m", "not vm and not browser"] if fast else []
+    code = subprocess.run([sys.executable, "-m", "pytest", *selection]).returncode
     if code == 5:
         say("pytest collected no tests.")
     elif code:
@@ -206,4 +229,4 @@ ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
 ns.add_collection(Collection("box", build=box_build))
 ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision_vm, bcc_export, inventory,
                              doctor, sync_labs, run_lab, trace, list_labs, gathered_runs, verify, new, probe_args,
-                             tool))
+                             tool, plot, write_report))

@@ -14,7 +14,8 @@ from .errors import LabError, shorten
 
 @dataclass
 class Lab:
-    """One catalog entry; `kind` bcc: labs/<name>.py with bpf/<name>.bpf.c, bpftrace: labs/<name>.bt."""
+    """One catalog entry; `kind` bcc: labs/<name>.py with bpf/<name>.bpf.c, bpftrace: labs/<name>.bt.
+    `plot`: for a lab that counts, what it counts (lab.plot and the report draw it)."""
     name: str
     summary: str
     note: str
@@ -23,6 +24,7 @@ class Lab:
     expect: list
     reject: list
     kind: str = "bcc"
+    plot: dict | None = None
 
 
 def load_catalog(root: Path) -> dict[str, Lab]:

@@ -8,6 +8,7 @@ tables themselves: they hand their rows to the functions at the end.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -179,8 +180,15 @@ def fields(groups: list[list[tuple[str, str]]]) -> None:
     print("\n\n".join("\n".join(f"{name:<15}{value}" for name, value in rows) for rows in groups))
 
 
-def columns(rows: list[tuple], widths: tuple[int, ...]) -> None:
-    """Plain aligned columns on stdout (lab.list, lab.runs): easy to grep and pipe."""
+def listing(title: str, header: list[str], rows: list[tuple], as_json: bool = False) -> None:
+    """A listing on stdout (lab.list, lab.runs): an aligned table, or JSON objects for scripts."""
+    if as_json:
+        print(json.dumps([dict(zip(header, row, strict=True)) for row in rows], indent=2))
+        return
+    table = Table(title=title, title_justify="left")
+    for name in header:
+        table.add_column(name, overflow="fold")
     for row in rows:
-        padded = "".join(f"{str(cell):<{width}}" for cell, width in zip(row, widths, strict=False))
-        print(padded + str(row[len(widths)]))
+        table.add_row(*(escape("" if value is None else str(value)) for value in row))
+    out = Console(highlight=False)
+    (out if out.is_terminal else Console(highlight=False, width=160)).print(table)

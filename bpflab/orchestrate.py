@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import console, provision, run, sync
+from . import console, provision, report, run, sync
 from .catalog import load_catalog, resolve
 from .commands import in_background, signals_as_interrupts, wait_for
 from .config import Config
@@ -174,14 +174,20 @@ def run_lab(hosts: list[Host], root: Path, what: str, duration: str | int = 0, t
 
 
 def run_and_report(config: Config, what: str, *, inventory: str = "", vm: str = "", duration: str | int = 0,
-                   trigger: str = "", no_trigger: bool = False, args: str = "", kind: str = "program") -> None:
+                   trigger: str = "", no_trigger: bool = False, args: str = "", kind: str = "program",
+                   draw: bool = False) -> None:
     """lab.run, lab.trace and lab.tool: input checked before any VM is touched, then the run on
     the chosen hosts and its report. `trigger`/`no_trigger`: --trigger CMD, --no-trigger, or
-    neither (the lab's own)."""
+    neither (the lab's own); `draw`: plot a counting lab's counts when it ends."""
     check_run(config.root, what, duration, kind)
     hosts = choose(config, inventory, vm)
     workload = "" if no_trigger else (trigger or None)
     results, received = run_lab(hosts, config.root, what, duration, workload, args, kind)
+    if draw:
+        catalog = load_catalog(config.root)
+        for result in results.values():
+            if result.ok:
+                say(f"Plot: {report.plot_run(result.value.folder, catalog)[0]}")
     finish_run(results, {"program": what, "tool": what, "one-liner": "the one-liner"}[kind], received)
 
 

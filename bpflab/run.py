@@ -450,10 +450,12 @@ def check_expectations(lab: Lab, outcome: Outcome) -> list[str]:
     return problems
 
 
-def verify_row(lab: Lab, problems: list[str], record: dict) -> dict:
+def verify_row(lab: Lab, problems: list[str], record: dict, folder: Path | None = None) -> dict:
+    """One lab's verdict; `folder`: the name of its run's folder, beside the others of this verify."""
     return {"lab": lab.name, "result": "FAIL" if problems else "PASS", "problems": problems,
             "duration_s": record.get("duration_s"), "time_to_attach_s": record.get("time_to_attach_s"),
-            "time_to_first_event_s": record.get("time_to_first_event_s")}
+            "time_to_first_event_s": record.get("time_to_first_event_s"),
+            "folder": folder.name if folder and folder.exists() else None}
 
 
 def verify(host: Host, connection: Connection, root: Path, names: list[str], seconds: int, runs: Path) -> list[dict]:
@@ -464,14 +466,14 @@ def verify(host: Host, connection: Connection, root: Path, names: list[str], sec
     rows = []
     for lab in labs:
         say(f"[bold]{lab.name}[/bold] …")
+        folder = free_folder(runs, lab.name, datetime.now(timezone.utc))
         try:
-            folder = free_folder(runs, lab.name, datetime.now(timezone.utc))
             outcome = ProgramRun(host, lab_target(lab), folder, duration=seconds, trigger=lab.trigger,
                                  echo=None).execute(connection)
             problems, record = check_expectations(lab, outcome), outcome.record
         except LabError as error:
             problems, record = [str(error).splitlines()[0]], {}
-        rows.append(verify_row(lab, problems, record))
+        rows.append(verify_row(lab, problems, record, folder))
         say(f"  {rows[-1]['result']}" + (f": {'; '.join(problems)}" if problems else ""))
         if problems and not host.answers():
             skipped = labs[len(rows):]

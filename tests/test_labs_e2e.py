@@ -189,6 +189,13 @@ def test_every_lab_passes_verify(lab):
     assert result.returncode == 0, result.stdout
     summary = json.loads(sorted((lab.path / "runs").glob("*-verify/summary.json"))[-1].read_text())
     assert len(summary) == 15 and all(row["result"] == "PASS" for row in summary), summary
+    written = re.search(r"Report: (\S+\.html)", lab.invoke("lab.report").stdout).group(1)
+    page = Path(written).read_text()
+    verify_table = page[page.index("<h2>lab.verify</h2>"):page.index("<h2>Counts</h2>")]
+    for row in summary:  # every lab, with its verdict linked to its output
+        assert re.search(rf"<td>{re.escape(row['lab'])}</td><td class=\"PASS\"><a href=\"{row['folder']}/output.log",
+                         verify_table), row["lab"]
+    assert page.count("<figure><svg") >= 5  # the counting labs verify just ran, drawn
 
 
 def test_verify_fails_when_the_kernel_side_does_nothing(lab):
