@@ -242,6 +242,44 @@ def print_line(line: str) -> None:
         pass
 
 
+class Supervisor:
+    """The supervisor of one run, seen from the host: the SSH channel it runs on, whose output
+    arrives in large blocks and whose stdin takes requests (stop, kill, duration, attached)."""
+
+    def __init__(self, target: Target, duration: int, args: tuple):
+        env = {"WORKDIR": target.workdir, "NAME": target.name, "DURATION": duration,
+               "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS}
+        assignments = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
+        argv = " ".join(shlex.quote(word) for word in target.argv(args))
+        self.command = f"{assignments} bash -c {shlex.quote(SUPERVISOR)} supervisor {argv}"
+        self.name = target.name
+        self.channel = None
+        self.requested: set[str] = set()
+
+    def stream(self, connection: Connection, on_line) -> None:
+        """Hand every output line to on_line until the channel ends (or the connection closes)."""
+        sink = LineSink(on_line=on_line)
+        try:
+            self.channel = open_channel(connection, self.command)
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            while chunk := self.channel.recv(1 << 16):
+                sink.write(decoder.decode(chunk))
+        except Exception:  # the connection was closed under it: recorded as connection-lost
+            pass
+        sink.finish()
+
+    def request(self, what: str, again: bool = False) -> None:
+        """A request on the supervisor's stdin: no new process in the VM."""
+        if (what in self.requested and not again) or self.channel is None:
+            return
+        self.requested.add(what)
+        try:
+            self.channel.sendall(f"{what}\n".encode())
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            warn(f"Could not ask the VM to {what} {self.name} ({error or type(error).__name__}); "
+                 "the VM stops it when the connection ends.")
+
+
 class ProgramRun:
     """One program running in one machine: what runs, what it printed, how it stands.
 
@@ -253,47 +291,28 @@ class ProgramRun:
     def __init__(self, host: Host, target: Target, folder: Path, *, duration: int = 0, trigger: str | None = None,
                  args: tuple = (), echo=print_line, stop: threading.Event | None = None):
         self.host, self.target, self.folder = host, target, folder
-        self.duration, self.trigger, self.args, self.echo = duration, trigger, args, echo
+        self.duration, self.trigger, self.echo = duration, trigger, echo
         self.stop = stop or threading.Event()
         self.lines: list[str] = []
         self.stopped: tuple[str, int, int] | None = None
         self.ready_at = self.first_event_at = None
         self.kernel_readiness = True  # False when the VM has no bpftool: the host times --duration
-        self.trigger_error = self.channel = self.log = None
+        self.trigger_error = self.log = None
         self.started = self.heard_at = time.monotonic()
         self.probe_at = self.started + SILENCE_PROBE_SECONDS
-        self.requested: set[str] = set()
+        self.supervisor = Supervisor(target, duration, args)
         self.interrupts = 0
-
-    def command(self) -> str:
-        env = {"WORKDIR": self.target.workdir, "NAME": self.target.name, "DURATION": self.duration,
-               "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS}
-        assignments = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
-        argv = " ".join(shlex.quote(word) for word in self.target.argv(self.args))
-        return f"{assignments} bash -c {shlex.quote(SUPERVISOR)} supervisor {argv}"
 
     def execute(self, connection: Connection) -> Outcome:
         facts = vm_facts(connection)
         started_at = datetime.now(timezone.utc)
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / "output.log").open("w") as self.log:
-            finished = in_background(lambda: self.supervise(connection))
+            finished = in_background(lambda: self.supervisor.stream(connection, self.on_line))
             wait_for(finished, tick=lambda: self.tick(connection), interrupted=self.interrupted)
         record = self.record(facts, started_at)
         (self.folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
         return Outcome(self.folder, record, self.lines)
-
-    def supervise(self, connection: Connection) -> None:
-        """Stream the supervisor's output in large blocks until its channel ends."""
-        sink = LineSink(on_line=self.on_line)
-        try:
-            self.channel = open_channel(connection, self.command())
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
-            while chunk := self.channel.recv(1 << 16):
-                sink.write(decoder.decode(chunk))
-        except Exception:  # the connection was closed under it: recorded as connection-lost
-            pass
-        sink.finish()
 
     def on_line(self, line: str) -> None:
         self.heard_at = time.monotonic()
@@ -307,7 +326,7 @@ class ProgramRun:
             self.echo(line)
         if self.ready_at is None and self.target.ready.search(line):
             self.attached()
-            self.request("attached")  # the supervisor stops asking the kernel
+            self.supervisor.request("attached")  # the supervisor stops asking the kernel
         elif self.ready_at is not None and self.first_event_at is None:
             self.first_event_at = self.heard_at
 
@@ -340,10 +359,10 @@ class ProgramRun:
         now = time.monotonic()
         if self.stop.is_set() and not self.interrupts:
             self.interrupts = 1
-            self.request("stop")
+            self.supervisor.request("stop")
         if (not self.kernel_readiness and self.duration and self.ready_at
                 and now - self.ready_at >= self.duration):
-            self.request("duration")
+            self.supervisor.request("duration")
         if now - self.heard_at > SILENCE_PROBE_SECONDS and now >= self.probe_at:
             # A machine that vanished, or a connection a firewall dropped, never closes: after
             # a silence, ask the connection itself, and give up on it if nothing answers.
@@ -356,18 +375,7 @@ class ProgramRun:
         self.interrupts += 1
         what = "stop" if self.interrupts == 1 else "kill"
         say(f"\nStopping {self.target.name} in the VM ({'SIGINT' if what == 'stop' else 'SIGKILL'})...")
-        self.request(what, again=True)
-
-    def request(self, what: str, again: bool = False) -> None:
-        """A request to the supervisor on its stdin: no new process in the VM."""
-        if (what in self.requested and not again) or self.channel is None:
-            return
-        self.requested.add(what)
-        try:
-            self.channel.sendall(f"{what}\n".encode())
-        except (OSError, EOFError, paramiko.SSHException) as error:
-            warn(f"Could not ask the VM to {what} {self.target.name} ({error or type(error).__name__}); "
-                 "the VM stops it when the connection ends.")
+        self.supervisor.request(what, again=True)
 
     def record(self, facts: dict, started_at: datetime) -> dict:
         """run.json; no status line from the supervisor means the SSH channel ended under it."""
