@@ -22,7 +22,7 @@ from . import console, provision, report, run, sync
 from .catalog import load_catalog, resolve
 from .commands import in_background, signals_as_interrupts, wait_for
 from .config import Config
-from .console import Board, escape, for_host, say
+from .console import Board, escape, for_host, say, warn
 from .errors import LabError
 from .hosts import Host, choose
 from .runs import write_summary
@@ -135,13 +135,12 @@ def finish_setup(results: dict[str, Result], hosts: list[Host], config: Config, 
 
 # running ---------------------------------------------------------------------
 
-def run_lab(hosts: list[Host], root: Path, what: str, duration: str | int = 0, trigger: str | None = None,
+def run_lab(hosts: list[Host], root: Path, what: str, seconds: int = 0, trigger: str | None = None,
             args: str = "", kind: str = "program") -> tuple[dict[str, Result], list[int]]:
     """A lab or learner's program (`kind` program), a BCC tool or a bpftrace one-liner on every host
     at once. `trigger`: a command to run once attached (None: the lab's own; "": none). In a room,
     lines are prefixed with the host, each host's run is gathered in its own folder of one fleet
     run, and Ctrl-C stops it everywhere. Also returns the signals (SIGTERM, SIGHUP) received."""
-    seconds = check_run(root, what, duration, kind)
     catalog = load_catalog(root)
     name = {"program": Path(what).stem, "tool": what, "one-liner": "trace"}[kind]
     started = datetime.now(timezone.utc)
@@ -179,15 +178,18 @@ def run_and_report(config: Config, what: str, *, inventory: str = "", vm: str = 
     """lab.run, lab.trace and lab.tool: input checked before any VM is touched, then the run on
     the chosen hosts and its report. `trigger`/`no_trigger`: --trigger CMD, --no-trigger, or
     neither (the lab's own); `draw`: plot a counting lab's counts when it ends."""
-    check_run(config.root, what, duration, kind)
+    seconds = check_run(config.root, what, duration, kind)
     hosts = choose(config, inventory, vm)
     workload = "" if no_trigger else (trigger or None)
-    results, received = run_lab(hosts, config.root, what, duration, workload, args, kind)
+    results, received = run_lab(hosts, config.root, what, seconds, workload, args, kind)
     if draw:
         catalog = load_catalog(config.root)
         for result in results.values():
-            if result.ok:
-                say(f"Plot: {report.plot_run(result.value.folder, catalog)[0]}")
+            try:
+                if result.ok:
+                    say(f"Plot: {report.plot_run(result.value.folder, catalog)[0]}")
+            except LabError as error:  # nothing to count: the run itself still ends as it did
+                warn(str(error))
     finish_run(results, {"program": what, "tool": what, "one-liner": "the one-liner"}[kind], received)
 
 
