@@ -1,0 +1,83 @@
+#!/bin/bash
+# The supervisor of one lab program in the VM (`invoke lab.run`, `lab.verify`, `lab.trace`):
+#   WORKDIR=... NAME=... DURATION=s ALLOWANCE=s GRACE=s supervisor.sh PROGRAM [ARGS...]
+# It holds the one-lab lock, takes the host's requests on stdin (stop, kill, duration,
+# attached), stops the program however the host goes away, and ends with the line
+# "@@bpflab-stopped REASON STATUS LEAKED_PROBES". Runs as root.
+exec 9>/run/bpflab-lab.lock
+if ! flock -n 9; then
+  echo "bpflab: another lab program is running in this VM: $(cat /run/bpflab-lab.owner 2>/dev/null)"
+  echo "@@bpflab-stopped busy 75 0"; exit 75
+fi
+echo "$NAME (since $(date +%T))" > /run/bpflab-lab.owner
+echo $$ > /run/bpflab-lab.pid
+# No line from before this run: empty the kernel's trace buffer (the trace pipe reads from it).
+for tracing in /sys/kernel/tracing /sys/kernel/debug/tracing; do
+  [ -e $tracing/trace ] && { : > $tracing/trace; break; }
+done 2>/dev/null
+# Waiting is `read -t` on a FIFO that never delivers: a sleep would start a process the
+# learner's program might trace.
+rm -f /run/bpflab-lab.wait && mkfifo -m 600 /run/bpflab-lab.wait && exec 3<>/run/bpflab-lab.wait
+pause() { read -t "$1" -u 3 _ 2>/dev/null; true; }
+cd "$WORKDIR"
+exec 4<&0  # the host's requests (stdin): a background job without job control gets /dev/null instead
+set -m  # job control: the program gets its own process group and does not ignore SIGINT
+PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 9>&- < /dev/null &
+child=$!
+set +m
+reason=exited
+finished=
+stop() {
+  [ "$reason" = exited ] && [ -z "$finished" ] || return 0
+  reason=$1
+  kill -INT $child 2>/dev/null
+  ( for ((i = 0; i < GRACE * 10; i++)); do kill -0 $child 2>/dev/null || exit 0; pause 0.1; done
+    kill -TERM $child 2>/dev/null; pause $GRACE; kill -KILL $child 2>/dev/null ) 9>&- &
+}
+trap 'stop interrupted' INT
+trap 'stop terminated' TERM
+trap 'stop hangup' HUP
+trap 'stop duration' USR1
+trap 'stop never-attached' USR2
+# Attached is what the kernel says: the program's BPF programs on kprobes, tracepoints or raw
+# tracepoints; or what the program itself says (the host passes that on), and then nothing
+# more is started here. Once attached, the VM times --duration.
+( told=
+  trap 'told=1' USR1
+  if ! command -v bpftool > /dev/null; then echo "@@bpflab-no-bpftool"; exit 0; fi
+  for ((i = 0; i < ALLOWANCE * 5; i++)); do
+    kill -0 $child 2>/dev/null || exit 0
+    [ -z "$told" ] || break
+    case "$(printf 'perf list\nlink show\n' | bpftool batch file - 2>/dev/null)" in
+      *"pid $child "*|*"($child)"*) echo "@@bpflab-attached"; break ;;
+    esac
+    pause 0.2
+  done
+  if [ -n "$told" ] || [ $i -lt $((ALLOWANCE * 5)) ]; then
+    [ "$DURATION" = 0 ] && exit 0
+    end=$(( ${EPOCHREALTIME/./} + DURATION * 1000000 ))  # a deadline: a late USR1 cuts a pause short
+    while (( ${EPOCHREALTIME/./} < end )); do pause 0.2; done
+    kill -USR1 $$
+  else
+    echo "@@bpflab-never-attached"; kill -USR2 $$
+  fi ) 9>&- < /dev/null 2>/dev/null &
+watcher=$!
+# The host's requests arrive on stdin; its end means the host or the connection is gone.
+( while read -r -u 4 request; do
+    case "$request" in
+      stop) kill -INT $$ ;;
+      duration) kill -USR1 $$ ;;
+      attached) kill -USR1 $watcher ;;
+      kill) kill -KILL $child ;;
+    esac
+  done
+  kill -HUP $$ ) 9>&- > /dev/null 2>&1 &
+requests=$!
+while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
+finished=1
+kill $requests $watcher 2>/dev/null
+leaked=$(grep -c "bcc_$child" /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events 2>/dev/null \
+  | awk -F: '{s+=$2} END {print s+0}')
+rm -f /run/bpflab-lab.pid /run/bpflab-lab.owner /run/bpflab-lab.wait
+echo "@@bpflab-stopped $reason $status $leaked"
+exit $status
