@@ -98,6 +98,13 @@ def choose_machines(known: list[str], choice: str, everything_by_default: bool) 
     return list(dict.fromkeys(names))
 
 
+def instance_name(config: Config) -> str:
+    """What this checkout's VMs' names start with: lab.yaml's vm.name and a hash of the folder,
+    so that two checkouts never share (or destroy) each other's VMs."""
+    digest = hashlib.sha256(str(config.root.resolve()).encode()).hexdigest()[:8]
+    return f"{config.vm.name}-{digest}"
+
+
 class MachineState:
     """What bpflab remembers of one VM between commands (its box, acceleration and
     cached ssh-config), as small files in .vagrant/bpflab/<machine>/."""
@@ -157,9 +164,8 @@ class LabVM:
 
     @property
     def domain(self) -> str:
-        """The libvirt domain, named as the Vagrantfile names it: vm.name, a hash of this folder, the machine."""
-        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
-        return f"{self.config.vm.name}-{digest}-{self.machine}"
+        """The libvirt domain, named as the Vagrantfile names it."""
+        return f"{instance_name(self.config)}-{self.machine}"
 
     def environment(self) -> dict:
         """What the Vagrantfile reads besides lab.yaml: the box and driver chosen when the VM was made."""
@@ -326,8 +332,8 @@ def leftovers(config: Config) -> list[LabVM]:
     """VMs left in libvirt after vm.count was lowered: Vagrant no longer sees them."""
     if not libvirt.answers():
         return []
-    instance = LabVM(config).domain.rsplit("-", 1)[0]
-    return [LabVM(config, machine) for machine in beyond_count(instance, config.machines, libvirt.domains())]
+    return [LabVM(config, machine) for machine in beyond_count(instance_name(config), config.machines,
+                                                               libvirt.domains())]
 
 
 def warn_of_leftovers(config: Config) -> None:
