@@ -66,14 +66,18 @@ def free_folder(runs: Path, name: str, now: datetime) -> Path:
 @dataclass
 class Target:
     """What to run: a catalog lab, a learner's own BCC or bpftrace file, a bpftrace one-liner,
-    or a BCC tool. `ready` is the line a program prints once attached: a faster hint than
-    the kernel's word, and the only one where the VM has no bpftool."""
+    or a BCC tool. `ready` is the line a program prints once attached. `says_ready`: it
+    surely prints one (catalog labs, bpftrace, BCC's tools), so the kernel is not asked."""
     name: str
     workdir: str
     program: str
     kind: str = "bcc"
     lab: Lab | None = None
     ready: re.Pattern = READY
+
+    @property
+    def says_ready(self) -> bool:
+        return self.lab is not None or self.kind != "bcc"
 
     def argv(self, args: tuple) -> list[str]:
         if self.kind == "one-liner":
@@ -169,7 +173,8 @@ class Supervisor:
     arrives in large blocks and whose stdin takes requests (stop, kill, duration, attached)."""
 
     def __init__(self, target: Target, duration: int, args: tuple):
-        env = {"WORKDIR": target.workdir, "NAME": target.name, "DURATION": duration,
+        env = {"WORKDIR": target.workdir, "NAME": target.name, "WATCH": "line" if target.says_ready else "kernel",
+               "DURATION": duration,
                "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS}
         assignments = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
         argv = " ".join(shlex.quote(word) for word in target.argv(args))
@@ -218,7 +223,6 @@ class ProgramRun:
         self.lines: list[str] = []
         self.stopped: tuple[str, int, int] | None = None
         self.ready_at = self.first_event_at = None
-        self.kernel_readiness = True  # False when the VM has no bpftool: the host times --duration
         self.trigger_error = self.log = None
         self.started = self.heard_at = time.monotonic()
         self.probe_at = self.started + SILENCE_PROBE_SECONDS
@@ -248,7 +252,7 @@ class ProgramRun:
             self.echo(line)
         if self.ready_at is None and self.target.ready.search(line):
             self.attached()
-            self.supervisor.request("attached")  # the supervisor stops asking the kernel
+            self.supervisor.request("attached")  # the VM stops asking the kernel and times --duration
         elif self.ready_at is not None and self.first_event_at is None:
             self.first_event_at = self.heard_at
 
@@ -261,8 +265,6 @@ class ProgramRun:
             if self.echo:  # the program itself said nothing: say it for it
                 say(f"[dim]{self.target.name}: attached ({self.ready_at - self.started:.1f}s); "
                     "tracing until Ctrl-C or --duration[/dim]")
-        elif line == f"{MARK}no-bpftool":
-            self.kernel_readiness = False
 
     def attached(self) -> None:
         self.ready_at = self.heard_at
@@ -276,15 +278,11 @@ class ProgramRun:
             self.trigger_error = str(error)
 
     def tick(self, connection: Connection) -> None:
-        """Every fraction of a second: a stop request, the duration (where the VM cannot time
-        it), a machine gone silent."""
+        """Every fraction of a second: a stop request, a machine gone silent."""
         now = time.monotonic()
         if self.stop.is_set() and not self.interrupts:
             self.interrupts = 1
             self.supervisor.request("stop")
-        if (not self.kernel_readiness and self.duration and self.ready_at
-                and now - self.ready_at >= self.duration):
-            self.supervisor.request("duration")
         if now - self.heard_at > SILENCE_PROBE_SECONDS and now >= self.probe_at:
             # A machine that vanished, or a connection a firewall dropped, never closes: after
             # a silence, ask the connection itself, and give up on it if nothing answers.

@@ -145,13 +145,23 @@ def test_bad_seconds_are_one_message(value, message):
         run.seconds(value, "--duration")
 
 
-def test_without_bpftool_the_host_times_the_duration(tmp_path):
-    output = "@@bpflab-no-bpftool\nAttached. Hit Ctrl-C to end.\n"
+def test_a_programs_own_ready_line_is_relayed_to_the_vm(tmp_path):
+    """The program says it is attached: the VM is told (it stops asking the kernel and times the
+    duration); the host sends nothing else, however long it waits."""
+    output = "Attached. Hit Ctrl-C to end.\n"
     connection = RecordingConnection([("import bcc", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", output)])
     program = run.ProgramRun(RecordingHost(connection), run.Target("hello", "/x", "hello.py"), tmp_path / "h",
                              duration=1, echo=None)
     program.execute(connection)
     program.ready_at -= 2  # as if attached two seconds ago
     program.tick(connection)
-    program.tick(connection)
-    assert connection.requests == ["attached\n", "duration\n"]  # the hint passed on, then the host's timer
+    assert connection.requests == ["attached\n"]
+
+
+@pytest.mark.parametrize("target, watch", [
+    (run.Target("mine", "/x", "mine.py"), "WATCH=kernel"),
+    (run.lab_target(run.load_catalog(config.PROJECT_ROOT)["hello"]), "WATCH=line"),
+    (run.Target("opens", "/x", "opens.bt", "bpftrace"), "WATCH=line"),
+    (run.one_liner_target("BEGIN { exit(); }"), "WATCH=line")])
+def test_only_programs_that_may_not_say_so_are_watched_in_the_kernel(target, watch):
+    assert watch in run.Supervisor(target, 5, ()).command

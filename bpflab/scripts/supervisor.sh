@@ -1,6 +1,6 @@
 #!/bin/bash
 # The supervisor of one lab program in the VM (`invoke lab.run`, `lab.verify`, `lab.trace`):
-#   WORKDIR=... NAME=... DURATION=s ALLOWANCE=s GRACE=s supervisor.sh PROGRAM [ARGS...]
+#   WORKDIR=... NAME=... WATCH=line|kernel DURATION=s ALLOWANCE=s GRACE=s supervisor.sh PROGRAM [ARGS...]
 # It holds the one-lab lock, takes the host's requests on stdin (stop, kill, duration,
 # attached), stops the program however the host goes away, and ends with the line
 # "@@bpflab-stopped REASON STATUS LEAKED_PROBES". Runs as root.
@@ -39,18 +39,21 @@ trap 'stop terminated' TERM
 trap 'stop hangup' HUP
 trap 'stop duration' USR1
 trap 'stop never-attached' USR2
-# Attached is what the kernel says: the program's BPF programs on kprobes, tracepoints or raw
-# tracepoints; or what the program itself says (the host passes that on), and then nothing
-# more is started here. Once attached, the VM times --duration.
+# Attached is what the program says, where it says so (WATCH=line: the host relays its line),
+# else what the kernel says (WATCH=kernel: the program's BPF programs on kprobes, tracepoints
+# or raw tracepoints). Kernel queries stop at once when attached, so that nothing of the
+# runner's shows in what the program traces. Once attached, the VM times --duration.
 ( told=
   trap 'told=1' USR1
-  if ! command -v bpftool > /dev/null; then echo "@@bpflab-no-bpftool"; exit 0; fi
+  command -v bpftool > /dev/null || WATCH=line
   for ((i = 0; i < ALLOWANCE * 5; i++)); do
     kill -0 $child 2>/dev/null || exit 0
     [ -z "$told" ] || break
-    case "$(printf 'perf list\nlink show\n' | bpftool batch file - 2>/dev/null)" in
-      *"pid $child "*|*"($child)"*) echo "@@bpflab-attached"; break ;;
-    esac
+    if [ "$WATCH" = kernel ]; then
+      case "$(printf 'perf list\nlink show\n' | bpftool batch file - 2>/dev/null)" in
+        *"pid $child "*|*"($child)"*) echo "@@bpflab-attached"; break ;;
+      esac
+    fi
     pause 0.2
   done
   if [ -n "$told" ] || [ $i -lt $((ALLOWANCE * 5)) ]; then
