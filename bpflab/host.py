@@ -25,7 +25,7 @@ from .errors import LabError
 
 HOST_PACKAGES = [
     "vagrant", "vagrant-libvirt", "libvirt-daemon-system", "libvirt-clients", "qemu-utils",
-    "dnsmasq-base", "iptables", "openssh-client", "rsync",
+    "dnsmasq-base", "iptables", "iproute2", "openssh-client", "rsync",
     # box.build: a Debian root file system, a partitioned disk, a BIOS boot loader
     "mmdebstrap", "e2fsprogs", "fdisk", "util-linux", "grub-pc-bin",
 ]
