@@ -12,7 +12,6 @@ Prints a table and writes benchmarks/results/stop_times.json.
 """
 
 import argparse
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from bpflab import config  # noqa: E402
 from bpflab.commands import remote_run  # noqa: E402
@@ -29,6 +29,7 @@ from bpflab.hosts import Host  # noqa: E402
 from bpflab.vm import LabVM  # noqa: E402
 
 from benchkit import report  # noqa: E402
+from netdrop import drop_ssh_connection, restore  # noqa: E402
 
 PROGRAM = ROOT / "tests" / "programs" / "quiet_events.py"
 ENDINGS = ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL", "sshd killed", "firewall"]
@@ -55,16 +56,6 @@ class Lab:
         self.shell(f"p=$({pid_command}); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
                    "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
 
-    def drop(self, process: subprocess.Popen) -> list[list[str]]:
-        address = self.host.endpoint.host
-        sockets = subprocess.run(["ss", "-tnpH", "dst", address], capture_output=True, text=True).stdout
-        port = re.search(rf"\S+:(\d+)\s+{re.escape(address)}:22\s.*pid={process.pid},", sockets).group(1)
-        rules = [["OUTPUT", "-p", "tcp", "-d", address, "--dport", "22", "--sport", port, "-j", "DROP"],
-                 ["INPUT", "-p", "tcp", "-s", address, "--sport", "22", "--dport", port, "-j", "DROP"]]
-        for rule in rules:
-            subprocess.run(["iptables", "-I", *rule], check=True)
-        return rules
-
 
 def start(lab: Lab, way: str) -> subprocess.Popen:
     if way == "lab.run":
@@ -90,7 +81,7 @@ def seconds_until_gone(lab: Lab, way: str, ending: str, cap: float) -> float | N
     if ending == "sshd killed":
         lab.kill_sshd_of("cat /run/bpflab-lab.pid" if way == "lab.run" else "pgrep -f -o '[q]uiet_events'")
     elif ending == "firewall":
-        rules = lab.drop(process)
+        rules = drop_ssh_connection(process.pid, lab.host.endpoint.host)
     else:
         process.send_signal(getattr(signal, ending))
     try:
@@ -101,8 +92,7 @@ def seconds_until_gone(lab: Lab, way: str, ending: str, cap: float) -> float | N
             time.sleep(0.3)
         return round(time.monotonic() - ended, 1)
     finally:
-        for rule in rules:
-            subprocess.run(["iptables", "-D", *rule])
+        restore(rules)
         process.kill()
         process.wait()
         time.sleep(1)

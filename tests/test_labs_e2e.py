@@ -23,6 +23,7 @@ from bpflab.hosts import Host
 from bpflab.vm import LabVM
 
 from fakebcc import fake_repository_tarball, use_fake_bcc
+from netdrop import drop_ssh_connection, restore
 
 pytestmark = pytest.mark.vm
 
@@ -267,14 +268,7 @@ def end_the_run(project, process, how):
         vm_shell(project, "p=$(cat /run/bpflab-lab.pid); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
                           "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
     elif how == "connection dropped (firewall)":
-        address = Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).endpoint.host
-        sockets = subprocess.run(["ss", "-tnpH", "dst", address], capture_output=True, text=True).stdout
-        port = re.search(rf"\S+:(\d+)\s+{re.escape(address)}:22\s.*pid={process.pid},", sockets).group(1)
-        rules = [["OUTPUT", "-p", "tcp", "-d", address, "--dport", "22", "--sport", port, "-j", "DROP"],
-                 ["INPUT", "-p", "tcp", "-s", address, "--sport", "22", "--dport", port, "-j", "DROP"]]
-        for rule in rules:
-            subprocess.run(["iptables", "-I", *rule], check=True)
-        return rules
+        return drop_ssh_connection(process.pid, Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).endpoint.host)
     else:
         process.send_signal(getattr(signal, how.split()[0]))
     return []
@@ -305,8 +299,7 @@ def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exi
         rest = process.stdout.read()
         assert process.wait(timeout=60) == exit_code, "".join(seen) + rest
     finally:
-        for rule in rules:
-            subprocess.run(["iptables", "-D", *rule])
+        restore(rules)
     assert "Traceback" not in rest and nothing_left_in_vm(lab)
     folder = sorted((lab.path / "runs").glob("*-quiet_events"))[-1]
     assert "sync called" in (folder / "output.log").read_text()

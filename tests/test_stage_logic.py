@@ -6,10 +6,11 @@ import json
 import time
 
 import pytest
-from recording import RecordingConnection, RecordingHost
 
 from bpflab import config, provision, run, sync
 from bpflab.errors import LabError
+
+from recording import RecordingConnection, RecordingHost
 
 ROOT = config.PROJECT_ROOT
 
