@@ -9,7 +9,7 @@ from bpflab import catalog, counts, report
 from bpflab.errors import LabError
 
 ROOT = Path(__file__).resolve().parent.parent
-LOGS = Path(__file__).resolve().parent / "data" / "logs"
+LOGS = Path(__file__).resolve().parent / "data" / "recorded"
 CATALOG = catalog.load_catalog(ROOT)
 
 
