@@ -46,7 +46,8 @@ class Lab:
         self.host = Host.of_vm(self.vm)
 
     def shell(self, command: str) -> str:
-        return remote_run(self.host.connect(), command, sudo=True, check=False).stdout
+        with self.host.connect() as connection:  # closed: polling would pile up sshd sessions
+            return remote_run(connection, command, sudo=True, check=False).stdout
 
     def program_gone(self) -> bool:
         state = self.shell("pgrep -c -f '[q]uiet_events'; flock -n /run/bpflab-lab.lock true || echo locked")
@@ -62,7 +63,8 @@ def start(lab: Lab, way: str) -> subprocess.Popen:
         command = [sys.executable, "-m", "invoke", "lab.run", str(PROGRAM), "--no-trigger"]
     else:
         remote = "/tmp/bench-quiet_events.py"
-        lab.host.connect().put(str(PROGRAM), remote)
+        with lab.host.connect() as connection:
+            connection.put(str(PROGRAM), remote)
         command = ["ssh", "-F", str(lab.vm.state_dir / "ssh-config"), lab.vm.machine, f"sudo python3 -u {remote}"]
     process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, preexec_fn=default_signals)

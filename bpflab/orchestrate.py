@@ -42,14 +42,16 @@ def each(hosts: list[Host], job, interrupted=None, room: list[Host] | None = Non
     if given, else ends the command. A lone host works in the foreground."""
     if len(room or hosts) == 1:
         host = hosts[0]
-        return {host.name: Result(host.name, True, job(host, host.connect()))}
+        with host.connect() as connection:
+            return {host.name: Result(host.name, True, job(host, connection))}
     results: dict[str, Result] = {}
     board = Board([host.name for host in hosts])
 
     def work(host: Host) -> None:
         with for_host(host.name, board):
             try:
-                results[host.name] = Result(host.name, True, job(host, host.connect()))
+                with host.connect() as connection:
+                    results[host.name] = Result(host.name, True, job(host, connection))
                 board.show(host.name, "[green]done[/green]")
             except LabError as error:
                 results[host.name] = Result(host.name, False, error=str(error))
@@ -115,7 +117,8 @@ def builds_from_source(config: Config, host: Host) -> bool:
     if install != "auto":
         return install == "source"
     try:
-        return provision.bcc_mode(install, provision.gather(host.connect(), []).distribution) == "source"
+        with host.connect() as connection:
+            return provision.bcc_mode(install, provision.gather(connection, []).distribution) == "source"
     except LabError:
         return False
 

@@ -273,7 +273,8 @@ class ProgramRun:
 
     def fire_trigger(self) -> None:
         try:
-            remote_run(self.host.connect(), self.trigger, what="the trigger", check=True)
+            with self.host.connect() as connection:
+                remote_run(connection, self.trigger, what="the trigger", check=True)
         except LabError as error:
             self.trigger_error = str(error)
 

@@ -42,6 +42,12 @@ class RecordingConnection:
     def close(self):
         self.closed = True
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exception):
+        self.close()
+
     def ran(self, pattern: str) -> list[str]:
         return [command for command in self.commands if re.search(pattern, command)]
 

@@ -71,9 +71,10 @@ def interruptible():
         signal.signal(number, signal.SIG_DFL)
 
 
-def vm_shell(project, command):
-    vm = LabVM(config.load(project.path / "lab.yaml"))
-    return remote_run(Host.of_vm(vm).connect(), command, sudo=True, check=False).stdout
+def vm_shell(project, command, machine=None):
+    vm = LabVM(config.load(project.path / "lab.yaml"), machine)
+    with Host.of_vm(vm).connect() as connection:  # closed: the tests poll, and sshd sessions add up
+        return remote_run(connection, command, sudo=True, check=False).stdout
 
 
 def latest_run(project, name):
@@ -306,6 +307,8 @@ def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exi
     if stopped:
         assert json.loads((folder / "run.json").read_text())["stopped"] == stopped
     print(f"STOP-FIGURE {how}: lock free {free_after} s after the host-side end")
+    # Every connection opened here or by lab.run was closed: leaked sessions pile up sshd processes.
+    assert int(vm_shell(lab, "pgrep -c -x sshd")) <= 8
 
 
 def test_exit_status_and_a_failing_program(lab):
@@ -471,10 +474,9 @@ def fake_bcc(lab, tmp_path_factory):
 
 
 def serve_fake_repository(project, fake_bcc):
-    remote = Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).connect()
-    remote.put(str(fake_bcc.repository), "/tmp/repo.tar.gz")
-    remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv && chown -R root: /srv",
-                          sudo=True)
+    with Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).connect() as remote:
+        remote.put(str(fake_bcc.repository), "/tmp/repo.tar.gz")
+        remote_run(remote, "mkdir -p /srv && tar -xzf /tmp/repo.tar.gz -C /srv && chown -R root: /srv", sudo=True)
 
 
 def test_bcc_source_build_mechanics(lab, fake_bcc):
@@ -578,7 +580,7 @@ def test_vm_life_cycle_by_name_then_a_lowered_count(lab, seat_b):
         return result
 
     assert domain_state(vm.domain) == "running"
-    kernel = remote_run(Host.of_vm(vm).connect(), "uname -r").stdout.strip()
+    kernel = vm_shell(lab, "uname -r", seat_b).strip()
     timed("lab.halt", "lab.halt", "--vm", seat_b)
     assert domain_state(vm.domain) == "shut off" and domain_state(first.domain) == "running"
     assert not (vm.state_dir / "ssh-config").exists()
@@ -588,7 +590,7 @@ def test_vm_life_cycle_by_name_then_a_lowered_count(lab, seat_b):
     recovered = timed("lab.up (over a stale domain)", "lab.up", "--vm", seat_b)
     assert f"Removing the stale libvirt domain {vm.domain}" in recovered.stdout
     assert "The lab VM lab is already running" not in recovered.stdout  # --vm lab2 leaves lab alone
-    assert remote_run(Host.of_vm(vm).connect(), "uname -r").stdout.strip() == kernel
+    assert vm_shell(lab, "uname -r", seat_b).strip() == kernel
 
     text = settings_file.read_text()
     settings_file.write_text(text.replace("  count: 2", "  count: 1", 1))
