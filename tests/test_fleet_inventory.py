@@ -6,6 +6,7 @@ import pytest
 
 from bpflab import console, hosts, orchestrate
 from bpflab.errors import LabError
+from bpflab.vagrant import Endpoint
 
 ROOM = """
 all:
@@ -79,3 +80,13 @@ def test_verify_matrix_marks_failed_cells_and_hosts_without_results():
     assert failed == ["hello-tail on seat1: no line matched 'Timer'"]
     assert [column.header for column in table.columns] == ["lab \\ host", "seat1", "seat2"]
     assert table.row_count == 2
+
+
+def test_an_inventory_written_for_vms_reads_back_as_the_same_hosts(tmp_path):
+    """lab.inventory writes local VMs (host keys not checked); reading it gives the same endpoints."""
+    vms = [hosts.Host(name, Endpoint(f"192.168.121.{number}", 22, "vagrant", f"/keys/{name}"), None, name)
+           for number, name in ((10, "lab"), (11, "lab2"))]
+    path = hosts.save_inventory(vms, tmp_path / "vms.yml")
+    again = hosts.read_inventory(path)
+    assert [(host.name, host.endpoint, host.known_hosts) for host in again] == \
+        [(host.name, host.endpoint, None) for host in vms]
