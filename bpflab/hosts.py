@@ -47,6 +47,11 @@ class Host:
         return cls(vm.machine, vm.endpoint(), None, vm.title, refresh=lambda: vm.endpoint(refresh=True))
 
     @property
+    def subject(self) -> str:
+        """The title at the start of a sentence."""
+        return self.title[0].upper() + self.title[1:]
+
+    @property
     def where(self) -> str:
         return f"{self.name} ({self.endpoint.host}:{self.endpoint.port})"
 
@@ -73,8 +78,7 @@ class Host:
         try:
             return self.open()
         except UNREACHABLE as error:
-            subject = self.title[0].upper() + self.title[1:]
-            raise LabError(f"{subject} is running but does not answer SSH at {self.endpoint.host}:"
+            raise LabError(f"{self.subject} is running but does not answer SSH at {self.endpoint.host}:"
                            f"{self.endpoint.port} ({error or type(error).__name__}). Wait a minute and retry; if "
                            "it persists, `invoke lab.halt` then `invoke lab.up`.") from None
 

@@ -131,9 +131,8 @@ def finish_setup(results: dict[str, Result], hosts: list[Host], config: Config, 
     changed = next(iter(results.values())).value["changed"]
     say("Provisioning changed the VM." if changed else "Provisioning: nothing to do, the VM was up to date.")
     if synced:
-        subject = hosts[0].title[0].upper() + hosts[0].title[1:]
         hint = f" --vm {hosts[0].name}" if config.vm.count > 1 and hosts[0].name in config.machines else ""
-        say(f"[green]✓[/green] {subject} is ready and the labs are in it. Try `invoke lab.run hello{hint}`.")
+        say(f"[green]✓[/green] {hosts[0].subject} is ready and the labs are in it. Try `invoke lab.run hello{hint}`.")
 
 
 # running ---------------------------------------------------------------------
