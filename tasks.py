@@ -16,6 +16,7 @@ from bpflab.console import say
 from bpflab.counts import newest_counting_run
 from bpflab.errors import LabTask
 from bpflab.hosts import choose, choose_one, save_inventory
+from bpflab.packaging import package
 from bpflab.runs import list_runs
 from bpflab.sync import push
 from bpflab.vm import bring_up, destroy_all, halt_all, select, select_one, status_rows, warn_of_leftovers
@@ -45,8 +46,14 @@ def host_teardown(c):
 
 @task(klass=LabTask)
 def box_build(c):
-    """Build the local Debian box offline (cached by recipe) and add it to Vagrant."""
+    """Build vm.distribution's box from its own archive (cached by recipe) and add it to Vagrant."""
     box.build(settings())
+
+
+@task(klass=LabTask, help={**ONE, "output": "the box file to write (default: ~/.cache/bpflab/ready/...)"})
+def box_package(c, vm="", output=""):
+    """Pack a provisioned lab VM as a ready box for every seat of a room (the VM is left halted)."""
+    package(select_one(settings(), vm, "box.package", ""), output)
 
 
 @task(klass=LabTask, help=ALL)
@@ -226,7 +233,7 @@ def test(c, fast=False):
 
 ns = Collection(test)
 ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
-ns.add_collection(Collection("box", build=box_build))
+ns.add_collection(Collection("box", build=box_build, package=box_package))
 ns.add_collection(Collection("lab", setup, up, halt, destroy, status, ssh, provision_vm, bcc_export, inventory,
                              doctor, sync_labs, run_lab, trace, list_labs, gathered_runs, verify, new, probe_args,
                              tool, plot, write_report))

@@ -1,10 +1,11 @@
-"""An offline Vagrant libvirt box built from Debian packages, and the box choice.
+"""The lab VM's box, built here from its distribution's own archive, and the box choice.
 
-Where the Vagrant box catalog cannot be reached, the lab VM runs on a Debian
-bookworm box made here: mmdebstrap builds the root file system, it goes onto an
-MBR disk with GRUB for BIOS, and the disk is packed as a libvirt box. The box is
-cached outside the repo under a hash of its recipe, so an unchanged recipe
-never rebuilds.
+The Vagrant box catalog is closing, so bpflab makes its boxes: mmdebstrap builds
+the root file system from the distribution's archive (Debian or Ubuntu), it goes
+onto an MBR disk with GRUB for BIOS, and the disk is packed as a libvirt box.
+The box is cached outside the repo under a hash of its recipe, which includes the
+archive's current release, so a point release that replaced the kernel (and its
+headers) makes a new box instead of one whose kernel has no headers any more.
 """
 
 from __future__ import annotations
@@ -20,21 +21,26 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import arch, vagrant
 from .commands import run
 from .config import Config
-from .console import say, step
+from .console import say, step, warn
 from .errors import LabError
 from .host import cache_dir, require_tool
 
 PACKAGES = [
-    "linux-image-amd64", "systemd-sysv", "udev", "dbus", "ifupdown", "isc-dhcp-client",
+    "systemd-sysv", "udev", "dbus", "ifupdown", "isc-dhcp-client",
     "openssh-server", "openssh-sftp-server", "sudo", "python3", "ca-certificates",
     "iproute2", "procps", "kmod", "less", "tar", "gzip", "rsync",
 ]
+# Each family's kernel meta package: it follows the archive's current kernel.
+KERNELS = {"debian": "linux-image-amd64", "ubuntu": "linux-image-virtual"}
+# The kernel packages keep /vmlinuz and /initrd.img pointing at the newest kernel, which GRUB boots.
+KERNEL_IMG_CONF = "do_symlinks = yes\nlink_in_boot = no\n"
+CATALOG_DISTRIBUTION = "ubuntu-22.04"
 HOSTNAME = "bpflab"
 GUEST_FILES = {
     "etc/hostname": f"{HOSTNAME}\n",
@@ -58,13 +64,18 @@ end
 PARTITION_START = 2048  # sectors: the gap before it holds GRUB's core.img
 MBR_CODE_BYTES = 440  # boot code ends here; the disk signature and partition table follow
 # Bump when the build steps below change in a way the recipe fields do not show.
-BUILD_REVISION = 1
+BUILD_REVISION = 2
 
 
 @dataclass(frozen=True)
 class Recipe:
-    suite: str
+    """Everything a box is built from; its hash names the box."""
+    distribution: str
     mirror: str
+    suite: str
+    components: tuple
+    keyring: str
+    archive_release: str
     disk_gb: int
     packages: tuple
     guest_files: tuple
@@ -73,9 +84,12 @@ class Recipe:
     build_revision: int
 
     @classmethod
-    def from_config(cls, config: Config) -> Recipe:
-        settings = config.local_box
-        return cls(settings.suite, settings.mirror, settings.disk_gb, tuple(PACKAGES),
+    def from_config(cls, config: Config, archive_release: str) -> Recipe:
+        distribution = config.vm.distribution
+        archive = config.local_box.archives[distribution]
+        packages = (*PACKAGES, KERNELS[family(distribution)])
+        return cls(distribution, archive["mirror"], archive["suite"], tuple(archive["components"]),
+                   archive["keyring"], archive_release, config.local_box.disk_gb, packages,
                    tuple(sorted(GUEST_FILES.items())), KERNEL_CMDLINE, BOX_VAGRANTFILE, BUILD_REVISION)
 
     @property
@@ -84,11 +98,67 @@ class Recipe:
 
     @property
     def box_name(self) -> str:
-        return f"bpflab/debian-{self.suite}-{self.digest}"
+        return f"bpflab/{self.distribution}-{self.digest}"
 
     @property
     def box_file(self) -> Path:
         return cache_dir() / "boxes" / self.digest / "bpflab.box"
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        fields = json.loads(text)
+        return cls(**{key: tuple(map(tuple, value)) if key == "guest_files" else
+                      tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def bootstrap_command(self, rootfs: Path) -> list[str]:
+        """The mmdebstrap call: minimal system, this archive only, checked with its keyring."""
+        return ["mmdebstrap", "--variant=minbase", f"--components={','.join(self.components)}",
+                f"--keyring={self.keyring}", "--include=" + ",".join(self.packages),
+                f"--setup-hook=mkdir -p \"$1/etc\" && printf '{KERNEL_IMG_CONF}' > \"$1/etc/kernel-img.conf\"",
+                "--customize-hook=chroot \"$1\" useradd --create-home --shell /bin/bash vagrant",
+                self.suite, str(rootfs), self.mirror]
+
+
+def family(distribution: str) -> str:
+    return distribution.split("-", 1)[0]
+
+
+def archive_release(mirror: str, suite: str, timeout: float = 10.0) -> str | None:
+    """The archive's current release of `suite` (Debian: its point release; else the
+    Release file's date), or None when the archive does not answer."""
+    try:
+        with urllib.request.urlopen(f"{mirror.rstrip('/')}/dists/{suite}/Release", timeout=timeout) as answer:
+            head = answer.read(4096).decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return None
+    fields = dict(line.split(":", 1) for line in head.splitlines() if ":" in line and not line.startswith(" "))
+    return (fields.get("Version") or fields.get("Date") or "").strip() or None
+
+
+def cached_recipes() -> list[Recipe]:
+    """The recipes of the boxes in the cache, newest first."""
+    paths = [path for path in (cache_dir() / "boxes").glob("*/recipe.json") if (path.parent / "bpflab.box").exists()]
+    return [Recipe.from_json(path.read_text()) for path in sorted(paths, key=lambda path: -path.stat().st_mtime)]
+
+
+def current_recipe(config: Config) -> Recipe:
+    """The recipe for the archive as it is now; offline, the newest cached box of the same recipe."""
+    archive = config.local_box.archives[config.vm.distribution]
+    release = archive_release(archive["mirror"], archive["suite"])
+    if release:
+        return Recipe.from_config(config, release)
+    wanted = Recipe.from_config(config, "")
+    for recipe in cached_recipes():
+        if replace(recipe, archive_release="") == wanted:
+            warn(f"{archive['mirror']} does not answer; using the cached {config.vm.distribution} box made "
+                 f"from {archive['suite']} {recipe.archive_release}.")
+            return recipe
+    raise LabError(f"The archive {archive['mirror']} ({archive['suite']}) does not answer, and no "
+                   f"{config.vm.distribution} box is cached. Check the network or local_box.archives."
+                   f"{config.vm.distribution}.mirror in lab.yaml, then run `invoke box.build` again.")
 
 
 def insecure_public_key() -> str:
@@ -101,36 +171,48 @@ def insecure_public_key() -> str:
     return Path(sorted(candidates)[-1]).read_text()
 
 
-def catalog_reachable(box: str, timeout: float = 5.0) -> bool:
-    """Whether Vagrant's box catalog answers for `box` (one short HTTPS request)."""
-    try:
-        urllib.request.urlopen(f"https://vagrantcloud.com/api/v2/box/{box}", timeout=timeout)
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
-    return True
-
-
-def choose(setting: str, provider: str, arch: str, catalog_box: str,
-           installed: set, reachable) -> tuple[str, str]:
-    """Pick (local|catalog, why). `reachable` is called only when needed."""
-    local_possible = provider == "libvirt" and arch == "amd64"
+def choose(config: Config, provider: str, host_arch: str) -> tuple[str, str]:
+    """Which box new VMs start from: (local|catalog|packaged, why)."""
+    setting, distribution = config.vm.box, config.vm.distribution
+    if provider != "libvirt" or host_arch != "amd64":
+        if setting == "catalog":
+            return "catalog", "lab.yaml asks for the catalog box"
+        raise LabError(f"vm.box is {setting!r}, but bpflab builds and packages boxes for libvirt on amd64 "
+                       f"only (this is {provider} on {host_arch}). Set vm.box to catalog (and "
+                       f"vm.distribution to {CATALOG_DISTRIBUTION}) in lab.yaml.")
     if setting == "catalog":
-        return "catalog", f"lab.yaml asks for the catalog box {catalog_box}"
+        if distribution != CATALOG_DISTRIBUTION:
+            raise LabError(f"vm.box is catalog, but the catalog boxes in lab.yaml are {CATALOG_DISTRIBUTION} "
+                           f"and vm.distribution is {distribution}. Set vm.box to local (bpflab builds "
+                           f"the {distribution} box), or vm.distribution to {CATALOG_DISTRIBUTION}.")
+        return "catalog", "lab.yaml asks for the catalog box"
     if setting == "local":
-        if not local_possible:
-            raise LabError(f"vm.box is 'local', but the local box is built for libvirt on amd64 only "
-                           f"(this is {provider} on {arch}). Set vm.box to auto or catalog in lab.yaml.")
-        return "local", "lab.yaml asks for the local Debian box"
-    if (catalog_box, provider) in installed:
-        return "catalog", f"{catalog_box} is installed"
-    if reachable(catalog_box):
-        return "catalog", f"{catalog_box} will be downloaded from the Vagrant box catalog"
-    if local_possible:
-        return "local", "the Vagrant box catalog cannot be reached, so the lab uses the local Debian box"
-    raise LabError(f"The box {catalog_box} is not installed and the Vagrant box catalog cannot be reached. "
-                   f"Add the box by hand (`vagrant box add {catalog_box} FILE`) or connect to the internet.")
+        return "local", f"built here from the {distribution} archive"
+    return "packaged", f"the ready box {config.packaged_box}"
+
+
+def packaged_box_name(path: Path) -> str:
+    """The Vagrant name of a ready box that box.package made, from the description inside it."""
+    try:
+        with tarfile.open(path) as packed:
+            member = packed.extractfile("bpflab.json")
+            description = json.loads(member.read()) if member else None
+    except (OSError, KeyError, tarfile.TarError, ValueError):
+        description = None
+    if not description:
+        raise LabError(f"{path} is not a box that `invoke box.package` made (it is missing, or has no "
+                       "bpflab.json). Check vm.box in lab.yaml, or package a provisioned VM again.")
+    return f"bpflab/{description['distribution']}-ready-{description['id']}"
+
+
+def register_packaged(config: Config) -> str:
+    """Make the ready box of vm.box known to Vagrant (once per box file)."""
+    path = config.packaged_box
+    name = packaged_box_name(path)
+    if (name, "libvirt") not in vagrant.installed_boxes():
+        with step(f"Registering the ready box {path.name} as {name}") as current:
+            vagrant.add_box(name, path, current)
+    return name
 
 
 def write_guest_files(rootfs: Path, root_uuid: str, public_key: str) -> None:
@@ -145,7 +227,7 @@ def write_guest_files(rootfs: Path, root_uuid: str, public_key: str) -> None:
     grub = rootfs / "boot/grub/grub.cfg"
     grub.parent.mkdir(parents=True, exist_ok=True)
     grub.write_text(f"set timeout=0\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\n"
-                    f"menuentry 'Debian (bpflab)' {{\n"
+                    f"menuentry 'bpflab' {{\n"
                     f"  linux /vmlinuz root=UUID={root_uuid} {KERNEL_CMDLINE}\n"
                     f"  initrd /initrd.img\n}}\n")
     ssh_dir = rootfs / "home/vagrant/.ssh"
@@ -185,11 +267,13 @@ def build_file(recipe: Recipe, workdir: Path, log: Path) -> None:
     public_key = insecure_public_key()
     rootfs, disk = workdir / "rootfs", workdir / "disk.raw"
     root_uuid = str(uuid.uuid4())
-    with step(f"Debian {recipe.suite} root file system (mmdebstrap, about a minute)") as current:
-        run((["mmdebstrap", "--variant=minbase", "--include=" + ",".join(recipe.packages),
-                        "--customize-hook=chroot \"$1\" useradd --create-home --shell /bin/bash vagrant",
-                        recipe.suite, str(rootfs), recipe.mirror]),
-            current=current, log=log, fix="Check that the Debian mirror in lab.yaml (local_box.mirror) answers.")
+    if not Path(recipe.keyring).exists():
+        raise LabError(f"The {recipe.distribution} archive's keyring {recipe.keyring} is not on this host. "
+                       "Run `invoke host.setup` (it installs Debian's and Ubuntu's keyrings), or fix "
+                       f"local_box.archives.{recipe.distribution}.keyring in lab.yaml.")
+    with step(f"{recipe.distribution} ({recipe.suite}) root file system (mmdebstrap, a few minutes)") as current:
+        run(recipe.bootstrap_command(rootfs), current=current, log=log,
+            fix=f"Check that the archive in lab.yaml (local_box.archives.{recipe.distribution}) answers.")
         write_guest_files(rootfs, root_uuid, public_key)
         run((["chroot", str(rootfs), "chown", "-R", "vagrant:vagrant", "/home/vagrant"]), log=log)
     with step(f"Bootable {recipe.disk_gb} GB disk (ext4 + GRUB for BIOS)") as current:
@@ -220,9 +304,9 @@ def build(config: Config) -> Recipe:
         raise LabError("Building the box needs root (mmdebstrap and chroot): run `sudo invoke box.build`, "
                        "then `invoke lab.up`.")
     if arch.debian() != "amd64":
-        raise LabError("The local box is built for amd64 hosts only. On this host use a catalog box: "
-                       "set vm.box to catalog in lab.yaml.")
-    recipe = Recipe.from_config(config)
+        raise LabError("Boxes are built for amd64 hosts only. On this host use a catalog box: "
+                       f"set vm.box to catalog and vm.distribution to {CATALOG_DISTRIBUTION} in lab.yaml.")
+    recipe = current_recipe(config)
     if recipe.box_file.exists():
         say(f"[green]✓[/green] Box {recipe.box_name} is cached: {recipe.box_file}")
     else:
@@ -233,6 +317,7 @@ def build(config: Config) -> Recipe:
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=recipe.box_file.parent))
         try:
             build_file(recipe, workdir, log)
+            (recipe.box_file.parent / "recipe.json").write_text(recipe.to_json())
             (workdir / "bpflab.box").rename(recipe.box_file)
         finally:
             run((["rm", "-rf", "--one-file-system", str(workdir)]), check=False)

@@ -20,7 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = PROJECT_ROOT / "lab.yaml"
 
 PROVIDERS = ("libvirt", "virtualbox")
-DISTRIBUTIONS = ("ubuntu-22.04", "ubuntu-24.04", "debian-12")
+DISTRIBUTIONS = ("debian-12", "debian-13", "ubuntu-22.04", "ubuntu-24.04")
 ARCHITECTURES = ("amd64", "arm64")
 
 
@@ -68,6 +68,14 @@ class PackageList(Rule):
         return isinstance(value, list) and all(isinstance(item, str) and self.name.fullmatch(item) for item in value)
 
 
+class WordList(PackageList):
+    expected = "a non-empty list of archive components such as main"
+    name = re.compile(r"[a-z][a-z0-9-]*")
+
+    def accepts(self, value):
+        return super().accepts(value) and bool(value)
+
+
 BOX_NAME = Text(r"[\w.-]+/[\w.-]+|[\w.-]+", "a Vagrant box name such as generic/ubuntu2204")
 BOXES_PER_ARCH = {arch: BOX_NAME for arch in ARCHITECTURES}
 
@@ -79,13 +87,18 @@ SCHEMA: dict[str, Any] = {
         "acceleration": Choice("auto", "kvm", "tcg"),
         "cpus": Integer(1, 64),
         "memory": Integer(512, 262144),
-        "box": Choice("auto", "catalog", "local"),
+        "distribution": Choice(*DISTRIBUTIONS),
+        "box": Text(r"local|catalog|\S+\.box", "local, catalog, or the path of a .box file that box.package made"),
         "boxes": {provider: BOXES_PER_ARCH for provider in PROVIDERS},
     },
     "local_box": {
-        "suite": Choice("bookworm"),
-        "mirror": Text(r"https?://\S+", "an http(s) URL of a Debian mirror"),
         "disk_gb": Integer(4, 512),
+        "archives": {name: {
+            "mirror": Text(r"https?://\S+", "an http(s) URL of the distribution's archive or a mirror of it"),
+            "suite": Text(r"[a-z]+", "a release code name such as bookworm"),
+            "components": WordList(),
+            "keyring": Text(r"/\S+", "the absolute path of the archive's keyring on the host"),
+        } for name in DISTRIBUTIONS},
     },
     "provision": {
         "in_vagrant": Choice("none", "ansible_local"),
@@ -141,15 +154,15 @@ class VMSettings:
     acceleration: str
     cpus: int
     memory: int
+    distribution: str
     box: str
     boxes: dict
 
 
 @dataclass(frozen=True)
 class LocalBoxSettings:
-    suite: str
-    mirror: str
     disk_gb: int
+    archives: dict
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,13 @@ class Config:
     def machines(self) -> list[str]:
         """The Vagrant machines, as the Vagrantfile names them: lab (the primary), lab2, lab3, ..."""
         return ["lab"] + [f"lab{number}" for number in range(2, self.vm.count + 1)]
+
+    @property
+    def packaged_box(self) -> Path | None:
+        """The ready box file that vm.box names, if it names one; relative paths start at lab.yaml."""
+        if self.vm.box in ("local", "catalog"):
+            return None
+        return self.root / Path(self.vm.box).expanduser()
 
     @property
     def bcc_artifacts(self) -> Path:

@@ -26,9 +26,11 @@ from .errors import LabError
 HOST_PACKAGES = [
     "vagrant", "vagrant-libvirt", "libvirt-daemon-system", "libvirt-clients", "qemu-utils",
     "dnsmasq-base", "iptables", "iproute2", "openssh-client", "rsync",
-    # box.build: a Debian root file system, a partitioned disk, a BIOS boot loader
-    "mmdebstrap", "e2fsprogs", "fdisk", "util-linux", "grub-pc-bin",
+    # box.build: a root file system from the archive (checked with its keyring), a disk, a BIOS boot loader
+    "mmdebstrap", "debian-archive-keyring", "e2fsprogs", "fdisk", "util-linux", "grub-pc-bin",
 ]
+# Ubuntu boxes only: Debian has it from 13 on (Debian 12: bookworm-backports), Ubuntu always.
+UBUNTU_KEYRING = "ubuntu-keyring"
 OTHER_SYSTEMS = """\
 This host is not Debian or Ubuntu, so bpflab cannot install its tools itself. Install:
   Linux (Fedora):  sudo dnf install vagrant vagrant-libvirt libvirt qemu-kvm && sudo systemctl enable --now libvirtd
@@ -60,6 +62,47 @@ def missing_packages(packages: list[str]) -> list[str]:
                            capture_output=True, text=True)
     installed = {line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")}
     return [package for package in packages if package not in installed]
+
+
+def with_candidate(packages: list[str]) -> set[str]:
+    """The packages that the host's apt sources offer (an installation candidate)."""
+    policy = subprocess.run(["apt-cache", "policy", *packages], capture_output=True, text=True).stdout
+    offered, name = set(), None
+    for line in policy.splitlines():
+        if line and not line.startswith(" "):
+            name = line.rstrip(":")
+        elif line.strip().startswith("Candidate:") and line.split(":", 1)[1].strip() != "(none)":
+            offered.add(name)
+    return offered
+
+
+def vagrant_advice(missing: list[str], offered: set[str], plugin_installed: bool) -> str | None:
+    """What to do where the distribution has no Vagrant package (Ubuntu from 24.04 on), or None."""
+    if "vagrant" in missing and "vagrant" not in offered:
+        return ("This host's distribution has no vagrant package (Ubuntu dropped it from 24.04 on). Install "
+                "Vagrant from HashiCorp's apt repository, then its libvirt plugin with its build dependencies:\n"
+                "  wget -O - https://apt.releases.hashicorp.com/gpg | sudo gpg --dearmor -o "
+                "/usr/share/keyrings/hashicorp-archive-keyring.gpg\n"
+                "  echo \"deb [signed-by=/usr/share/keyrings/hashicorp-archive-keyring.gpg] "
+                "https://apt.releases.hashicorp.com $(. /etc/os-release; echo $VERSION_CODENAME) main\" "
+                "| sudo tee /etc/apt/sources.list.d/hashicorp.list\n"
+                "  sudo apt-get update && sudo apt-get install -y vagrant\n" + PLUGIN_STEPS +
+                "Then run `invoke host.setup` again.")
+    if "vagrant-libvirt" in missing and "vagrant-libvirt" not in offered and not plugin_installed:
+        return ("Vagrant is installed, but this host's distribution has no vagrant-libvirt package. Install "
+                "the plugin with its build dependencies:\n" + PLUGIN_STEPS + "Then run `invoke host.setup` again.")
+    return None
+
+
+PLUGIN_STEPS = ("  sudo apt-get install -y libvirt-dev pkg-config gcc make libxml2-dev libxslt1-dev zlib1g-dev\n"
+                "  vagrant plugin install vagrant-libvirt\n")
+
+
+def libvirt_plugin_installed() -> bool:
+    if shutil.which("vagrant") is None:
+        return False
+    listed = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True)
+    return "vagrant-libvirt" in listed.stdout
 
 
 def pid_state_file() -> Path:
@@ -138,16 +181,31 @@ def setup() -> None:
     os_release = Path("/etc/os-release").read_text() if Path("/etc/os-release").exists() else ""
     if platform.system() != "Linux" or not is_debian_like(os_release):
         raise LabError(OTHER_SYSTEMS)
-    packages = HOST_PACKAGES + [arch.qemu_system_package()]
+    packages = HOST_PACKAGES + [arch.qemu_system_package(), UBUNTU_KEYRING]
     missing = missing_packages(packages)
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    if [name for name in missing if name != UBUNTU_KEYRING]:
+        with step("Updating the host's package lists") as current:
+            run(privileged(["apt-get", "update", "-q"]), current=current, env=env)
+    offered = with_candidate(missing) if missing else set()
+    advice = vagrant_advice(missing, offered, libvirt_plugin_installed())
+    if UBUNTU_KEYRING in missing and UBUNTU_KEYRING not in offered:
+        say(f"{UBUNTU_KEYRING} is not in this host's apt sources (on Debian 12 it is in bookworm-backports): "
+            "only Ubuntu boxes need it.")
+    absent = [name for name in missing if name not in offered and name not in ("vagrant", "vagrant-libvirt",
+                                                                              UBUNTU_KEYRING)]
+    if absent:
+        raise LabError(f"This host's apt sources have no {', '.join(absent)}. Enable the distribution's main "
+                       "archive (and universe on Ubuntu), run `sudo apt-get update`, then `invoke host.setup` again.")
+    missing = [name for name in missing if name in offered]
     if missing:
         with step(f"Installing {len(missing)} host packages: {' '.join(missing)}") as current:
-            env = {"DEBIAN_FRONTEND": "noninteractive"}
-            run(privileged(["apt-get", "update", "-q"]), current=current, env=env)
             run(privileged(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]),
                 current=current, env=env, fix="Install them by hand and run `invoke host.setup` again.")
     else:
         say("[green]✓[/green] Host packages already installed")
+    if advice:
+        raise LabError(advice)
     ensure_kvm_device_group()
     if libvirt.answers():
         say(f"[green]✓[/green] libvirtd answers on {libvirt.URI}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fabric import Connection
@@ -40,6 +40,7 @@ echo "memory_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
 echo "python_link=$(readlink /usr/bin/python || true)"
 echo "sshd_keepalive=$(tr '\n' ' ' < /etc/ssh/sshd_config.d/bpflab.conf 2>/dev/null || true)"
 echo "stamp=$(tr -d '\n' < /var/lib/bpflab/bcc.json 2>/dev/null || true)"
+echo "ready_box=$(tr -d '\n' < /etc/bpflab/box.json 2>/dev/null || true)"
 if ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
   echo "no_candidate=$(bash -c "$UNAVAILABLE" apt-unavailable $OPTIONAL | tr '\n' ' ')"
 fi
@@ -61,6 +62,7 @@ class Facts:
     installed: set = field(default_factory=set)
     no_candidate: set = field(default_factory=set)
     sshd_keepalive: str = ""
+    ready_box: dict = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> Facts:
@@ -69,7 +71,8 @@ class Facts:
                    int(values["memory_kb"]), values["python_link"],
                    json.loads(values["stamp"]) if values["stamp"].strip() else {},
                    set(values["installed"].split()), set(values.get("no_candidate", "").split()),
-                   values.get("sshd_keepalive", "").strip())
+                   values.get("sshd_keepalive", "").strip(),
+                   json.loads(values["ready_box"]) if values.get("ready_box", "").strip() else {})
 
 
 def gather(connection: Connection, optional: list[str]) -> Facts:
@@ -130,6 +133,24 @@ def plan(config: Config, facts: Facts) -> Plan:
         settings=build_settings,
         artifact=artifact,
     )
+
+
+def digest_of(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def settings_digest(config: Config) -> str:
+    """lab.yaml's provisioning settings, hashed: a ready box records the ones it was made with."""
+    return digest_of(asdict(config.provision))
+
+
+def ready_box_note(config: Config, facts: Facts) -> str | None:
+    """A line for a VM made from a ready box whose provisioning settings are no longer lab.yaml's."""
+    made_with = facts.ready_box.get("provision")
+    if not made_with or made_with == settings_digest(config):
+        return None
+    return (f"This VM comes from a ready box packaged on {facts.ready_box.get('packaged', '?')} with other "
+            "provisioning settings than lab.yaml's now: provisioning closes the difference.")
 
 
 def make_jobs(cpus: int, memory_kb: int) -> int:
@@ -315,6 +336,9 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
     for name in todo.skipped:
         warn(f"{name} is not available on {facts.distribution}; skipped (it is marked optional)")
     say(f"VM: {facts.distribution} {facts.arch}, kernel {facts.kernel}; BCC: {todo.bcc_mode}")
+    note = ready_box_note(config, facts)
+    if note:
+        say(note)
     changed = False
     if todo.remove:
         with step(f"Removing the distribution's BCC ({' '.join(todo.remove)}): it conflicts with a source build"):

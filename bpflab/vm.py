@@ -74,11 +74,14 @@ def host_acceleration(config: Config) -> str:
 
 
 def box_for(config: Config, provider: str) -> str:
-    """The box new VMs of this provider start from: the catalog's, or the local one (built if needed)."""
-    catalog_box = config.vm.boxes[provider][arch.debian()]
-    kind, why = box.choose(config.vm.box, provider, arch.debian(), catalog_box,
-                           vagrant.installed_boxes(), box.catalog_reachable)
-    name = catalog_box if kind == "catalog" else box.build(config).box_name
+    """The box new VMs of this provider start from: built here (if needed), the catalog's, or a ready box."""
+    kind, why = box.choose(config, provider, arch.debian())
+    if kind == "local":
+        name = box.build(config).box_name
+    elif kind == "packaged":
+        name = box.register_packaged(config)
+    else:
+        name = config.vm.boxes[provider][arch.debian()]
     say(f"Box: {name} ({why})")
     return name
 
@@ -168,10 +171,9 @@ class LabVM:
         return f"{instance_name(self.config)}-{self.machine}"
 
     def environment(self) -> dict:
-        """What the Vagrantfile reads besides lab.yaml: the box and driver chosen when the VM was made."""
+        """What the Vagrantfile reads besides lab.yaml and the remembered box: the driver chosen when
+        the VM was made."""
         env = {}
-        if self.remembered("box"):
-            env["BPFLAB_BOX"] = self.remembered("box")
         if self.remembered("acceleration"):
             env["BPFLAB_LIBVIRT_DRIVER"] = "kvm" if self.remembered("acceleration") == "kvm" else "qemu"
         return env

@@ -1,6 +1,7 @@
 """Provider, acceleration and box choice: pure decisions, tested as tables."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -94,38 +95,78 @@ def test_machine_names_follow_vm_count():
         select_one(three, "lab,lab2", "lab.ssh", "")
 
 
-def never(_box):
-    raise AssertionError("the catalog must not be asked")
+def with_box(setting, distribution="debian-12"):
+    settings = config.load()
+    return dataclasses.replace(settings, vm=dataclasses.replace(settings.vm, box=setting, distribution=distribution))
 
 
-@pytest.mark.parametrize("setting, provider, arch, installed, reachable, expected", [
-    ("auto", "libvirt", "amd64", {("generic/ubuntu2204", "libvirt")}, never, "catalog"),
-    ("auto", "libvirt", "amd64", set(), lambda b: True, "catalog"),
-    ("auto", "libvirt", "amd64", set(), lambda b: False, "local"),
-    ("auto", "libvirt", "amd64", {("generic/ubuntu2204", "virtualbox")}, lambda b: False, "local"),
-    ("local", "libvirt", "amd64", {("generic/ubuntu2204", "libvirt")}, never, "local"),
-    ("catalog", "libvirt", "amd64", set(), never, "catalog"),
+@pytest.mark.parametrize("setting, distribution, expected", [
+    ("local", "debian-12", "local"),
+    ("local", "ubuntu-24.04", "local"),
+    ("catalog", "ubuntu-22.04", "catalog"),
+    ("seat.box", "debian-13", "packaged"),
 ])
-def test_box_choice(setting, provider, arch, installed, reachable, expected):
-    kind, why = box.choose(setting, provider, arch, "generic/ubuntu2204", installed, reachable)
+def test_box_choice(setting, distribution, expected):
+    kind, why = box.choose(with_box(setting, distribution), "libvirt", "amd64")
     assert kind == expected and why
 
 
-@pytest.mark.parametrize("setting, provider, arch", [
-    ("auto", "virtualbox", "amd64"), ("auto", "libvirt", "arm64"), ("local", "virtualbox", "amd64"),
+@pytest.mark.parametrize("setting, distribution, provider, arch, says", [
+    ("local", "debian-12", "virtualbox", "amd64", "Set vm.box to catalog"),
+    ("local", "debian-12", "libvirt", "arm64", "libvirt on amd64 only"),
+    ("catalog", "debian-13", "libvirt", "amd64", "vm.distribution is debian-13"),
 ])
-def test_no_local_box_where_it_cannot_run(setting, provider, arch):
-    with pytest.raises(LabError):
-        box.choose(setting, provider, arch, "bento/ubuntu-22.04", set(), lambda b: False)
+def test_no_box_where_it_cannot_run(setting, distribution, provider, arch, says):
+    with pytest.raises(LabError, match=says):
+        box.choose(with_box(setting, distribution), provider, arch)
 
 
-def test_box_recipe_hash_follows_the_recipe():
-    settings = config.load()
-    first = box.Recipe.from_config(settings)
-    assert box.Recipe.from_config(settings).digest == first.digest
+def test_box_recipe_hash_follows_everything_the_box_is_made_from():
+    settings = with_box("local")
+    first = box.Recipe.from_config(settings, "12.15")
+    assert box.Recipe.from_config(settings, "12.15").digest == first.digest
     bigger = dataclasses.replace(settings, local_box=dataclasses.replace(settings.local_box, disk_gb=32))
-    assert box.Recipe.from_config(bigger).digest != first.digest
-    assert first.digest in first.box_name and first.digest in str(first.box_file)
+    assert box.Recipe.from_config(bigger, "12.15").digest != first.digest
+    assert box.Recipe.from_config(settings, "12.16").digest != first.digest  # a point release: a new kernel
+    assert box.Recipe.from_config(with_box("local", "debian-13"), "12.15").digest != first.digest
+    assert first.box_name.startswith("bpflab/debian-12-") and first.digest in str(first.box_file)
+
+
+@pytest.mark.parametrize("distribution, suite, components, keyring, kernel", [
+    ("debian-12", "bookworm", "main", "debian-archive-keyring.gpg", "linux-image-amd64"),
+    ("debian-13", "trixie", "main", "debian-archive-keyring.gpg", "linux-image-amd64"),
+    ("ubuntu-22.04", "jammy", "main,universe", "ubuntu-archive-keyring.gpg", "linux-image-virtual"),
+    ("ubuntu-24.04", "noble", "main,universe", "ubuntu-archive-keyring.gpg", "linux-image-virtual"),
+])
+def test_each_distribution_is_bootstrapped_from_its_own_archive(distribution, suite, components, keyring, kernel):
+    recipe = box.Recipe.from_config(with_box("local", distribution), "x")
+    command = recipe.bootstrap_command(Path("/rootfs"))
+    mirror = "http://archive.ubuntu.com/ubuntu" if distribution.startswith("ubuntu") else "http://deb.debian.org/debian"
+    assert command[-3:] == [suite, "/rootfs", mirror]
+    assert f"--components={components}" in command and f"--keyring=/usr/share/keyrings/{keyring}" in command
+    included = next(part for part in command if part.startswith("--include=")).split("=", 1)[1].split(",")
+    assert kernel in included and "openssh-server" in included and "isc-dhcp-client" in included
+    assert not {"linux-image-amd64", "linux-image-virtual"} - {kernel} & set(included)
+
+
+def test_a_cached_box_is_used_when_the_archive_does_not_answer(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    settings = with_box("local", "debian-13")
+    cached = box.Recipe.from_config(settings, "13.7")
+    cached.box_file.parent.mkdir(parents=True)
+    cached.box_file.write_bytes(b"box")
+    (cached.box_file.parent / "recipe.json").write_text(cached.to_json())
+    monkeypatch.setattr(box, "archive_release", lambda mirror, suite: None)
+    assert box.current_recipe(settings) == cached
+    with pytest.raises(LabError, match="does not answer, and no debian-12 box is cached"):
+        box.current_recipe(with_box("local", "debian-12"))
+
+
+def test_the_archive_release_comes_from_the_release_file(tmp_path):
+    (tmp_path / "dists" / "trixie").mkdir(parents=True)
+    (tmp_path / "dists" / "trixie" / "Release").write_text("Origin: Debian\nVersion: 13.8\nCodename: trixie\n")
+    assert box.archive_release(tmp_path.as_uri(), "trixie") == "13.8"
+    assert box.archive_release(tmp_path.as_uri(), "sid") is None
 
 
 def test_state_remembered_before_several_vms_moves_to_lab(tmp_path):

@@ -16,7 +16,7 @@ def test_shipped_lab_yaml_is_valid():
     loaded = config.load()
     assert loaded.vm.name == "bpflab"
     assert loaded.vm.boxes["libvirt"]["amd64"]
-    assert loaded.local_box.suite == "bookworm"
+    assert loaded.local_box.archives[loaded.vm.distribution]["suite"] == "bookworm"
 
 
 @pytest.mark.parametrize("old, new, expected", [
@@ -30,6 +30,9 @@ def test_shipped_lab_yaml_is_valid():
     ("  name: bpflab", "  name: My Lab", "vm.name: expected lowercase letters"),
     ("      amd64: generic/ubuntu2204", "      amd64: [a]", "vm.boxes.libvirt.amd64: expected a Vagrant box name"),
     ("  disk_gb: 16", "  disk_gb: 16.5", "local_box.disk_gb: expected an integer from 4 to 512, got 16.5"),
+    ("distribution: debian-12", "distribution: fedora-41", "vm.distribution: expected one of debian-12, debian-13"),
+    ("box: local", "box: auto", "vm.box: expected local, catalog, or the path of a .box file"),
+    ("components: [main]", "components: []", "local_box.archives.debian-12.components: expected a non-empty list"),
     ("  memory: 2048        # MiB", "  memory: true", "vm.memory: expected an integer from 512 to 262144, got True"),
 ])
 def test_each_problem_names_file_key_and_expectation(old, new, expected):
@@ -41,7 +44,7 @@ def test_each_problem_names_file_key_and_expectation(old, new, expected):
 
 
 def test_all_problems_are_reported_at_once():
-    text = SHIPPED.replace("cpus: 2", "cpus: x").replace("box: auto", "box: vagrantcloud")
+    text = SHIPPED.replace("cpus: 2", "cpus: x").replace("box: local", "box: vagrantcloud")
     with pytest.raises(LabError) as error:
         parse(text)
     assert "2 problem(s)" in str(error.value)

@@ -84,3 +84,35 @@ def test_a_damaged_artifact_is_refused(tmp_path):
 
 def test_artifact_folder_follows_lab_yaml(tmp_path):
     assert settings(tmp_path, "artifact").bcc_artifacts == tmp_path / "artifacts"
+
+
+@pytest.mark.parametrize("distribution, install, llvm", [
+    ("debian-12", "source", "14"), ("debian-13", "source", "19"),
+    ("ubuntu-22.04", "source", "14"), ("ubuntu-24.04", "source", "18"),
+])
+def test_each_distribution_builds_bcc_with_its_own_llvm_and_polly(tmp_path, distribution, install, llvm):
+    """BCC links LLVM's Polly where LLVM was built with it (iovisor/bcc#5015): without libpolly-N-dev
+    the build stops at libPolly.a."""
+    known = provision.Facts(distribution, "amd64", "6.12.0-1-amd64", 2, 4_000_000, "python3", {}, set())
+    todo = provision.plan(settings(tmp_path, install), known)
+    assert {f"llvm-{llvm}-dev", f"libclang-{llvm}-dev", f"libpolly-{llvm}-dev"} <= set(todo.packages)
+    assert todo.settings["llvm_dir"] == f"/usr/lib/llvm-{llvm}/lib/cmake/llvm" and todo.build_bcc
+    assert "linux-headers-6.12.0-1-amd64" in todo.packages
+
+
+def test_debian_13_uses_its_packaged_bcc_by_default(tmp_path):
+    known = provision.Facts("debian-13", "amd64", "6.12.117+deb13-amd64", 2, 2_000_000, "python3", {}, set())
+    todo = provision.plan(settings(tmp_path, "auto"), known)
+    assert todo.bcc_mode == "package" and {"python3-bpfcc", "bpftrace", "bpftool"} <= set(todo.packages)
+    assert "linux-headers-6.12.117+deb13-amd64" in todo.packages and not todo.build_bcc
+
+
+def test_a_ready_box_from_other_settings_is_noticed(tmp_path):
+    current = settings(tmp_path, "auto")
+    made_here = {"provision": provision.settings_digest(current), "packaged": "2026-11-25T10:00:00Z"}
+    from_box = provision.Facts("debian-13", "amd64", "6.12", 2, 2_000_000, "python3", {}, set(), ready_box=made_here)
+    assert provision.ready_box_note(current, from_box) is None
+    assert provision.ready_box_note(current, facts()) is None  # not made from a ready box
+    changed = settings(tmp_path, "source")
+    assert "packaged on 2026-11-25T10:00:00Z with other provisioning settings" in \
+        provision.ready_box_note(changed, from_box)
