@@ -39,9 +39,9 @@ def trixie(tmp_path_factory):
     project.invoke("lab.destroy", check=False)
     for name in project.ready_boxes:  # each packaging makes a new box: leave none behind in Vagrant and libvirt
         subprocess.run(["vagrant", "box", "remove", "--force", "--all", name], capture_output=True)
-        volumes = subprocess.run(["virsh", "-c", "qemu:///system", "vol-list", "default", "--name"],
-                                 capture_output=True, text=True).stdout.split()
-        for volume in volumes:
+        listing = subprocess.run(["virsh", "-c", "qemu:///system", "vol-list", "default"],
+                                 capture_output=True, text=True).stdout
+        for volume in (line.split()[0] for line in listing.splitlines()[2:] if line.strip()):
             if volume.startswith(name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image"):
                 subprocess.run(["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", volume])
 
