@@ -191,24 +191,25 @@ def choose(config: Config, provider: str, host_arch: str) -> tuple[str, str]:
     return "packaged", f"the ready box {config.packaged_box}"
 
 
-def packaged_box_name(path: Path) -> str:
-    """The Vagrant name of a ready box that box.package made, from the description inside it."""
+def ready_box_description(path: Path) -> dict:
+    """What a ready box says it is (bpflab.json, which box.package puts first in the box file)."""
     try:
         with tarfile.open(path) as packed:
             member = packed.extractfile("bpflab.json")
-            description = json.loads(member.read()) if member else None
-    except (OSError, KeyError, tarfile.TarError, ValueError):
-        description = None
-    if not description:
+            return json.loads(member.read())
+    except (OSError, KeyError, AttributeError, tarfile.TarError, ValueError):
         raise LabError(f"{path} is not a box that `invoke box.package` made (it is missing, or has no "
-                       "bpflab.json). Check vm.box in lab.yaml, or package a provisioned VM again.")
+                       "bpflab.json). Check vm.box in lab.yaml, or package a provisioned VM again.") from None
+
+
+def ready_box_name(description: dict) -> str:
     return f"bpflab/{description['distribution']}-ready-{description['id']}"
 
 
 def register_packaged(config: Config) -> str:
     """Make the ready box of vm.box known to Vagrant (once per box file)."""
     path = config.packaged_box
-    name = packaged_box_name(path)
+    name = ready_box_name(ready_box_description(path))
     if (name, "libvirt") not in vagrant.installed_boxes():
         with step(f"Registering the ready box {path.name} as {name}") as current:
             vagrant.add_box(name, path, current)

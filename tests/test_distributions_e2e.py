@@ -4,10 +4,10 @@ bpftrace 0.23) from a box built here is set up by one `lab.setup` and passes eve
 
 import json
 import re
-import subprocess
 import tarfile
 
 import pytest
+from boxes import remove_box
 from conftest import copy_project
 
 from bpflab import config
@@ -37,13 +37,8 @@ def trixie(tmp_path_factory):
     project.ready_boxes = []
     yield project
     project.invoke("lab.destroy", check=False)
-    for name in project.ready_boxes:  # each packaging makes a new box: leave none behind in Vagrant and libvirt
-        subprocess.run(["vagrant", "box", "remove", "--force", "--all", name], capture_output=True)
-        listing = subprocess.run(["virsh", "-c", "qemu:///system", "vol-list", "default"],
-                                 capture_output=True, text=True).stdout
-        for volume in (line.split()[0] for line in listing.splitlines()[2:] if line.strip()):
-            if volume.startswith(name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image"):
-                subprocess.run(["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", volume])
+    for name in project.ready_boxes:  # each packaging makes a new box: leave none behind
+        remove_box(name)
 
 
 def test_a_debian_13_vm_is_set_up_from_a_box_built_here(trixie):
