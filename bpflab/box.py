@@ -139,9 +139,15 @@ def archive_release(mirror: str, suite: str, timeout: float = 10.0) -> str | Non
 
 
 def cached_recipes() -> list[Recipe]:
-    """The recipes of the boxes in the cache, newest first."""
+    """The recipes of the boxes in the cache, newest first (a recipe of another bpflab version is skipped)."""
     paths = [path for path in (cache_dir() / "boxes").glob("*/recipe.json") if (path.parent / "bpflab.box").exists()]
-    return [Recipe.from_json(path.read_text()) for path in sorted(paths, key=lambda path: -path.stat().st_mtime)]
+    recipes = []
+    for path in sorted(paths, key=lambda path: -path.stat().st_mtime):
+        try:
+            recipes.append(Recipe.from_json(path.read_text()))
+        except (TypeError, ValueError):
+            continue
+    return recipes
 
 
 def current_recipe(config: Config) -> Recipe:
