@@ -105,8 +105,9 @@ SCHEMA: dict[str, Any] = {
         "apt_lock_timeout": Integer(0, 7200),
         "bcc": {
             "install": Choice("auto", "source", "package", "artifact"),
+            "build_on": Choice("auto", "vm", "host"),
             "repository": Text(r"(https?|git|file)://\S+|/\S+", "a git URL (https://, git://, file://) or a path"),
-            "version": Text(r"[\w.+-]+", "a release tag such as v0.31.0"),
+            "version": Text(r"[\w.+-]+", "a release tag such as v0.37.0"),
             "artifacts": Text(r"\S+", "a folder on the host, such as ~/.cache/bpflab/bcc-artifacts"),
         },
         "distributions": {name: {

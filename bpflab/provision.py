@@ -8,15 +8,20 @@ simply run again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import shlex
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fabric import Connection
 
-from .commands import remote_run
+from . import buildroot
+from .commands import remote_run, run
 from .config import Config
 from .console import say, step, warn
 from .errors import LabError
@@ -36,6 +41,7 @@ echo "distribution=$ID-$VERSION_ID"
 echo "arch=$(dpkg --print-architecture)"
 echo "kernel=$(uname -r)"
 echo "cpus=$(nproc)"
+echo "virt=$(systemd-detect-virt 2>/dev/null || true)"
 echo "memory_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
 echo "python_link=$(readlink /usr/bin/python || true)"
 echo "sshd_keepalive=$(tr '\n' ' ' < /etc/ssh/sshd_config.d/bpflab.conf 2>/dev/null || true)"
@@ -63,6 +69,7 @@ class Facts:
     no_candidate: set = field(default_factory=set)
     sshd_keepalive: str = ""
     ready_box: dict = field(default_factory=dict)
+    virt: str = ""
 
     @classmethod
     def parse(cls, text: str) -> Facts:
@@ -72,7 +79,8 @@ class Facts:
                    json.loads(values["stamp"]) if values["stamp"].strip() else {},
                    set(values["installed"].split()), set(values.get("no_candidate", "").split()),
                    values.get("sshd_keepalive", "").strip(),
-                   json.loads(values["ready_box"]) if values.get("ready_box", "").strip() else {})
+                   json.loads(values["ready_box"]) if values.get("ready_box", "").strip() else {},
+                   values.get("virt", "").strip())
 
 
 def gather(connection: Connection, optional: list[str]) -> Facts:
@@ -95,6 +103,8 @@ class Plan:
     sshd_keepalive: bool
     settings: dict
     artifact: Artifact | None = None
+    build_on: str = "vm"
+    build_why: str = ""
 
 
 def bcc_mode(setting: str, distribution: str) -> str:
@@ -103,7 +113,23 @@ def bcc_mode(setting: str, distribution: str) -> str:
     return "source" if distribution.startswith("ubuntu-") else "package"
 
 
-def plan(config: Config, facts: Facts) -> Plan:
+def build_place(setting: str, virt: str, unable: str | None) -> tuple[str, str]:
+    """Where a source build runs, vm or host, and why. Under software emulation (systemd-detect-virt
+    says qemu, not kvm) a build in the VM takes hours; on a host that can, minutes."""
+    if setting == "host" and unable:
+        raise LabError(f"lab.yaml asks for provision.bcc.build_on: host, but {unable}. Fix that, or set "
+                       "build_on to auto or vm in lab.yaml (a build in an emulated VM takes hours).")
+    if setting != "auto":
+        return setting, f"build_on: {setting} in lab.yaml"
+    if virt != "qemu":
+        return "vm", f"the VM is not emulated ({virt or 'unknown'})"
+    if unable:
+        return "vm", f"the VM is emulated, but {unable}: expect hours"
+    return "host", "the VM is emulated; the host builds at native speed"
+
+
+def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
+    """`host_unable`: why this host cannot build BCC for the VM (None: it can)."""
     distributions = config.provision.distributions
     if facts.distribution not in distributions:
         raise LabError(f"The VM runs {facts.distribution}, which lab.yaml has no packages for "
@@ -116,9 +142,13 @@ def plan(config: Config, facts: Facts) -> Plan:
     artifact = None
     if mode == "artifact" and built.get("version") != bcc["version"]:
         artifact = Artifact.find(config.bcc_artifacts, bcc["version"], facts.distribution, facts.arch)
+    build_bcc = mode == "source" and built != build_settings
+    where, why = build_place(bcc["build_on"], facts.virt, host_unable) if build_bcc else ("vm", "")
+    if where == "host":  # the VM gets the build as an artifact, made now unless one of these settings exists
+        artifact = Artifact.built_with(config.bcc_artifacts, build_settings, facts.distribution, facts.arch)
     wanted = list(distro["packages"]) + [f"linux-headers-{facts.kernel}"]
-    wanted += {"source": distro["bcc_build"], "package": distro["bcc_package"],
-               "artifact": artifact.runtime_packages if artifact else []}[mode]
+    wanted += {"source": distro["bcc_build"] if where == "vm" else [], "package": distro["bcc_package"],
+               "artifact": []}[mode] + (artifact.runtime_packages if artifact else [])
     missing = [name for name in dict.fromkeys(wanted) if name not in facts.installed]
     skipped = [name for name in missing if name in distro["optional"] and name in facts.no_candidate]
     return Plan(
@@ -127,11 +157,13 @@ def plan(config: Config, facts: Facts) -> Plan:
         optional=set(distro["optional"]),
         skipped=skipped,
         remove=[name for name in distro["bcc_conflicts"] if mode in ("source", "artifact") and name in facts.installed],
-        build_bcc=mode == "source" and built != build_settings,
+        build_bcc=build_bcc and artifact is None,
         link_python=facts.python_link not in ("python3", "/usr/bin/python3"),
         sshd_keepalive=facts.sshd_keepalive != " ".join(SSHD_KEEPALIVE.split()),
         settings=build_settings,
         artifact=artifact,
+        build_on=where,
+        build_why=why,
     )
 
 
@@ -212,21 +244,65 @@ def script(name: str, **environment: str) -> str:
     return with_variables((SCRIPTS / name).read_text(), environment)
 
 
+def build_phases(settings: dict, where: str) -> list[tuple[str, str, str]]:
+    """bcc-build.sh's phases, each with what it is and what to do when it fails."""
+    machine = "the VM's" if where == "vm" else "this host's"
+    return [("clone", f"git clone of BCC {settings['version']}",
+             f"Check provision.bcc.repository and version in lab.yaml, and {machine} network."),
+            ("build", "the BCC build", "Fix the cause shown above and run `invoke lab.provision` again."),
+            ("record", "listing the files BCC installed", "Run `invoke lab.provision` again.")]
+
+
+def build_script(phase: str, settings: dict, jobs: int, **extra: str) -> str:
+    return f"set -- {phase}\n" + script("bcc-build.sh", REPOSITORY=settings["repository"],
+                                         VERSION=settings["version"], LLVM_DIR=settings["llvm_dir"],
+                                         JOBS=str(jobs), **extra)
+
+
 def build_bcc(connection: Connection, facts: Facts, todo: Plan, log: Path) -> None:
-    """Clone BCC at the pinned tag with its submodules, build, install, record its files, stamp."""
-    settings = todo.settings
+    """Clone BCC at the pinned tag with its submodules, build, install and record its files in the VM; stamp."""
+    settings, build_log = todo.settings, log.with_name("bcc-build.log")
     jobs = make_jobs(facts.cpus, facts.memory_kb)
-    variables = {"REPOSITORY": settings["repository"], "VERSION": settings["version"],
-                 "LLVM_DIR": settings["llvm_dir"], "JOBS": jobs}
-    with step(f"Building BCC {settings['version']} from source (make -j{jobs}; long under emulation)") as current:
-        for phase, what, fix in (
-                ("clone", f"git clone of BCC {settings['version']}",
-                 "Check provision.bcc.repository and version in lab.yaml, and the VM's network."),
-                ("build", "the BCC build", "Fix the cause shown above and run `invoke lab.provision` again."),
-                ("record", "listing the files BCC installed", "Run `invoke lab.provision` again.")):
-            remote_run(connection, f"set -- {phase}\n" + script("bcc-build.sh", **variables), sudo=True,
-                       current=current, log=log, what=what, fix=fix)
+    with step(f"Building BCC {settings['version']} from source in the VM (make -j{jobs}; "
+              f"log: {build_log})") as current:
+        for phase, what, fix in build_phases(settings, "vm"):
+            remote_run(connection, build_script(phase, settings, jobs), sudo=True, current=current, log=build_log,
+                       what=what, fix=fix)
         write_stamp(connection, settings, "source", facts, log)
+
+
+def host_memory_kb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
+
+
+def build_on_host(config: Config, facts: Facts, todo: Plan, log: Path) -> Artifact:
+    """The same build on this host, in a root of the VM's distribution and release; its files
+    become an artifact in bcc.artifacts, exactly as an export of a build in the VM would."""
+    settings, build_log = todo.settings, log.with_name("bcc-build.log")
+    root = buildroot.BuildRoot.for_vm(config, facts.distribution,
+                                      config.provision.distributions[facts.distribution]["bcc_build"])
+    jobs = make_jobs(os.cpu_count() or 1, host_memory_kb())
+    with step(f"A {facts.distribution} build root on this host ({root.path}; made once, then cached)") as current:
+        path = root.ensure(current, build_log)
+    with step(f"Building BCC {settings['version']} on this host for {facts.distribution} (make -j{jobs}; "
+              f"log: {build_log})") as current:
+        for phase, what, fix in build_phases(settings, "host"):
+            if phase == "clone":  # with the host's git and its network (and its url.insteadOf settings)
+                source = path / "opt" / "bpflab" / f"bcc-{settings['version']}"
+                run(["bash", "-c", build_script(phase, settings, jobs, SOURCE_DIR=str(source))],
+                    current=current, log=build_log, what=what, fix=fix)
+            else:
+                buildroot.run_script(path, build_script(phase, settings, jobs), current=current, log=build_log,
+                                     what=what, fix=fix)
+        output = buildroot.run_script(path, script("bcc-export.sh"), current=current, log=build_log,
+                                      what="packing BCC's files in the build root",
+                                      fix="Run `invoke lab.provision` again.")
+    packed = path / "tmp" / "bpflab-bcc.tar.gz"
+    tarball = save_artifact(config, facts, settings, output, lambda partial: shutil.move(packed, partial), "host")
+    return Artifact.load(tarball.with_suffix("").with_suffix(".json"))
 
 
 @dataclass
@@ -248,6 +324,16 @@ class Artifact:
         data = json.loads(metadata.read_text())
         return cls(metadata.with_suffix(".tar.gz"), data["built"], data["distribution"], data["arch"],
                    data["runtime_packages"], data["sha256"])
+
+    @classmethod
+    def built_with(cls, folder: Path, built: dict, distribution: str, arch: str) -> Artifact | None:
+        """The artifact of exactly these build settings, if one was exported and is intact."""
+        metadata = folder / f"{cls.stem(built['version'], distribution, arch)}.json"
+        if not metadata.exists():
+            return None
+        artifact = cls.load(metadata)
+        intact = artifact.tarball.exists() and file_sha256(artifact.tarball) == artifact.sha256
+        return artifact if intact and artifact.built == built else None
 
     @classmethod
     def find(cls, folder: Path, version: str, distribution: str, arch: str) -> Artifact:
@@ -289,31 +375,42 @@ def export_bcc(connection: Connection, config: Config, log: Path, facts: Facts |
         raise LabError("The VM has no BCC built from source to export (its BCC comes from the distribution's "
                        "package, or provisioning has not run). Build it once with `bcc.install: source` in "
                        "lab.yaml and `invoke lab.provision`.")
-    folder = config.bcc_artifacts
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = Artifact.stem(built["version"], facts.distribution, facts.arch)
-    with step(f"Exporting BCC {built['version']} ({facts.distribution} {facts.arch}) to {folder}"):
+    with step(f"Exporting BCC {built['version']} ({facts.distribution} {facts.arch}) to {config.bcc_artifacts}"):
         output = remote_run(connection, script("bcc-export.sh"), sudo=True, log=log,
                             what="packing BCC's files in the VM",
                             fix="Run `invoke lab.provision` so the VM's BCC install is complete, then export again.")
-        values = dict(line.split("=", 1) for line in output.stdout.splitlines() if "=" in line)
-        partial = folder / f"{stem}.tar.gz.partial"
-        connection.get("/tmp/bpflab-bcc.tar.gz", str(partial))
-        remote_run(connection, "rm -f /tmp/bpflab-bcc.tar.gz /tmp/bpflab-bcc.list", sudo=True, log=log)
-        if file_sha256(partial) != values["sha256"]:
-            partial.unlink()
-            raise LabError("The BCC artifact arrived damaged (checksum mismatch). Run `invoke lab.bcc-export` again.")
-        tarball = partial.with_name(f"{stem}.tar.gz")
-        partial.replace(tarball)
-        metadata = {"built": built, "distribution": facts.distribution, "arch": facts.arch,
-                    "runtime_packages": values["runtime_packages"].split(), "sha256": values["sha256"],
-                    "exported_from_kernel": facts.kernel}
-        (folder / f"{stem}.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+        def fetch(partial: Path) -> None:
+            connection.get("/tmp/bpflab-bcc.tar.gz", str(partial))
+            remote_run(connection, "rm -f /tmp/bpflab-bcc.tar.gz /tmp/bpflab-bcc.list", sudo=True, log=log)
+        return save_artifact(config, facts, built, output.stdout, fetch, "vm")
+
+
+def save_artifact(config: Config, facts: Facts, built: dict, packed: str, fetch: Callable[[Path], object],
+                  origin: str) -> Path:
+    """Bring a packed build (bcc-export.sh's output says its checksum and runtime packages) into the
+    artifact folder with its metadata; `fetch(path)` puts the tarball at `path`."""
+    values = dict(line.split("=", 1) for line in packed.splitlines() if "=" in line)
+    folder = config.bcc_artifacts
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Artifact.stem(built["version"], facts.distribution, facts.arch)
+    partial = folder / f"{stem}.tar.gz.partial"
+    fetch(partial)
+    if file_sha256(partial) != values["sha256"]:
+        partial.unlink()
+        raise LabError("The BCC artifact arrived damaged (checksum mismatch). Run the same command again.")
+    tarball = partial.with_name(f"{stem}.tar.gz")
+    partial.replace(tarball)
+    metadata = {"built": built, "distribution": facts.distribution, "arch": facts.arch, "built_on": origin,
+                "runtime_packages": values["runtime_packages"].split(), "sha256": values["sha256"],
+                "exported_from_kernel": facts.kernel}
+    (folder / f"{stem}.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     say(f"[green]✓[/green] BCC artifact: {tarball} ({tarball.stat().st_size // 1024} KiB)")
     return tarball
 
 
-def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, log: Path) -> None:
+def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, log: Path,
+                     via: str = "artifact") -> None:
     """Unpack an exported BCC build into the VM: the seconds-long alternative to a source build."""
     with step(f"Installing BCC {artifact.built['version']} from {artifact.tarball.name}"):
         connection.put(str(artifact.tarball), "/tmp/bpflab-bcc.tar.gz")
@@ -323,7 +420,7 @@ def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, l
                    "rm -f /tmp/bpflab-bcc.tar.gz && ldconfig",
                    sudo=True, log=log, what="unpacking the BCC artifact",
                    fix="Run `invoke lab.provision` again; if it fails again, export the artifact again.")
-        write_stamp(connection, artifact.built, "artifact", facts, log)
+        write_stamp(connection, artifact.built, via, facts, log)
 
 
 def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]:
@@ -332,14 +429,21 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
     with step("Reading the VM's state"):
         optional = sorted({name for distro in config.provision.distributions.values() for name in distro["optional"]})
         facts = gather(connection, optional)
-    todo = plan(config, facts)
+    todo = plan(config, facts, buildroot.unable_reason(facts.arch))
     for name in todo.skipped:
         warn(f"{name} is not available on {facts.distribution}; skipped (it is marked optional)")
-    say(f"VM: {facts.distribution} {facts.arch}, kernel {facts.kernel}; BCC: {todo.bcc_mode}")
+    where = f", built on the {todo.build_on} ({todo.build_why})" if todo.build_bcc else ""
+    say(f"VM: {facts.distribution} {facts.arch}, kernel {facts.kernel}; BCC: {todo.bcc_mode}{where}")
     note = ready_box_note(config, facts)
     if note:
         say(note)
     changed = False
+    built_here = todo.build_bcc and todo.build_on == "host"
+    if built_here:  # first: the artifact names the packages its files need in the VM
+        artifact = build_on_host(config, facts, todo, log)
+        extra = [name for name in artifact.runtime_packages
+                 if name not in facts.installed and name not in todo.packages]
+        todo = dataclasses.replace(todo, build_bcc=False, artifact=artifact, packages=todo.packages + extra)
     if todo.remove:
         with step(f"Removing the distribution's BCC ({' '.join(todo.remove)}): it conflicts with a source build"):
             remote_run(connection, apt("purge " + " ".join(todo.remove), config.provision.apt_lock_timeout),
@@ -368,7 +472,7 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
         except LabError as error:
             warn(f"BCC is built, but exporting it as an artifact failed: {error}")
     elif todo.artifact:
-        install_artifact(connection, facts, todo.artifact, log)
+        install_artifact(connection, facts, todo.artifact, log, via="host" if built_here else "artifact")
         changed = True
     elif todo.bcc_mode in ("source", "artifact"):
         say(f"[green]✓[/green] BCC {todo.settings['version']}: installed already")

@@ -47,9 +47,9 @@ def use_fake_bcc(settings, original, install, version, artifacts):
     """Write lab.yaml to take BCC from the stand-in, with only the tools its build needs."""
     text = original.replace("install: auto", f"install: {install}")
     text = text.replace("repository: https://github.com/iovisor/bcc.git", "repository: file:///srv/fake-bcc.git")
-    text = text.replace("version: v0.31.0", f"version: {version}")
+    text = text.replace("version: v0.37.0", f"version: {version}")
     text = text.replace("artifacts: ~/.cache/bpflab/bcc-artifacts", f"artifacts: {artifacts}")
-    debian = text.index("    debian-12:")
+    debian = text.index("    debian-12:", text.index("  distributions:"))
     build = text.index("      bcc_build:", debian)
     end = text.index("      bcc_package:", build)
     settings.write_text(text[:build] + "      bcc_build: [cmake, make, gcc, libc6-dev, zlib1g-dev, git]\n" + text[end:])

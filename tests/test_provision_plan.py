@@ -9,13 +9,13 @@ from bpflab import config, provision
 from bpflab.errors import LabError
 
 PACKAGE_STAMP = {}
-BUILT_V31 = {"repository": "https://github.com/iovisor/bcc.git", "version": "v0.31.0",
+BUILT_V37 = {"repository": "https://github.com/iovisor/bcc.git", "version": "v0.37.0",
              "llvm_dir": "/usr/lib/llvm-14/lib/cmake/llvm"}
 
 
-def settings(tmp_path, install, version="v0.31.0"):
+def settings(tmp_path, install, version="v0.37.0"):
     text = config.DEFAULT_PATH.read_text().replace("install: auto", f"install: {install}")
-    text = text.replace("version: v0.31.0", f"version: {version}")
+    text = text.replace("version: v0.37.0", f"version: {version}")
     text = text.replace("artifacts: ~/.cache/bpflab/bcc-artifacts", "artifacts: artifacts")
     path = tmp_path / "lab.yaml"
     path.write_text(text)
@@ -27,11 +27,11 @@ def facts(stamp=PACKAGE_STAMP, installed=()):
                            set(installed))
 
 
-def export(folder, version="v0.31.0", distribution="debian-12", arch="amd64", runtime=("libelf1",), content=b"bcc"):
+def export(folder, version="v0.37.0", distribution="debian-12", arch="amd64", runtime=("libelf1",), content=b"bcc"):
     folder.mkdir(exist_ok=True)
     stem = provision.Artifact.stem(version, distribution, arch)
     (folder / f"{stem}.tar.gz").write_bytes(content)
-    metadata = {"built": {**BUILT_V31, "version": version}, "distribution": distribution, "arch": arch,
+    metadata = {"built": {**BUILT_V37, "version": version}, "distribution": distribution, "arch": arch,
                 "runtime_packages": list(runtime), "sha256": hashlib.sha256(content).hexdigest()}
     (folder / f"{stem}.json").write_text(json.dumps(metadata))
     return folder / f"{stem}.json"
@@ -41,7 +41,7 @@ def test_artifact_mode_installs_the_artifact_and_its_runtime_libraries(tmp_path)
     lab = settings(tmp_path, "artifact")
     export(tmp_path / "artifacts")
     todo = provision.plan(lab, facts(installed=["python3-bpfcc", "bpftrace"]))
-    assert todo.artifact and todo.artifact.built["version"] == "v0.31.0" and not todo.build_bcc
+    assert todo.artifact and todo.artifact.built["version"] == "v0.37.0" and not todo.build_bcc
     assert "libelf1" in todo.packages and "cmake" not in todo.packages and "python3-bpfcc" not in todo.packages
     assert todo.remove == ["python3-bpfcc"]
 
@@ -49,13 +49,13 @@ def test_artifact_mode_installs_the_artifact_and_its_runtime_libraries(tmp_path)
 def test_artifact_mode_is_satisfied_by_any_bcc_of_that_version(tmp_path):
     lab = settings(tmp_path, "artifact")  # no artifact on the host: not needed
     for via in ("source", "artifact"):
-        todo = provision.plan(lab, facts(stamp={"built": BUILT_V31, "via": via}))
+        todo = provision.plan(lab, facts(stamp={"built": BUILT_V37, "via": via}))
         assert todo.artifact is None and not todo.build_bcc
 
 
 def test_source_mode_rebuilds_only_when_the_build_settings_change(tmp_path):
-    assert not provision.plan(settings(tmp_path, "source"), facts(stamp={"built": BUILT_V31})).build_bcc
-    assert provision.plan(settings(tmp_path, "source", "v0.32.0"), facts(stamp={"built": BUILT_V31})).build_bcc
+    assert not provision.plan(settings(tmp_path, "source"), facts(stamp={"built": BUILT_V37})).build_bcc
+    assert provision.plan(settings(tmp_path, "source", "v0.32.0"), facts(stamp={"built": BUILT_V37})).build_bcc
 
 
 def test_a_missing_artifact_is_refused_naming_what_is_there(tmp_path):
@@ -63,8 +63,8 @@ def test_a_missing_artifact_is_refused_naming_what_is_there(tmp_path):
     with pytest.raises(LabError) as refused:
         provision.plan(settings(tmp_path, "artifact"), facts())
     message = str(refused.value)
-    assert "no BCC v0.31.0 built for debian-12 amd64" in message
-    assert "bcc-v0.31.0-ubuntu-22.04-amd64" in message and "lab.bcc-export" in message
+    assert "no BCC v0.37.0 built for debian-12 amd64" in message
+    assert "bcc-v0.37.0-ubuntu-22.04-amd64" in message and "lab.bcc-export" in message
 
 
 def test_an_artifact_whose_metadata_disagrees_with_its_name_is_refused(tmp_path):
@@ -116,3 +116,42 @@ def test_a_ready_box_from_other_settings_is_noticed(tmp_path):
     changed = settings(tmp_path, "source")
     assert "packaged on 2026-11-25T10:00:00Z with other provisioning settings" in \
         provision.ready_box_note(changed, from_box)
+
+
+@pytest.mark.parametrize("setting, virt, unable, where", [
+    ("auto", "qemu", None, "host"),     # software emulation, and the host can: native speed
+    ("auto", "qemu", "the host is not Linux", "vm"),
+    ("auto", "kvm", None, "vm"),        # hardware virtualization: the VM builds as fast
+    ("auto", "none", None, "vm"),       # a real machine of a room
+    ("vm", "qemu", None, "vm"),
+    ("host", "kvm", None, "host"),
+])
+def test_where_bcc_is_built(setting, virt, unable, where):
+    assert provision.build_place(setting, virt, unable)[0] == where
+
+
+def test_build_on_host_is_refused_where_the_host_cannot(tmp_path):
+    with pytest.raises(LabError, match="build_on: host, but the host is arm64 and the VM amd64"):
+        provision.build_place("host", "qemu", "the host is arm64 and the VM amd64")
+
+
+def emulated(stamp=PACKAGE_STAMP, installed=()):
+    return provision.Facts("debian-12", "amd64", "6.1.0-28-amd64", 2, 2_000_000, "python3", stamp,
+                           set(installed), virt="qemu")
+
+
+def test_a_host_build_keeps_the_build_tools_out_of_the_vm(tmp_path):
+    todo = provision.plan(settings(tmp_path, "source"), emulated(), host_unable=None)
+    assert todo.build_bcc and todo.build_on == "host" and todo.artifact is None
+    assert "cmake" not in todo.packages and "llvm-14-dev" not in todo.packages and "bpftrace" in todo.packages
+    in_vm = provision.plan(settings(tmp_path, "source"), emulated(), host_unable="no root here")
+    assert in_vm.build_on == "vm" and "expect hours" in in_vm.build_why and "llvm-14-dev" in in_vm.packages
+
+
+def test_a_host_build_of_the_same_settings_is_not_made_twice(tmp_path):
+    export(tmp_path / "artifacts")  # built with BUILT_V37, exactly lab.yaml's settings
+    todo = provision.plan(settings(tmp_path, "source"), emulated(), host_unable=None)
+    assert not todo.build_bcc and todo.artifact and todo.artifact.built == BUILT_V37
+    assert "libelf1" in todo.packages and "cmake" not in todo.packages
+    other = provision.plan(settings(tmp_path, "source", "v0.36.1"), emulated(), host_unable=None)
+    assert other.build_bcc and other.artifact is None
