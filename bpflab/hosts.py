@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,16 @@ import paramiko
 import yaml
 from fabric import Connection
 
-from .commands import UNREACHABLE
+from .commands import UNREACHABLE, remote_run
 from .config import Config
+from .console import Step
 from .errors import LabError
 from .vagrant import Endpoint
 from .vm import LabVM, select, select_one
 
 CONNECT_TIMEOUT = 15
+# How long a machine of a room may take to come back from a reboot.
+REBOOT_TIMEOUT = 600
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
 # What an inventory says for a host whose key is not checked (a local Vagrant VM).
 UNCHECKED_HOST_KEY = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
@@ -35,16 +39,19 @@ UNCHECKED_HOST_KEY = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/nul
 @dataclass
 class Host:
     """One machine to reach over SSH. `known_hosts` None: its host key is not checked;
-    `refresh`: how to learn its endpoint again when the one known stops answering."""
+    `refresh`: how to learn its endpoint again when the one known stops answering; `reload`: how
+    to restart it other than by a reboot over SSH (a local VM: through Vagrant)."""
     name: str
     endpoint: Endpoint
     known_hosts: Path | None
     title: str
     refresh: Callable[[], Endpoint] | None = None
+    reload: Callable[[Step | None], Endpoint] | None = None
 
     @classmethod
     def of_vm(cls, vm: LabVM) -> Host:
-        return cls(vm.machine, vm.endpoint(), None, vm.title, refresh=lambda: vm.endpoint(refresh=True))
+        return cls(vm.machine, vm.endpoint(), None, vm.title, refresh=lambda: vm.endpoint(refresh=True),
+                   reload=vm.reload)
 
     @property
     def subject(self) -> str:
@@ -95,6 +102,28 @@ class Host:
                             f"checking it: ssh-keyscan -p {self.endpoint.port} {self.endpoint.host} >> "
                             f"{self.known_hosts}")
         return LabError(f"{self.where} does not answer SSH ({error or type(error).__name__}).")
+
+    def restart(self, connection: Connection, current: Step | None = None) -> None:
+        """Restart the machine (into a new kernel) and wait until it answers SSH again;
+        `connection` is closed."""
+        if self.reload:
+            connection.close()
+            self.endpoint = self.reload(current)
+            return
+        booted = remote_run(connection, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+        remote_run(connection, "nohup sh -c 'sleep 2; reboot' >/dev/null 2>&1 &", sudo=True)
+        connection.close()
+        deadline = time.monotonic() + REBOOT_TIMEOUT
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            try:
+                with self.open() as again:
+                    if remote_run(again, "cat /proc/sys/kernel/random/boot_id").stdout.strip() != booted:
+                        return
+            except UNREACHABLE:
+                continue
+        raise LabError(f"{self.subject} was restarted into a new kernel but does not answer SSH after "
+                       f"{REBOOT_TIMEOUT} s. Look at its console; once it is up, run the same command again.")
 
     def answers(self) -> bool:
         """Whether a new connection succeeds now (a VM that vanished never closes the old one)."""

@@ -22,7 +22,7 @@ from . import console, provision, report, run, sync
 from .catalog import load_catalog, resolve
 from .commands import in_background, signals_as_interrupts, wait_for
 from .config import Config
-from .console import Board, escape, for_host, say, warn
+from .console import Board, escape, for_host, say, step, warn
 from .errors import LabError
 from .hosts import Host, choose
 from .runs import write_summary
@@ -86,7 +86,21 @@ def setup(hosts: list[Host], config: Config, root: Path, push_labs: bool = True)
     happens once, on the first host; the others then install it as an artifact."""
     def job_with(settings: Config):
         def job(host: Host, connection) -> dict:
-            changed, mode = provision.apply(connection, settings, root / "logs" / host.name / "provision.log")
+            log = root / "logs" / host.name / "provision.log"
+            outcome = provision.apply(connection, settings, log)
+            if outcome.restart_into:
+                with step(f"Restarting {host.title} into kernel {outcome.restart_into}") as current:
+                    host.restart(connection, current)
+                with host.connect() as connection:
+                    again = provision.apply(connection, settings, log)
+                    if again.restart_into:
+                        raise LabError(f"{host.subject} was restarted but came up with a kernel whose headers are "
+                                       f"missing again, not {outcome.restart_into}. See {log}; check its boot loader.")
+                    return finish(host, connection, dataclasses.replace(again, changed=True))
+            return finish(host, connection, outcome)
+
+        def finish(host: Host, connection, outcome: provision.Outcome) -> dict:
+            changed, mode = outcome.changed, outcome.bcc_mode
             checks = provision.doctor(connection)
             if len(hosts) == 1:
                 console.doctor_table(checks)

@@ -207,7 +207,9 @@ def wait_for_apt(connection: Connection, timeout: int) -> None:
                    fix="Another apt run holds the lock for too long; see `ps aux | grep apt` in `invoke lab.ssh`.")
 
 
-def install_packages(connection: Connection, config: Config, todo: Plan, log: Path) -> None:
+def install_packages(connection: Connection, config: Config, facts: Facts, todo: Plan, log: Path) -> str:
+    """Install what is missing. When the running kernel's headers are gone from the package sources,
+    the distribution's current kernel and its headers come too: then its release, else ''."""
     timeout = config.provision.apt_lock_timeout
     wait_for_apt(connection, timeout)
     with step(f"Installing {len(todo.packages)} packages") as current:
@@ -215,18 +217,40 @@ def install_packages(connection: Connection, config: Config, todo: Plan, log: Pa
                    what="apt-get update", fix="Check the VM's network (`invoke lab.ssh`) and run provision again.")
         unavailable = remote_run(connection, f"bash -c {shlex.quote(APT_UNAVAILABLE)} apt-unavailable "
                                              f"{' '.join(todo.packages)}", log=log).stdout.split()
+        running_headers = f"linux-headers-{facts.kernel}"
         skipped = [name for name in unavailable if name in todo.optional]
-        required = [name for name in unavailable if name not in todo.optional]
+        required = [name for name in unavailable if name not in todo.optional and name != running_headers]
         if required:
             raise LabError(f"These required packages do not exist on this distribution: {' '.join(required)}. "
                            "Fix provision.distributions in lab.yaml (or mark them optional).")
         for name in skipped:
             warn(f"{name} is not available on this distribution; skipped (it is marked optional)")
-        install = [name for name in todo.packages if name not in skipped]
+        install = [name for name in todo.packages if name not in skipped and name not in unavailable]
+        target, retire = current_kernel(connection, facts, log) if running_headers in unavailable else ("", "")
+        if target:
+            install += [f"linux-image-{target}", f"linux-headers-{target}"]
         if install:
             remote_run(connection, apt("install --no-install-recommends " + " ".join(install), timeout),
                        sudo=True, current=current, log=log, what="apt-get install",
                        fix="Run `invoke lab.provision` again; it retries what is still missing.")
+        if retire:  # it is newer, so it would boot again; its own headers are nowhere to be had
+            remote_run(connection, "echo 'linux-base linux-base/removing-running-kernel boolean false' | "
+                                   "debconf-set-selections && " + apt(f"purge {retire}", timeout),
+                       sudo=True, current=current, log=log, what=f"removing the kernel {facts.kernel}",
+                       fix="Run `invoke lab.provision` again.")
+    return target
+
+
+def current_kernel(connection: Connection, facts: Facts, log: Path) -> tuple[str, str]:
+    """The kernel to move to when the running one has no headers in the sources, and the package
+    of the running one if it must go (see kernel-target.sh)."""
+    output = remote_run(connection, script("kernel-target.sh"), sudo=True, log=log,
+                        what=f"looking for a kernel with headers (the running {facts.kernel} has none in the "
+                             "package sources)",
+                        fix="The machine's apt sources offer no kernel with its headers. Add the distribution's "
+                            "main archive to its apt sources, or install linux-headers for its kernel by hand.")
+    values = dict(line.split("=", 1) for line in output.stdout.splitlines() if "=" in line)
+    return values["target"], values["retire"]
 
 
 def write_stamp(connection: Connection, built: dict, via: str, facts: Facts, log: Path) -> None:
@@ -423,8 +447,17 @@ def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, l
         write_stamp(connection, artifact.built, via, facts, log)
 
 
-def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]:
-    """Provision the VM; whether something changed, and how BCC was installed."""
+@dataclass
+class Outcome:
+    """What provisioning did: whether something changed, how BCC was installed, and the kernel
+    the machine must restart into before it can go on (a new kernel's headers are installed)."""
+    changed: bool
+    bcc_mode: str
+    restart_into: str = ""
+
+
+def apply(connection: Connection, config: Config, log: Path) -> Outcome:
+    """Provision the VM, or stop where it must restart into a new kernel (then run again)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with step("Reading the VM's state"):
         optional = sorted({name for distro in config.provision.distributions.values() for name in distro["optional"]})
@@ -450,7 +483,11 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
                        sudo=True, log=log, what="removing the distribution's BCC")
         changed = True
     if todo.packages:
-        install_packages(connection, config, todo, log)
+        new_kernel = install_packages(connection, config, facts, todo, log)
+        if new_kernel:
+            say(f"The running kernel {facts.kernel} has no headers in the package sources any more (BCC needs "
+                f"them): installed the distribution's current kernel {new_kernel} and its headers.")
+            return Outcome(True, todo.bcc_mode, new_kernel)
         changed = True
     else:
         say("[green]✓[/green] Packages: all installed")
@@ -476,7 +513,7 @@ def apply(connection: Connection, config: Config, log: Path) -> tuple[bool, str]
         changed = True
     elif todo.bcc_mode in ("source", "artifact"):
         say(f"[green]✓[/green] BCC {todo.settings['version']}: installed already")
-    return changed, todo.bcc_mode
+    return Outcome(changed, todo.bcc_mode)
 
 
 def doctor(connection: Connection) -> list[tuple[str, bool, str]]:

@@ -226,6 +226,13 @@ class LabVM:
         with step(f"Halting {self.title}", f"{self.subject} is halted") as current:
             self.vagrant("halt", self.machine, current=current)
 
+    def reload(self, current=None) -> Endpoint:
+        """Restart the VM through Vagrant (so Vagrant's view of it stays right); its endpoint after."""
+        self.state.forget("ssh-config")
+        self.vagrant("reload", self.machine, current=current,
+                     fix=f"See {self.state_dir / 'vagrant.log'}; `invoke lab.up` starts it if it stayed down.")
+        return self.endpoint(refresh=True)
+
     def destroy(self) -> None:
         self.state.forget("ssh-config")
         if statuses([self])[self.machine].created:

@@ -43,10 +43,12 @@ def fake_repository_tarball(folder):
     return folder / "repo.tar.gz"
 
 
-def use_fake_bcc(settings, original, install, version, artifacts):
-    """Write lab.yaml to take BCC from the stand-in, with only the tools its build needs."""
-    text = original.replace("install: auto", f"install: {install}")
-    text = text.replace("repository: https://github.com/iovisor/bcc.git", "repository: file:///srv/fake-bcc.git")
+def use_fake_bcc(settings, original, install, version, artifacts, build_on="vm",
+                 repository="file:///srv/fake-bcc.git"):
+    """Write lab.yaml to take BCC from the stand-in, with only the tools its build needs. The
+    repository must answer where the build runs (the VM's /srv by default)."""
+    text = original.replace("install: auto", f"install: {install}").replace("build_on: auto", f"build_on: {build_on}")
+    text = text.replace("repository: https://github.com/iovisor/bcc.git", f"repository: {repository}")
     text = text.replace("version: v0.37.0", f"version: {version}")
     text = text.replace("artifacts: ~/.cache/bpflab/bcc-artifacts", f"artifacts: {artifacts}")
     debian = text.index("    debian-12:", text.index("  distributions:"))

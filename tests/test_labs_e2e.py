@@ -464,8 +464,9 @@ def fake_bcc(lab, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fake-bcc")
     original = (lab.path / "lab.yaml").read_text()
 
-    def use(install, version):
-        use_fake_bcc(lab.path / "lab.yaml", original, install, version, folder / "artifacts")
+    def use(install, version, build_on="vm"):
+        repository = f"file://{folder / 'fake-bcc.git'}" if build_on != "vm" else "file:///srv/fake-bcc.git"
+        use_fake_bcc(lab.path / "lab.yaml", original, install, version, folder / "artifacts", build_on, repository)
 
     use.artifacts = folder / "artifacts"
     use.repository = fake_repository_tarball(folder)
@@ -537,6 +538,26 @@ def test_artifact_mode_refuses_a_version_it_does_not_have(lab, seat_b, fake_bcc)
     refused = lab.invoke("lab.provision", "--vm", seat_b, check=False)
     assert refused.returncode == 1 and "has no BCC v9 built for debian-12 amd64" in refused.stdout
     assert "bcc-v2-debian-12-amd64" in refused.stdout and "Traceback" not in refused.stdout
+
+
+def test_an_emulated_vm_gets_bcc_built_on_the_host(lab, seat_b, fake_bcc):
+    """`build_on: auto` with a VM under software emulation: BCC (the stand-in's v1, from a repository
+    on the host) is built on this host in a Debian 12 root and installed into lab2, which never
+    built BCC (its v2 came as an artifact) and gets none of the build tools; its checks pass, the
+    export is the same as a VM's, and provisioning again changes nothing."""
+    fake_bcc("source", "v1", build_on="auto")
+    built = lab.invoke("lab.provision", "--vm", seat_b).stdout
+    assert "BCC: source, built on the host (the VM is emulated; the host builds at native speed)" in built
+    assert "Building BCC v1 on this host for debian-12" in built
+    assert "Installing BCC v1 from bcc-v1-debian-12-amd64.tar.gz" in built and "Building BCC v1 from" not in built
+    metadata = json.loads((fake_bcc.artifacts / "bcc-v1-debian-12-amd64.json").read_text())
+    assert metadata["built_on"] == "host" and "zlib1g" in metadata["runtime_packages"]
+    assert (lab.path / "logs" / seat_b / "bcc-build.log").exists()
+    stamp = json.loads(vm_shell(lab, "cat /var/lib/bpflab/bcc.json", seat_b))
+    assert stamp["built"] == metadata["built"] and stamp["via"] == "host"
+    assert vm_shell(lab, "command -v cmake gcc || true", seat_b).strip() == ""
+    assert "BCC fake-v1" in lab.invoke("lab.doctor", "--vm", seat_b).stdout
+    assert "nothing to do" in lab.invoke("lab.provision", "--vm", seat_b).stdout
 
 
 # The second VM's life cycle, addressed by name; then fewer VMs in lab.yaml. --------

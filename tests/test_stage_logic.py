@@ -51,18 +51,39 @@ def debian_packages(settings, kernel="6.1.0-28-amd64"):
 def test_a_provisioned_machine_gets_only_the_facts_read(tmp_path):
     settings = config.load()
     connection = RecordingConnection([("distribution=", facts_output(debian_packages(settings)))])
-    changed, mode = provision.apply(connection, settings, tmp_path / "provision.log")
-    assert (changed, mode) == (False, "package") and len(connection.commands) == 1
+    outcome = provision.apply(connection, settings, tmp_path / "provision.log")
+    assert outcome == provision.Outcome(False, "package") and len(connection.commands) == 1
 
 
 def test_missing_packages_are_installed_in_one_apt_call(tmp_path):
     settings = config.load()
     have = [name for name in debian_packages(settings) if name not in ("bpftrace", "linux-headers-6.1.0-28-amd64")]
     connection = RecordingConnection([("distribution=", facts_output(have)), ("apt-unavailable", "")])
-    changed, _ = provision.apply(connection, settings, tmp_path / "provision.log")
+    outcome = provision.apply(connection, settings, tmp_path / "provision.log")
     (install,) = connection.ran("apt-get .* install")
-    assert changed and install.endswith("install --no-install-recommends bpftrace linux-headers-6.1.0-28-amd64' 2>&1")
-    assert connection.ran("apt-get .* update") and not connection.ran("purge|git clone")
+    assert outcome.changed and not outcome.restart_into
+    assert install.endswith("install --no-install-recommends bpftrace linux-headers-6.1.0-28-amd64' 2>&1")
+    assert connection.ran("apt-get .* update") and not connection.ran("purge|git clone|bpflab-kernels")
+
+
+@pytest.mark.parametrize("retire", ["linux-image-6.12.12+bpo-amd64", ""])
+def test_a_kernel_whose_headers_are_gone_is_replaced_by_the_distributions_current_one(tmp_path, retire):
+    """A box's backports kernel (newer: it must go, or it would boot again) or a kernel an update
+    replaced (older: the new one boots first anyway): the current kernel and its headers come
+    with the other packages, and provisioning stops there for a restart into it."""
+    settings = config.load()
+    aged = "6.12.12+bpo-amd64" if retire else "6.1.0-27-amd64"
+    have = [name for name in debian_packages(settings, aged) if not name.startswith("linux-headers")]
+    connection = RecordingConnection([("distribution=", facts_output(have, kernel=aged)),
+                                      ("apt-unavailable", f"linux-headers-{aged}\n"),
+                                      ("bpflab-kernels", f"target=6.1.0-28-amd64\nretire={retire}\n")])
+    outcome = provision.apply(connection, settings, tmp_path / "provision.log")
+    assert outcome == provision.Outcome(True, "package", "6.1.0-28-amd64")
+    (install,) = connection.ran("apt-get .* install")
+    assert install.endswith("install --no-install-recommends linux-image-6.1.0-28-amd64 "
+                            "linux-headers-6.1.0-28-amd64' 2>&1") and aged not in install
+    purged = connection.ran("removing-running-kernel boolean false.*apt-get .* purge")
+    assert [command.endswith(f"purge {retire}' 2>&1") for command in purged] == ([True] if retire else [])
 
 
 SUPERVISOR_OUTPUT = ("Compiling...\nAttached. Hit Ctrl-C to end.\nHello World!\nHello World!\n"
