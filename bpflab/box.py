@@ -4,8 +4,9 @@ The Vagrant box catalog is closing, so bpflab makes its boxes: mmdebstrap builds
 the root file system from the distribution's archive (Debian or Ubuntu), it goes
 onto an MBR disk with GRUB for BIOS, and the disk is packed as a libvirt box.
 The box is cached outside the repo under a hash of its recipe, which includes the
-archive's current release, so a point release that replaced the kernel (and its
-headers) makes a new box instead of one whose kernel has no headers any more.
+archive's current release and the kernel it serves now, so a box made before the
+archive replaced its kernel (and so its headers) is made again instead of booting a
+kernel whose headers the VM cannot install.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import lzma
 import os
 import shutil
 import subprocess
@@ -76,6 +78,7 @@ class Recipe:
     components: tuple
     keyring: str
     archive_release: str
+    kernel: str
     disk_gb: int
     packages: tuple
     guest_files: tuple
@@ -84,12 +87,12 @@ class Recipe:
     build_revision: int
 
     @classmethod
-    def from_config(cls, config: Config, archive_release: str) -> Recipe:
+    def from_config(cls, config: Config, archive_release: str, kernel: str = "") -> Recipe:
         distribution = config.vm.distribution
         archive = config.local_box.archives[distribution]
         packages = (*PACKAGES, KERNELS[family(distribution)])
         return cls(distribution, archive["mirror"], archive["suite"], tuple(archive["components"]),
-                   archive["keyring"], archive_release, config.local_box.disk_gb, packages,
+                   archive["keyring"], archive_release, kernel, config.local_box.disk_gb, packages,
                    tuple(sorted(GUEST_FILES.items())), KERNEL_CMDLINE, BOX_VAGRANTFILE, BUILD_REVISION)
 
     @property
@@ -138,6 +141,25 @@ def archive_release(mirror: str, suite: str, timeout: float = 10.0) -> str | Non
     return (fields.get("Version") or fields.get("Date") or "").strip() or None
 
 
+def suite_kernel(mirror: str, suite: str, component: str, package: str, timeout: float = 30.0) -> str | None:
+    """The version of the kernel meta package `package` that the suite serves now (from its amd64
+    package index, read only as far as that package), or None when the archive does not answer."""
+    wanted, decompressor, text = f"Package: {package}\n", lzma.LZMADecompressor(), ""
+    try:
+        with urllib.request.urlopen(f"{mirror.rstrip('/')}/dists/{suite}/{component}/binary-amd64/Packages.xz",
+                                    timeout=timeout) as answer:
+            while chunk := answer.read(1 << 16):
+                text += decompressor.decompress(chunk).decode(errors="replace")
+                *paragraphs, text = text.split("\n\n")
+                for paragraph in paragraphs:
+                    if paragraph.startswith(wanted):
+                        return next(line.split(":", 1)[1].strip() for line in paragraph.splitlines()
+                                    if line.startswith("Version:"))
+    except (urllib.error.URLError, OSError, lzma.LZMAError, StopIteration):
+        return None
+    return None
+
+
 def cached_recipes() -> list[Recipe]:
     """The recipes of the boxes in the cache, newest first (a recipe of another bpflab version is skipped)."""
     paths = [path for path in (cache_dir() / "boxes").glob("*/recipe.json") if (path.parent / "bpflab.box").exists()]
@@ -151,14 +173,18 @@ def cached_recipes() -> list[Recipe]:
 
 
 def current_recipe(config: Config) -> Recipe:
-    """The recipe for the archive as it is now; offline, the newest cached box of the same recipe."""
-    archive = config.local_box.archives[config.vm.distribution]
+    """The recipe for the archive as it is now (its release and its kernel); offline, the newest
+    cached box of the same recipe."""
+    distribution = config.vm.distribution
+    archive = config.local_box.archives[distribution]
     release = archive_release(archive["mirror"], archive["suite"])
-    if release:
-        return Recipe.from_config(config, release)
+    kernel = release and suite_kernel(archive["mirror"], archive["suite"], archive["components"][0],
+                                      KERNELS[family(distribution)])
+    if release and kernel:
+        return Recipe.from_config(config, release, kernel)
     wanted = Recipe.from_config(config, "")
     for recipe in cached_recipes():
-        if replace(recipe, archive_release="") == wanted:
+        if replace(recipe, archive_release="", kernel="") == wanted:
             warn(f"{archive['mirror']} does not answer; using the cached {config.vm.distribution} box made "
                  f"from {archive['suite']} {recipe.archive_release}.")
             return recipe

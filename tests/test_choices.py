@@ -1,6 +1,7 @@
 """Provider, acceleration and box choice: pure decisions, tested as tables."""
 
 import dataclasses
+import lzma
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,7 @@ def test_box_recipe_hash_follows_everything_the_box_is_made_from():
     bigger = dataclasses.replace(settings, local_box=dataclasses.replace(settings.local_box, disk_gb=32))
     assert box.Recipe.from_config(bigger, "12.15").digest != first.digest
     assert box.Recipe.from_config(settings, "12.16").digest != first.digest  # a point release: a new kernel
+    assert box.Recipe.from_config(settings, "12.15", "6.1.176-1").digest != first.digest  # the kernel itself
     assert box.Recipe.from_config(with_box("local", "debian-13"), "12.15").digest != first.digest
     assert first.box_name.startswith("bpflab/debian-12-") and first.digest in str(first.box_file)
 
@@ -167,6 +169,17 @@ def test_the_archive_release_comes_from_the_release_file(tmp_path):
     (tmp_path / "dists" / "trixie" / "Release").write_text("Origin: Debian\nVersion: 13.8\nCodename: trixie\n")
     assert box.archive_release(tmp_path.as_uri(), "trixie") == "13.8"
     assert box.archive_release(tmp_path.as_uri(), "sid") is None
+
+
+def test_the_kernel_the_suite_serves_comes_from_its_package_index(tmp_path):
+    index = tmp_path / "dists" / "bookworm" / "main" / "binary-amd64"
+    index.mkdir(parents=True)
+    paragraphs = [f"Package: filler{number}\nVersion: 1.{number}\nDescription: {'x' * 200}" for number in range(900)]
+    paragraphs.insert(600, "Package: linux-image-amd64\nSource: linux-signed-amd64 (6.1.176+1)\nVersion: 6.1.176-1")
+    (index / "Packages.xz").write_bytes(lzma.compress(("\n\n".join(paragraphs) + "\n").encode()))
+    assert box.suite_kernel(tmp_path.as_uri(), "bookworm", "main", "linux-image-amd64") == "6.1.176-1"
+    assert box.suite_kernel(tmp_path.as_uri(), "bookworm", "main", "linux-image-virtual") is None
+    assert box.suite_kernel(tmp_path.as_uri(), "trixie", "main", "linux-image-amd64") is None
 
 
 def test_state_remembered_before_several_vms_moves_to_lab(tmp_path):
