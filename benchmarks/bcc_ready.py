@@ -108,7 +108,11 @@ def main():
         fresh_vm(project, options.vm_git_config)
         distribution = settings.vm.distribution
         packages = settings.provision.distributions[distribution]["bcc_build"]
-        cached = (buildroot.BuildRoot.for_vm(settings, distribution, packages).path / ".complete").exists()
+        root_path = buildroot.BuildRoot.for_vm(settings, distribution, packages).path
+        cached = (root_path / ".complete").exists()
+        # A whole build: an earlier run's source and objects would let make resume.
+        subprocess.run(["rm", "-rf", str(root_path / "opt" / "bpflab" / f"bcc-{settings.provision.bcc['version']}")],
+                       check=True)
         set_bcc(project, "source", "host", artifacts)
         seconds, output = invoke(project, "lab.provision", env=env)
         version = re.search(r"BCC (\S+)", output.split("import bcc", 1)[1]).group(1)

@@ -21,11 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from boxes import remove_box  # noqa: E402
-
 from bpflab.box import ready_box_description, ready_box_name  # noqa: E402
 
 from benchkit import copy_project, destroy_vms, report  # noqa: E402
+from boxes import remove_box  # noqa: E402
 
 
 def timed(project: Path, *task: str, cache: Path | None = None) -> float:

@@ -7,13 +7,14 @@ import re
 import tarfile
 
 import pytest
-from boxes import remove_box
-from conftest import copy_project
 
 from bpflab import config
 from bpflab.commands import remote_run
 from bpflab.hosts import Host
 from bpflab.vm import LabVM
+
+from boxes import remove_box
+from conftest import copy_project
 
 pytestmark = pytest.mark.vm
 

@@ -22,6 +22,7 @@ from bpflab.commands import remote_run
 from bpflab.hosts import Host
 from bpflab.vm import LabVM
 
+from ansible_run import ansible_playbook
 from fakebcc import fake_repository_tarball, use_fake_bcc
 from netdrop import drop_ssh_connection, restore
 
@@ -94,20 +95,6 @@ def test_provisioning_again_changes_nothing(lab):
     for check in ("BPF syscall", "kprobes", "BTF", "tracefs", "kernel headers", "import bcc", "bpftrace"):
         assert check in again.stdout
     assert "missing" not in again.stdout
-
-
-def ansible_playbook(project, machine):
-    """`ansible-playbook ansible/site.yml` against one lab VM, through `lab.inventory`; the changed count."""
-    project.invoke("lab.inventory", "--vm", machine)
-    result = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", ".vagrant/bpflab/inventory.yml",
-         "ansible/site.yml"], cwd=project.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, timeout=1800, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
-    print(result.stdout)
-    assert result.returncode == 0, result.stdout
-    recap = re.search(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)
-    assert recap, result.stdout
-    return int(recap.group(1))
 
 
 def test_sync_without_changes_is_a_no_op(lab):
