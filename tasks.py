@@ -32,10 +32,11 @@ ROOM = {"inventory": "an Ansible YAML inventory: do it on every host in it, at o
 SETUP_ALL = "`invoke lab.setup --vm all` does it for them all at once."
 
 
-@task(klass=LabTask)
-def host_setup(c):
+@task(klass=LabTask, help={"hashicorp": "where the distribution has no vagrant package: install HashiCorp's "
+                                          "and build vagrant-libvirt (otherwise the steps are printed)"})
+def host_setup(c, hashicorp=False):
     """Install Vagrant, vagrant-libvirt, libvirt, qemu and the box tools; start libvirtd."""
-    host.setup()
+    host.setup(hashicorp)
 
 
 @task(klass=LabTask)

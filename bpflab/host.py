@@ -76,26 +76,56 @@ def with_candidate(packages: list[str]) -> set[str]:
     return offered
 
 
-def vagrant_advice(missing: list[str], offered: set[str], plugin_installed: bool) -> str | None:
-    """What to do where the distribution has no Vagrant package (Ubuntu from 24.04 on), or None."""
+# Vagrant where the distribution has none: HashiCorp's apt repository, then the libvirt plugin
+# built against the host's libvirt. (command, whether it needs root)
+HASHICORP_STEPS = [
+    ("curl -fsSL https://apt.releases.hashicorp.com/gpg | gpg --dearmor --yes "
+     "-o /usr/share/keyrings/hashicorp-archive-keyring.gpg", True),
+    ("echo \"deb [signed-by=/usr/share/keyrings/hashicorp-archive-keyring.gpg] https://apt.releases.hashicorp.com "
+     "$(. /etc/os-release; echo $VERSION_CODENAME) main\" > /etc/apt/sources.list.d/hashicorp.list", True),
+    ("apt-get update -q && apt-get install -y -q vagrant", True),
+]
+PLUGIN_STEPS = [
+    ("apt-get install -y -q libvirt-dev pkg-config gcc make libxml2-dev libxslt1-dev zlib1g-dev", True),
+    ("vagrant plugin install vagrant-libvirt", False),
+]
+
+
+def vagrant_steps(missing: list[str], offered: set[str], plugin_installed: bool) -> list[tuple[str, bool]]:
+    """What it takes to get Vagrant and vagrant-libvirt where the distribution lacks them (Ubuntu
+    from 24.04 on); none where its packages will do."""
     if "vagrant" in missing and "vagrant" not in offered:
-        return ("This host's distribution has no vagrant package (Ubuntu dropped it from 24.04 on). Install "
-                "Vagrant from HashiCorp's apt repository, then its libvirt plugin with its build dependencies:\n"
-                "  wget -O - https://apt.releases.hashicorp.com/gpg | sudo gpg --dearmor -o "
-                "/usr/share/keyrings/hashicorp-archive-keyring.gpg\n"
-                "  echo \"deb [signed-by=/usr/share/keyrings/hashicorp-archive-keyring.gpg] "
-                "https://apt.releases.hashicorp.com $(. /etc/os-release; echo $VERSION_CODENAME) main\" "
-                "| sudo tee /etc/apt/sources.list.d/hashicorp.list\n"
-                "  sudo apt-get update && sudo apt-get install -y vagrant\n" + PLUGIN_STEPS +
-                "Then run `invoke host.setup` again.")
+        return HASHICORP_STEPS + PLUGIN_STEPS
     if "vagrant-libvirt" in missing and "vagrant-libvirt" not in offered and not plugin_installed:
-        return ("Vagrant is installed, but this host's distribution has no vagrant-libvirt package. Install "
-                "the plugin with its build dependencies:\n" + PLUGIN_STEPS + "Then run `invoke host.setup` again.")
-    return None
+        return PLUGIN_STEPS
+    return []
 
 
-PLUGIN_STEPS = ("  sudo apt-get install -y libvirt-dev pkg-config gcc make libxml2-dev libxslt1-dev zlib1g-dev\n"
-                "  vagrant plugin install vagrant-libvirt\n")
+def shown(command: str, root: bool) -> str:
+    if not root or os.geteuid() == 0:
+        return command
+    return f"sudo sh -c '{command}'" if any(mark in command for mark in "|>&") else f"sudo {command}"
+
+
+def vagrant_advice(steps: list[tuple[str, bool]]) -> str | None:
+    """The steps as a message to act on, or None when there are none."""
+    if not steps:
+        return None
+    what = ("This host's distribution has no vagrant package (Ubuntu dropped it from 24.04 on). Install Vagrant "
+            "from HashiCorp's apt repository, then its libvirt plugin with its build dependencies:"
+            if steps[0] in HASHICORP_STEPS else
+            "Vagrant is installed, but this host's distribution has no vagrant-libvirt package. Install the plugin "
+            "with its build dependencies:")
+    listing = "".join(f"  {shown(command, root)}\n" for command, root in steps)
+    return f"{what}\n{listing}Then run `invoke host.setup` again, or let `invoke host.setup --hashicorp` do all of it."
+
+
+def run_vagrant_steps(steps: list[tuple[str, bool]]) -> None:
+    for command, root in steps:
+        with step(f"Vagrant from HashiCorp: {command.split(' -o ')[0][:70]}") as current:
+            shell = ["sh", "-c", command]
+            run(privileged(shell) if root else shell, current=current,
+                fix="Run the remaining steps of `invoke host.setup`'s advice by hand, then `invoke host.setup`.")
 
 
 def libvirt_plugin_installed() -> bool:
@@ -176,8 +206,9 @@ def ensure_kvm_device_group() -> None:
         say("[green]✓[/green] /dev/kvm set to root:kvm 0660 (what udev does on a stock host)")
 
 
-def setup() -> None:
-    """Install the host tools (idempotent) and make libvirt answer."""
+def setup(hashicorp: bool = False) -> None:
+    """Install the host tools (idempotent) and make libvirt answer. Where the distribution has no
+    Vagrant, say how to get HashiCorp's, or (`hashicorp`) get it."""
     os_release = Path("/etc/os-release").read_text() if Path("/etc/os-release").exists() else ""
     if platform.system() != "Linux" or not is_debian_like(os_release):
         raise LabError(OTHER_SYSTEMS)
@@ -188,7 +219,7 @@ def setup() -> None:
         with step("Updating the host's package lists") as current:
             run(privileged(["apt-get", "update", "-q"]), current=current, env=env)
     offered = with_candidate(missing) if missing else set()
-    advice = vagrant_advice(missing, offered, libvirt_plugin_installed())
+    vagrant_from_hashicorp = vagrant_steps(missing, offered, libvirt_plugin_installed())
     if UBUNTU_KEYRING in missing and UBUNTU_KEYRING not in offered:
         say(f"{UBUNTU_KEYRING} is not in this host's apt sources (on Debian 12 it is in bookworm-backports): "
             "only Ubuntu boxes need it.")
@@ -204,8 +235,10 @@ def setup() -> None:
                 current=current, env=env, fix="Install them by hand and run `invoke host.setup` again.")
     else:
         say("[green]✓[/green] Host packages already installed")
-    if advice:
-        raise LabError(advice)
+    if vagrant_from_hashicorp and hashicorp:
+        run_vagrant_steps(vagrant_from_hashicorp)
+    elif vagrant_from_hashicorp:
+        raise LabError(vagrant_advice(vagrant_from_hashicorp))
     ensure_kvm_device_group()
     if libvirt.answers():
         say(f"[green]✓[/green] libvirtd answers on {libvirt.URI}")

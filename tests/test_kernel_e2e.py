@@ -29,7 +29,10 @@ def aged(tmp_path_factory):
     settings.write_text(text)
     project.invoke("host.setup")
     recipe = cache_box_with_a_kernel_without_headers(config.load(settings))
+    project.seats = []
     yield project
+    for seat in project.seats:  # a VM still being made would outlive lab.destroy
+        seat.join(timeout=2400)
     project.invoke("lab.destroy", check=False)
     forget_cached_box(recipe)
 
@@ -52,10 +55,11 @@ def test_one_setup_moves_the_vm_to_a_kernel_with_headers_and_so_does_ansible(age
             ansible["error"] = error
 
     seat = threading.Thread(target=by_ansible, daemon=True)
+    aged.seats.append(seat)
     seat.start()
     setup = aged.invoke("lab.setup", "--vm", "lab").stdout
     first = re.search(r"VM: debian-12 amd64, kernel (\S+); BCC: package", setup)
-    assert first and "bpo" in first.group(1), setup
+    assert first and not first.group(1).startswith("6.1.0-"), setup  # bookworm-backports: 6.12
     assert f"The running kernel {first.group(1)} has no headers in the package sources any more" in setup
     target = re.search(r"Restarting the lab VM lab into kernel (6\.1\.0-\S+-amd64)", setup)
     assert target, setup
@@ -67,6 +71,6 @@ def test_one_setup_moves_the_vm_to_a_kernel_with_headers_and_so_does_ansible(age
 
     seat.join(timeout=2400)
     assert "error" not in ansible, ansible.get("error")
-    assert "bpo" in ansible["booted"] and ansible["changed"] > 0
+    assert ansible["booted"] == first.group(1) and ansible["changed"] > 0
     assert vm_shell(aged, "uname -r", "lab2") == target.group(1)
     assert "missing" not in aged.invoke("lab.doctor", "--vm", "lab2").stdout

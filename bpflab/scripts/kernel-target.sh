@@ -11,7 +11,7 @@ candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}';
 target=""
 # Each flavour's meta package depends on its kernel image; every version of it apt knows is looked at.
 for meta in "linux-image-$(dpkg --print-architecture)" linux-image-virtual linux-image-generic; do
-  apt-cache show "$meta" 2>/dev/null | sed -n 's/^Depends: linux-image-\([^ ,]*\).*/\1/p'
+  { apt-cache show "$meta" 2>/dev/null || true; } | sed -n 's/^Depends: linux-image-\([^ ,]*\).*/\1/p'
 done | sort -uV | while read -r kernel; do
   headers=$(candidate "linux-headers-$kernel")
   if [ -n "$headers" ] && [ "$headers" != "(none)" ]; then echo "$kernel"; fi
