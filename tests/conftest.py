@@ -21,6 +21,7 @@ class Project:
 
     def __init__(self, path: Path):
         self.path = path
+        self.cleanups = []  # run after its VMs are destroyed
 
     def invoke(self, *args, timeout=1800, check=True):
         result = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=self.path, text=True,
@@ -47,3 +48,5 @@ def project(tmp_path_factory):
     copy = copy_project(tmp_path_factory.mktemp("lab-project"))
     yield copy
     copy.invoke("lab.destroy", check=False)
+    for cleanup in copy.cleanups:
+        cleanup()

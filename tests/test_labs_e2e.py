@@ -1,7 +1,9 @@
 """The learner's loop for real, on a provisioned VM: setup, run, stop, gather, verify;
 then a second VM of the same lab.yaml (vm.count: 2) provisioned by Ansible, the two as a
 fleet (by --vm all and by an inventory), BCC from source and as an artifact, and the
-second VM's life cycle addressed by name."""
+second VM's life cycle addressed by name. Both VMs start from a box whose kernel has aged
+(it came from bookworm-backports, which their apt sources lack): bpflab and Ansible each
+move their VM to Debian 12's current kernel first."""
 
 import json
 import os
@@ -23,6 +25,7 @@ from bpflab.hosts import Host
 from bpflab.vm import LabVM
 
 from ansible_run import ansible_playbook
+from boxes import cache_box_with_a_kernel_without_headers, forget_cached_box
 from fakebcc import fake_repository_tarball, use_fake_bcc
 from netdrop import drop_ssh_connection, restore
 
@@ -40,7 +43,9 @@ class AnsibleSeat(threading.Thread):
     def run(self):
         try:
             self.project.invoke("lab.up", "--vm", "lab2")
+            self.results["booted"] = vm_shell(self.project, "uname -r", "lab2").strip()
             self.results["first run changed"] = ansible_playbook(self.project, "lab2")
+            self.results["kernel"] = vm_shell(self.project, "uname -r", "lab2").strip()
             self.results["doctor"] = self.project.invoke("lab.doctor", "--vm", "lab2").stdout
             self.results["second run changed"] = ansible_playbook(self.project, "lab2")
         except BaseException as error:  # reported by the test that waits for it
@@ -49,16 +54,21 @@ class AnsibleSeat(threading.Thread):
 
 @pytest.fixture(scope="module")
 def lab(project):
-    """Two lab VMs from one lab.yaml (vm.count: 2): lab brought up, provisioned (BCC from
-    Debian's package) and synced by `lab.setup --vm lab`; meanwhile lab2 is provisioned by Ansible."""
+    """Two lab VMs from one lab.yaml (vm.count: 2) and a box whose kernel has aged: lab brought up,
+    moved to a kernel with headers, provisioned (BCC from Debian's package) and synced by
+    `lab.setup --vm lab`; meanwhile lab2 is provisioned by Ansible."""
     settings = project.path / "lab.yaml"
-    settings.write_text(settings.read_text().replace("  count: 1", "  count: 2", 1))
+    # Its own box recipe (another disk size): the cached box of that recipe is the aged one.
+    text = settings.read_text().replace("  count: 1", "  count: 2", 1).replace("disk_gb: 16", "disk_gb: 15", 1)
+    settings.write_text(text)
     project.invoke("host.setup")
+    recipe = cache_box_with_a_kernel_without_headers(config.load(settings))
+    project.cleanups.append(lambda: forget_cached_box(recipe))
     project.invoke("lab.up", "--vm", "lab")  # first: it loads the box into libvirt's pool and makes the network
     project.ansible_seat = AnsibleSeat(project)
     project.ansible_seat.start()
-    setup = project.invoke("lab.setup", "--vm", "lab")
-    assert "The lab VM lab is ready" in setup.stdout
+    project.first_setup = project.invoke("lab.setup", "--vm", "lab").stdout
+    assert "The lab VM lab is ready" in project.first_setup
     yield project
     project.ansible_seat.join(timeout=1800)
     project.invoke("lab.destroy", check=False)
@@ -87,6 +97,20 @@ def nothing_left_in_vm(project):
     leftovers = vm_shell(project, "pgrep -af '[p]ython3 -u' ; grep -c bcc_ /sys/kernel/tracing/kprobe_events; "
                                   "test -e /run/bpflab-lab.pid && echo pidfile-left; true")
     return leftovers.split() == ["0"]
+
+
+def test_setup_moved_the_vm_to_a_kernel_with_headers(lab):
+    """The box's backports kernel has no headers in the VM's sources: one `lab.setup` installed
+    Debian 12's current kernel and its headers, removed the newer kernel, restarted the VM
+    through Vagrant and went on."""
+    setup = lab.first_setup
+    first = re.search(r"VM: debian-12 amd64, kernel (\S+); BCC: package", setup)
+    assert first and not first.group(1).startswith("6.1.0-"), setup  # bookworm-backports: 6.12
+    assert f"The running kernel {first.group(1)} has no headers in the package sources any more" in setup
+    target = re.search(r"Restarting the lab VM lab into kernel (6\.1\.0-\S+-amd64)", setup)
+    assert target and f"VM: debian-12 amd64, kernel {target.group(1)}; BCC: package" in setup, setup
+    assert vm_shell(lab, "uname -r").strip() == target.group(1)
+    assert vm_shell(lab, f"ls /boot | grep -cF {first.group(1)} || true").strip() == "0"
 
 
 def test_provisioning_again_changes_nothing(lab):
@@ -342,6 +366,8 @@ def test_ansible_provisions_a_fresh_vm(lab, seat_b):
     second playbook run changes nothing. (Its labs pass `lab.verify` in the fleet tests below.)"""
     results = lab.ansible_seat.results
     assert results["first run changed"] > 0
+    # The role moved it off the same aged kernel (its reboot module), to the kernel lab got.
+    assert not results["booted"].startswith("6.1.0-") and results["kernel"] == vm_shell(lab, "uname -r").strip()
     assert "missing" not in results["doctor"] and "import bcc" in results["doctor"]
     assert results["second run changed"] == 0
 
