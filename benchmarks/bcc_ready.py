@@ -128,8 +128,8 @@ def main():
         root = "its build root cached" if cached else "its build root made first"
         figures[f"built on the host, BCC {version} ({root}), lab.provision"] = seconds
         verify = subprocess.run([sys.executable, "-m", "invoke", "lab.verify", "--seconds", "8"], cwd=project,
-                                stdin=subprocess.DEVNULL, text=True, capture_output=True,
-                                env={**os.environ, "PYTHONPATH": str(project)})
+                                stdin=subprocess.DEVNULL, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(project)})
         print(verify.stdout)
         passed = re.search(r"All (\d+) labs passed|(\d+) of (\d+) labs failed", verify.stdout)
         figures["(labs passing lab.verify with that BCC: see the table above)"] = passed.group(0) if passed else "?"
