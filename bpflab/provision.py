@@ -146,8 +146,9 @@ def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
     if mode == "artifact" and built.get("version") != bcc["version"]:
         artifact = Artifact.find(config.bcc_artifacts, bcc["version"], facts.distribution, facts.arch)
     build_bcc = mode == "source" and built != build_settings
-    where, why = build_place(bcc["build_on"], facts.virt, host_unable) if build_bcc else ("vm", "")
-    if where == "host":  # the VM gets the build as an artifact, made now unless one of these settings exists
+    # Where BCC is (or was) built decides whether the VM needs the build tools at all.
+    where, why = build_place(bcc["build_on"], facts.virt, host_unable) if mode == "source" else ("vm", "")
+    if build_bcc and where == "host":  # the VM gets the build as an artifact, made now unless one exists
         artifact = Artifact.built_with(config.bcc_artifacts, build_settings, facts.distribution, facts.arch)
     wanted = list(distro["packages"]) + [f"linux-headers-{facts.kernel}"]
     wanted += {"source": distro["bcc_build"] if where == "vm" else [], "package": distro["bcc_package"],

@@ -568,7 +568,7 @@ def test_an_emulated_vm_gets_bcc_built_on_the_host(lab, seat_b, fake_bcc):
     assert (lab.path / "logs" / seat_b / "bcc-build.log").exists()
     stamp = json.loads(vm_shell(lab, "cat /var/lib/bpflab/bcc.json", seat_b))
     assert stamp["built"] == metadata["built"] and stamp["via"] == "host"
-    assert vm_shell(lab, "command -v cmake gcc || true", seat_b).strip() == ""
+    assert vm_shell(lab, "command -v cmake || true", seat_b).strip() == ""
     assert "BCC fake-v1" in lab.invoke("lab.doctor", "--vm", seat_b).stdout
     assert "nothing to do" in lab.invoke("lab.provision", "--vm", seat_b).stdout
 

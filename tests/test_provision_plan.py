@@ -155,3 +155,11 @@ def test_a_host_build_of_the_same_settings_is_not_made_twice(tmp_path):
     assert "libelf1" in todo.packages and "cmake" not in todo.packages
     other = provision.plan(settings(tmp_path, "source", "v0.36.1"), emulated(), host_unable=None)
     assert other.build_bcc and other.artifact is None
+
+
+def test_a_vm_whose_bcc_was_built_on_the_host_is_left_as_it_is(tmp_path):
+    """Provisioning again after a host build: nothing to build, and still no build tools for the VM."""
+    lab = settings(tmp_path, "source")
+    have = [*lab.provision.distributions["debian-12"]["packages"], "linux-headers-6.1.0-28-amd64"]
+    todo = provision.plan(lab, emulated(stamp={"built": BUILT_V37, "via": "host"}, installed=have), host_unable=None)
+    assert not todo.build_bcc and todo.artifact is None and todo.packages == [] and todo.build_on == "host"
