@@ -64,6 +64,14 @@ class BuildRoot:
         return self.path
 
 
+def memory_kb() -> int:
+    """The host's memory, which sizes a build's parallel jobs as the VM's does in the VM."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
+
+
 def unable_reason(vm_arch: str) -> str | None:
     """Why this host cannot build for a VM of `vm_arch`, or None when it can."""
     if not sys.platform.startswith("linux"):

@@ -301,20 +301,13 @@ def build_bcc(connection: Connection, facts: Facts, todo: Plan, log: Path) -> No
         write_stamp(connection, settings, "source", facts, log)
 
 
-def host_memory_kb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1])
-    return 0
-
-
 def build_on_host(config: Config, facts: Facts, todo: Plan, log: Path) -> Artifact:
     """The same build on this host, in a root of the VM's distribution and release; its files
     become an artifact in bcc.artifacts, exactly as an export of a build in the VM would."""
     settings, build_log = todo.settings, log.with_name("bcc-build.log")
     root = buildroot.BuildRoot.for_vm(config, facts.distribution,
                                       config.provision.distributions[facts.distribution]["bcc_build"])
-    jobs = make_jobs(os.cpu_count() or 1, host_memory_kb())
+    jobs = make_jobs(os.cpu_count() or 1, buildroot.memory_kb())
     with step(f"A {facts.distribution} build root on this host ({root.path}; made once, then cached)") as current:
         path = root.ensure(current, build_log)
     with step(f"Building BCC {settings['version']} on this host for {facts.distribution} (make -j{jobs}; "
