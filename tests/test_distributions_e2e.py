@@ -51,7 +51,7 @@ def test_a_debian_13_vm_is_set_up_from_a_box_built_here(trixie):
 
 
 def test_every_lab_passes_verify_on_debian_13(trixie):
-    result = trixie.invoke("lab.verify", "--seconds", "8", check=False)
+    result = trixie.invoke("lab.verify", "--seconds", "5", check=False)
     summary = json.loads(sorted((trixie.path / "runs").glob("*-verify/summary.json"))[-1].read_text())
     assert result.returncode == 0 and len(summary) == 15, result.stdout
     assert all(row["result"] == "PASS" for row in summary), summary

@@ -8,6 +8,7 @@ move their VM to Debian 12's current kernel first."""
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bpflab import config
+from bpflab import config, run
 from bpflab.commands import remote_run
 from bpflab.hosts import Host
 from bpflab.vm import LabVM
@@ -198,7 +199,7 @@ def test_bad_input_is_one_message(lab, args, message):
 
 
 def test_every_lab_passes_verify(lab):
-    result = lab.invoke("lab.verify", "--seconds", "8", check=False)
+    result = lab.invoke("lab.verify", "--seconds", "5", check=False)
     assert result.returncode == 0, result.stdout
     summary = json.loads(sorted((lab.path / "runs").glob("*-verify/summary.json"))[-1].read_text())
     assert len(summary) == 15 and all(row["result"] == "PASS" for row in summary), summary
@@ -326,6 +327,15 @@ def test_exit_status_and_a_failing_program(lab):
     result = lab.invoke("lab.run", bring(lab, "exit_three.py"), check=False)
     assert result.returncode == 3 and "exited with status 3" in result.stdout and "Traceback" not in result.stdout
     assert latest_run(lab, "exit_three")[1]["exit_status"] == 3
+
+
+def test_a_program_gone_the_moment_it_is_stopped_keeps_its_own_status(lab):
+    """The duration's signal cuts the supervisor's wait short (status 138); a program already gone
+    by then (here `sleep`, ended by SIGINT) must still report its own status, 130."""
+    supervisor = (f"WORKDIR=/tmp NAME=quick WATCH=line DURATION=1 ALLOWANCE=20 GRACE=2 "
+                  f"bash -c {shlex.quote(run.SUPERVISOR)} supervisor sleep 60")
+    ends = vm_shell(lab, f"for i in 1 2 3; do {{ sleep 0.5; echo attached; sleep 3; }} | {supervisor} | tail -1; done")
+    assert ends.split("\n")[:3] == ["@@bpflab-stopped duration 130 0"] * 3, ends
 
 
 def test_bpftrace_by_path_and_as_a_one_liner(lab):

@@ -76,7 +76,9 @@ watcher=$!
   done
   kill -HUP $$ ) 9>&- > /dev/null 2>&1 &
 requests=$!
-while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
+# A trapped signal cuts `wait` short with 128+N; the program's own status is asked for once it is gone.
+while kill -0 $child 2>/dev/null; do wait $child; done
+wait $child; status=$?
 finished=1
 kill $requests $watcher 2>/dev/null
 leaked=$(grep -c "bcc_$child" /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events 2>/dev/null \
