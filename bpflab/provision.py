@@ -37,6 +37,9 @@ INSTALLED_FILES = "/var/lib/bpflab/bcc-files.txt"
 # A VM's hardware stays as it is, so its initramfs needs only the modules it uses: with Debian's
 # default (MODULES=most) a new kernel's initramfs takes over ten minutes under emulation.
 SMALL_INITRAMFS = "/etc/initramfs-tools/conf.d/bpflab.conf"
+# A lab VM is disposable: dpkg need not sync every file it unpacks (about a fifth of an install
+# under emulation), as in Debian's own container images. bpflab's Ansible role writes the same.
+UNSAFE_IO = "/etc/dpkg/dpkg.cfg.d/bpflab-unsafe-io"
 APT_BUSY_NOW = "ps -eo comm= | grep -xE 'apt|apt-get|dpkg|unattended-upgr|apt.systemd.dai'"
 FACTS_SCRIPT = r"""
 . /etc/os-release
@@ -236,7 +239,8 @@ def install_packages(connection: Connection, config: Config, facts: Facts, todo:
             if facts.virt not in ("", "none"):
                 remote_run(connection, f"printf 'MODULES=dep\\n' > {SMALL_INITRAMFS}", sudo=True, log=log)
         if install:
-            remote_run(connection, apt("install --no-install-recommends " + " ".join(install), timeout),
+            fast = f"printf 'force-unsafe-io\\n' > {UNSAFE_IO} && " if facts.virt not in ("", "none") else ""
+            remote_run(connection, fast + apt("install --no-install-recommends " + " ".join(install), timeout),
                        sudo=True, current=current, log=log, what="apt-get install",
                        fix="Run `invoke lab.provision` again; it retries what is still missing.")
         if retire:  # it is newer, so it would boot again; its own headers are nowhere to be had

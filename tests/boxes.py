@@ -2,6 +2,7 @@
 pool (vagrant-libvirt leaves that behind, and each ready box is a new one), and a cached box
 whose kernel has aged."""
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -9,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bpflab import box
+from bpflab.host import cache_dir
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 
@@ -34,19 +36,25 @@ class BackportsKernelRecipe(box.Recipe):
 
 def cache_box_with_a_kernel_without_headers(settings):
     """Put in the box cache, for `settings`' recipe, a box that boots a kernel whose headers the VM
-    cannot install: a box built before its kernel aged, as a VM meets it. The recipe, for removal."""
+    cannot install: a box built before its kernel aged, as a VM meets it. The recipe, for removal.
+    The aged box itself is kept in a cache of its own, keyed by its recipe, for the next run."""
     recipe = box.current_recipe(settings)
     packages = tuple(f"{name}/{recipe.suite}-backports" if name.startswith("linux-image-") else name
                      for name in recipe.packages)
     variant = BackportsKernelRecipe(**{**asdict(recipe), "packages": packages})
+    aged = cache_dir() / "test-boxes" / variant.digest / "bpflab.box"
+    if not aged.exists():
+        aged.parent.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(dir=aged.parent))
+        try:
+            box.build_file(variant, workdir, aged.parent / "build.log")
+            (workdir / "bpflab.box").rename(aged)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     recipe.box_file.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=recipe.box_file.parent))
-    try:
-        box.build_file(variant, workdir, recipe.box_file.parent / "build.log")
-        (recipe.box_file.parent / "recipe.json").write_text(recipe.to_json())
-        (workdir / "bpflab.box").rename(recipe.box_file)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    (recipe.box_file.parent / "recipe.json").write_text(recipe.to_json())
+    recipe.box_file.unlink(missing_ok=True)
+    os.link(aged, recipe.box_file)  # the same file system: no copy of a large image
     return recipe
 
 

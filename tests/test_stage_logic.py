@@ -37,8 +37,8 @@ def test_sync_uploads_changes_and_deletes_leftovers_in_one_command():
     assert "rm -f -- labs/gone.py" in apply and len(connection.commands) == 2
 
 
-def facts_output(installed, kernel="6.1.0-28-amd64", stamp=""):
-    return (f"distribution=debian-12\narch=amd64\nkernel={kernel}\ncpus=2\nmemory_kb=2000000\n"
+def facts_output(installed, kernel="6.1.0-28-amd64", stamp="", virt=""):
+    return (f"distribution=debian-12\narch=amd64\nkernel={kernel}\nvirt={virt}\ncpus=2\nmemory_kb=2000000\n"
             f"python_link=python3\nsshd_keepalive={' '.join(provision.SSHD_KEEPALIVE.split())}\nstamp={stamp}\n"
             f"no_candidate=\ninstalled={' '.join(installed)}\n")
 
@@ -55,14 +55,17 @@ def test_a_provisioned_machine_gets_only_the_facts_read(tmp_path):
     assert outcome == provision.Outcome(False, "package") and len(connection.commands) == 1
 
 
-def test_missing_packages_are_installed_in_one_apt_call(tmp_path):
+@pytest.mark.parametrize("virt", ["none", "qemu"])
+def test_missing_packages_are_installed_in_one_apt_call(tmp_path, virt):
+    """A VM's dpkg skips syncing every file (a machine's does not)."""
     settings = config.load()
     have = [name for name in debian_packages(settings) if name not in ("bpftrace", "linux-headers-6.1.0-28-amd64")]
-    connection = RecordingConnection([("distribution=", facts_output(have)), ("apt-unavailable", "")])
+    connection = RecordingConnection([("distribution=", facts_output(have, virt=virt)), ("apt-unavailable", "")])
     outcome = provision.apply(connection, settings, tmp_path / "provision.log")
     (install,) = connection.ran("apt-get .* install")
     assert outcome.changed and not outcome.restart_into
     assert install.endswith("install --no-install-recommends bpftrace linux-headers-6.1.0-28-amd64' 2>&1")
+    assert (provision.UNSAFE_IO in install) == (virt == "qemu")
     assert connection.ran("apt-get .* update") and not connection.ran("purge|git clone|bpflab-kernels")
 
 
@@ -104,6 +107,15 @@ def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
     assert record["time_to_attach_s"] is not None and record["time_to_first_event_s"] is not None
     assert shown == outcome.lines and "@@bpflab" not in (tmp_path / "hello" / "output.log").read_text()
     assert run.verdict(outcome) is None
+
+
+def test_verify_reads_the_vm_facts_once_for_all_its_labs(tmp_path):
+    """Importing bcc takes seconds under emulation: one probe per verify, not one per lab."""
+    connection = RecordingConnection([("sha256sum", remote_listing(sync.tree_files(ROOT))),
+                                      ("import bcc", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", SUPERVISOR_OUTPUT)])
+    rows = run.verify(RecordingHost(connection), connection, ROOT, ["hello", "hello-map"], 1, tmp_path)
+    assert [row["lab"] for row in rows] == ["hello", "hello-map"] and len(connection.ran("supervisor")) == 2
+    assert len(connection.ran("import bcc")) == 1
 
 
 def test_a_run_whose_channel_ends_without_a_status_is_connection_lost(tmp_path):
