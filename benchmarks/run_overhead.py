@@ -1,15 +1,19 @@
-"""lab.run against plain SSH, side by side in one run (issue: lab.run benchmarks).
+"""lab.run, lab.sync, lab.provision and lab.verify against plain SSH, side by side in one run.
 
-Needs the project's lab VM running and provisioned (`invoke lab.setup`). Prints a
-table and writes the figures as JSON to benchmarks/results/run_overhead.json.
+Needs the project's lab VM running and provisioned (`invoke lab.setup`); for the room
+figures, a second one as well (vm.count: 2, `invoke lab.setup --vm all`). Prints a table
+and writes the figures as JSON to benchmarks/results/run_overhead.json.
 
-    .venv/bin/python benchmarks/run_overhead.py [--lines 200000] [--repeat 3]
+    .venv/bin/python benchmarks/run_overhead.py [--lines 200000] [--repeat 3] [--labs hello,hello-map]
 
 - time to first line: `invoke lab.run FILE` vs `ssh -F <vagrant ssh-config>` vs
   `vagrant ssh -c`, each starting the same tiny Python program in the VM;
 - streaming: a flood of N lines through `lab.run` (into runs/.../output.log) vs
   plain ssh into a file: seconds, lines per second, lines lost;
-- no-op sync: `invoke lab.sync` as a user types it, and the sync itself in-process.
+- no-op `lab.sync` and `lab.provision` as a user types them, against one plain SSH round trip;
+- `lab.verify`: per lab, bpflab's time beyond the lab's compile (time to attach) and its
+  --seconds, from the runs' own records; and the verify's fixed cost (start, sync, facts);
+- a room: `lab.verify --vm lab` against `--vm lab,lab2` on the same labs.
 """
 
 import argparse
@@ -25,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bpflab import config, sync  # noqa: E402
+from bpflab import config  # noqa: E402
 from bpflab.hosts import Host  # noqa: E402
-from bpflab.vm import LabVM  # noqa: E402
+from bpflab.vm import LabVM, statuses  # noqa: E402
 
 INVOKE = [sys.executable, "-m", "invoke"]
 FIRST = "import sys\nprint('first-line', flush=True)\n"
@@ -52,16 +56,71 @@ def first_line_seconds(command, env=None):
 def timed(command, **kwargs):
     started = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL, **kwargs)
-    return time.monotonic() - started, result
+    if result.returncode:
+        raise SystemExit(f"{' '.join(map(str, command))} failed (exit {result.returncode})")
+    return time.monotonic() - started
+
+
+def median_of(repeat, measure):
+    return round(statistics.median(measure() for _ in range(repeat)), 2)
+
+
+def newest_summary():
+    return json.loads(sorted((ROOT / "runs").glob("*-verify*/summary.json"))[-1].read_text())
+
+
+def verify_figures(labs, seconds):
+    """Per lab, bpflab's own time in its run; and what a verify costs besides its runs."""
+    names = [word for name in labs for word in ("--names", name)]
+    wall = timed(INVOKE + ["lab.verify", *names, "--seconds", str(seconds)], capture_output=True)
+    rows = newest_summary()
+    own = [row["duration_s"] - row["time_to_attach_s"] - seconds for row in rows]
+    return {"labs": labs, "seconds_each": seconds, "wall_s": round(wall, 2),
+            "compile_s": {row["lab"]: row["time_to_attach_s"] for row in rows},
+            "own_time_per_lab_s": round(statistics.mean(own), 2),
+            "fixed_cost_s": round(wall - sum(row["duration_s"] for row in rows), 2)}
+
+
+def room_figures(labs, seconds, machines):
+    names = [word for name in labs for word in ("--names", name)]
+    one = timed(INVOKE + ["lab.verify", "--vm", machines[0], *names, "--seconds", str(seconds)], capture_output=True)
+    two = timed(INVOKE + ["lab.verify", "--vm", ",".join(machines[:2]), *names, "--seconds", str(seconds)],
+                capture_output=True)
+    return {"hosts_1_s": round(one, 2), "hosts_2_s": round(two, 2), "ratio": round(two / one, 2)}
+
+
+def table(figures):
+    first, flood, plain = figures["time_to_first_line_s"], figures["flood"], figures["ssh_round_trip_s"]
+    rows = [("time to first line", f"{first['invoke lab.run']} s", f"{first['ssh -F ssh-config']} s",
+             f"{first['invoke lab.run'] / first['ssh -F ssh-config']:.2f}x", "<= 1.2x"),
+            ("lines/s streamed into a file", flood["lab.run"]["lines_per_s"], flood["ssh"]["lines_per_s"],
+             f"{flood['throughput_ratio_lab_run_vs_ssh']}x", ">= 0.9x, 0 lost"),
+            ("lines lost", flood["lab.run"]["lines_lost"], flood["ssh"]["lines_lost"], "", "0"),
+            ("no-op lab.sync as typed", f"{figures['noop_s']['invoke lab.sync']} s", f"{plain} s (ssh true)",
+             f"{figures['noop_s']['invoke lab.sync'] / plain:.2f}x", "<= 1.2x"),
+            ("no-op lab.provision as typed", f"{figures['noop_s']['invoke lab.provision']} s", "", "", "<= 3 s"),
+            ("lab.verify: own time per lab", f"{figures['verify']['own_time_per_lab_s']} s", "", "", "<= 0.5 s"),
+            ("lab.verify: fixed cost", f"{figures['verify']['fixed_cost_s']} s", "", "", "")]
+    if "room" in figures:
+        room = figures["room"]
+        rows.append(("lab.verify on 2 hosts vs 1", f"{room['hosts_2_s']} s", f"{room['hosts_1_s']} s",
+                     f"{room['ratio']}x", "about 1x"))
+    rows.insert(0, ("measure", "bpflab", "baseline", "ratio", "goal"))
+    widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
+    for row in rows:
+        print("  ".join(f"{str(cell):<{width}}" for cell, width in zip(row, widths, strict=True)))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--labs", default="hello,hello-map,hello-buffer", help="the labs lab.verify runs")
+    parser.add_argument("--seconds", type=int, default=3, help="lab.verify --seconds")
     options = parser.parse_args()
 
-    vm = LabVM(config.load())
+    settings = config.load()
+    vm = LabVM(settings)
     remote = Host.of_vm(vm).connect()
     ssh_config = vm.state_dir / "ssh-config"
     work = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -78,28 +137,24 @@ def main():
         "ssh -F ssh-config": ssh + ["python3 -u /tmp/bench/first.py"],
         "vagrant ssh -c": ["vagrant", "ssh", vm.machine, "-c", "python3 -u /tmp/bench/first.py"],
     }
-    first = {name: [first_line_seconds(command, vagrant_env) for _ in range(options.repeat)]
+    first = {name: median_of(options.repeat, lambda command=command: first_line_seconds(command, vagrant_env))
              for name, command in candidates.items()}
 
-    subprocess.run(INVOKE + ["lab.run", str(work / "flood.py"), "--no-trigger", "--args", "10"],
-                   cwd=ROOT, capture_output=True)
-    run_seconds, _ = timed(INVOKE + ["lab.run", str(work / "flood.py"), "--no-trigger",
-                                     "--args", str(options.lines)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    timed(INVOKE + ["lab.run", str(work / "flood.py"), "--no-trigger", "--args", "10"], capture_output=True)
+    run_seconds = timed(INVOKE + ["lab.run", str(work / "flood.py"), "--no-trigger", "--args", str(options.lines)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = sorted((ROOT / "runs").glob("*-flood/output.log"))[-1]
     run_lines = sum(1 for line in log.open() if line.startswith("line "))
     with (work / "ssh-flood.txt").open("w") as sink:
-        ssh_seconds, _ = timed(ssh + [f"python3 -u /tmp/bench/flood.py {options.lines}"], stdout=sink)
+        ssh_seconds = timed(ssh + [f"python3 -u /tmp/bench/flood.py {options.lines}"], stdout=sink)
     ssh_lines = sum(1 for line in (work / "ssh-flood.txt").open() if line.startswith("line "))
 
-    sync.push(remote, ROOT)
-    sync_task, _ = timed(INVOKE + ["lab.sync"], capture_output=True)
-    started = time.monotonic()
-    sync.push(remote, ROOT)
-    sync_inprocess = time.monotonic() - started
+    timed(INVOKE + ["lab.sync"], capture_output=True)
+    noop = {task: median_of(options.repeat, lambda task=task: timed(INVOKE + [task], capture_output=True))
+            for task in ("lab.sync", "lab.provision")}
 
     figures = {
-        "time_to_first_line_s": {name: round(statistics.median(values), 2) for name, values in first.items()},
+        "time_to_first_line_s": first,
         "flood": {
             "lines": options.lines,
             "lab.run": {"seconds": round(run_seconds, 2), "lines_per_s": round(run_lines / run_seconds),
@@ -108,12 +163,19 @@ def main():
                     "lines_lost": options.lines - ssh_lines},
             "throughput_ratio_lab_run_vs_ssh": round((run_lines / run_seconds) / (ssh_lines / ssh_seconds), 2),
         },
-        "noop_sync_s": {"invoke lab.sync": round(sync_task, 2), "in-process push": round(sync_inprocess, 2)},
+        "ssh_round_trip_s": median_of(options.repeat, lambda: timed(ssh + ["true"])),
+        "noop_s": {f"invoke {task}": seconds for task, seconds in noop.items()},
+        "verify": verify_figures(options.labs.split(","), options.seconds),
     }
+    others = [LabVM(settings, machine) for machine in settings.machines[1:]]
+    running = [machine for machine, status in statuses(others).items() if status.running] if others else []
+    if running:
+        figures["room"] = room_figures(options.labs.split(",")[:1], options.seconds, [vm.machine, running[0]])
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
     (results / "run_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
+    table(figures)
 
 
 if __name__ == "__main__":

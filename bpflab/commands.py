@@ -29,10 +29,11 @@ UNREACHABLE = (OSError, EOFError, socket.timeout, paramiko.SSHException)
 
 
 class LineSink:
-    """Takes output in chunks and hands whole lines to a step, a log file and a callback."""
+    """Takes output in chunks and hands whole lines to a step, a log file and a callback:
+    `on_line` for each line, or `on_lines` for each chunk's lines at once (a flood of output)."""
 
-    def __init__(self, current: Step | None = None, log=None, on_line=None, stamp: bool = False):
-        self.current, self.log, self.on_line, self.stamp = current, log, on_line, stamp
+    def __init__(self, current: Step | None = None, log=None, on_line=None, stamp: bool = False, on_lines=None):
+        self.current, self.log, self.on_line, self.stamp, self.on_lines = current, log, on_line, stamp, on_lines
         self.started = time.monotonic()
         self.pending = ""
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -40,6 +41,10 @@ class LineSink:
     def write(self, chunk: str) -> None:
         self.pending += chunk
         *lines, self.pending = self.pending.split("\n")
+        if self.on_lines:
+            if lines:
+                self.on_lines([line.rstrip("\r") for line in lines])
+            return
         for line in lines:
             self.line(line)
 
@@ -60,8 +65,7 @@ class LineSink:
 
     def finish(self) -> None:
         if self.pending:
-            self.line(self.pending)
-            self.pending = ""
+            self.write("\n")
 
 
 def failure(what: str, code: int, tail, log: Path | None, fix: str, where: str = "") -> LabError:
@@ -182,11 +186,11 @@ def responsive(connection: Connection, timeout: float = 5) -> bool:
 
 
 def open_channel(connection: Connection, command: str) -> paramiko.Channel:
-    """A session channel running `command` as root, its output and errors in one stream and
-    its stdin open: for a long program that takes requests on stdin and streams lines."""
+    """A session channel running the command line `command` as root, its output and errors in
+    one stream and its stdin open: for a long program that takes requests on stdin and streams lines."""
     channel = connection.client.get_transport().open_session()
     channel.set_combine_stderr(True)
-    channel.exec_command(f"sudo -n bash -c {shlex.quote(command)}")
+    channel.exec_command(f"sudo -n {command}")
     return channel
 
 

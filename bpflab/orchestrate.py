@@ -167,12 +167,12 @@ def run_lab(hosts: list[Host], root: Path, what: str, seconds: int = 0, trigger:
 
     def job(host: Host, connection) -> run.Outcome:
         target = (run.tool_target(connection, what) if kind == "tool" else run.one_liner_target(what)
-                  if kind == "one-liner" else run.prepare(connection, root, what, catalog))
-        echo = run.print_line
+                  if kind == "one-liner" else run.prepare(root, what, catalog))
+        echo = run.print_lines
         if fleet:
-            def echo(line: str) -> None:
+            def echo(lines: list[str]) -> None:
                 with printing:
-                    sys.stdout.write(f"{host.name:<{width}} | {line}\n")
+                    sys.stdout.write("".join(f"{host.name:<{width}} | {line}\n" for line in lines))
                     sys.stdout.flush()
         folder = fleet / host.name if fleet else run.free_folder(root / "runs", target.name, started)
         workload = trigger if trigger is not None else (target.lab.trigger if target.lab else None)

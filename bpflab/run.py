@@ -41,6 +41,9 @@ COMPILE_ALLOWANCE = 120
 # After this long without a line, ask the connection whether the machine still answers.
 SILENCE_PROBE_SECONDS = 5
 SUPERVISOR = (Path(__file__).parent / "scripts" / "supervisor.sh").read_text()
+# BCC's version without importing bcc (which loads LLVM: seconds under emulation); "none" without BCC.
+BCC_VERSION = (Path(__file__).parent / "scripts" / "bcc-version.py").read_text()
+FACTS_MARK = f"{MARK}facts "
 
 
 def parse_stop(line: str) -> tuple[str, int, int] | None:
@@ -67,13 +70,15 @@ def free_folder(runs: Path, name: str, now: datetime) -> Path:
 class Target:
     """What to run: a catalog lab, a learner's own BCC or bpftrace file, a bpftrace one-liner,
     or a BCC tool. `ready` is the line a program prints once attached. `says_ready`: it
-    surely prints one (catalog labs, bpftrace, BCC's tools), so the kernel is not asked."""
+    surely prints one (catalog labs, bpftrace, BCC's tools), so the kernel is not asked.
+    `files`: what the VM must hold for it, checked (and synced if need be) as it starts."""
     name: str
     workdir: str
     program: str
     kind: str = "bcc"
     lab: Lab | None = None
     ready: re.Pattern = READY
+    files: sync.Tree | None = None
 
     @property
     def says_ready(self) -> bool:
@@ -114,26 +119,26 @@ def seconds(value: str | int, option: str) -> int:
     return number
 
 
-def prepare(connection: Connection, root: Path, what: str, catalog: dict[str, Lab]) -> Target:
-    """Sync the labs, or the learner's file with the .c files beside it, into the machine."""
+def prepare(root: Path, what: str, catalog: dict[str, Lab]) -> Target:
+    """A lab, with the labs as the files it needs; or the learner's file, with the .c and .h
+    files beside it and labkit.py, in a folder of its own in the machine."""
     check_target(root, what, catalog)
-    sync.push(connection, root)
     path = Path(what)
     if path.suffix in PROGRAM_SUFFIXES or "/" in what:
         folder = path.resolve().parent
-        files = [item.name for item in sorted(folder.iterdir())
-                 if item.is_file() and (item == path.resolve() or item.suffix in (".c", ".h"))]
+        files = {item.name: item for item in sorted(folder.iterdir())
+                 if item.is_file() and (item == path.resolve() or item.suffix in (".c", ".h"))}
         remote = f"{sync.REMOTE_ROOT}/user/{path.stem}"
-        sync.push_files(connection, folder, remote, files, extra={"labkit.py": root / "labs" / "labkit.py"})
         kind = PROGRAM_SUFFIXES[path.suffix]
-        return Target(path.stem, remote, path.name, kind, ready=BPFTRACE_READY if kind == "bpftrace" else READY)
-    return lab_target(resolve(catalog, what))
+        return Target(path.stem, remote, path.name, kind, ready=BPFTRACE_READY if kind == "bpftrace" else READY,
+                      files=sync.Tree({**files, "labkit.py": root / "labs" / "labkit.py"}, remote))
+    return lab_target(resolve(catalog, what), sync.labs_tree(root))
 
 
-def lab_target(lab: Lab) -> Target:
+def lab_target(lab: Lab, files: sync.Tree | None = None) -> Target:
     if lab.kind == "bpftrace":
-        return Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.bt", "bpftrace", lab, BPFTRACE_READY)
-    return Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.py", "bcc", lab)
+        return Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.bt", "bpftrace", lab, BPFTRACE_READY, files)
+    return Target(lab.name, f"{sync.REMOTE_ROOT}/labs", f"{lab.name}.py", "bcc", lab, files=files)
 
 
 def one_liner_target(program: str) -> Target:
@@ -143,13 +148,16 @@ def one_liner_target(program: str) -> Target:
     return Target("trace", "/tmp", program, "one-liner", ready=BPFTRACE_READY)
 
 
+NO_BCC = ("BCC is not installed in the lab VM (python3 finds no bcc module). "
+          "Run `invoke lab.provision` (or `invoke lab.setup`) first.")
+
+
 def vm_facts(connection: Connection) -> dict:
     """Kernel and BCC version, which also proves the machine is provisioned."""
-    output = remote_run(connection, "uname -r; python3 -c 'import bcc; print(bcc.__version__)' 2>/dev/null || "
-                                    "echo none", what="reading the kernel and BCC version").stdout.split()
+    output = remote_run(connection, f"uname -r; python3 -c {shlex.quote(BCC_VERSION)} 2>/dev/null || echo none",
+                        what="reading the kernel and BCC version").stdout.split()
     if len(output) < 2 or output[-1] == "none":
-        raise LabError("BCC is not installed in the lab VM (python3 cannot import bcc). "
-                       "Run `invoke lab.provision` (or `invoke lab.setup`) first.")
+        raise LabError(NO_BCC)
     return {"kernel": output[0], "bcc": output[-1]}
 
 
@@ -160,9 +168,9 @@ class Outcome:
     lines: list = field(default_factory=list)
 
 
-def print_line(line: str) -> None:
+def print_lines(lines: list[str]) -> None:
     try:
-        sys.stdout.write(line + "\n")
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
         sys.stdout.flush()
     except OSError:  # the terminal was closed (SIGHUP): the log still gets every line
         pass
@@ -170,22 +178,28 @@ def print_line(line: str) -> None:
 
 class Supervisor:
     """The supervisor of one run, seen from the host: the SSH channel it runs on, whose output
-    arrives in large blocks and whose stdin takes requests (stop, kill, duration, attached)."""
+    arrives in large blocks and whose stdin takes requests (stop, kill, duration, attached).
 
-    def __init__(self, target: Target, duration: int, args: tuple):
-        env = {"WORKDIR": target.workdir, "NAME": target.name, "WATCH": "line" if target.says_ready else "kernel",
-               "DURATION": duration,
-               "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS}
-        assignments = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
-        argv = " ".join(shlex.quote(word) for word in target.argv(args))
-        self.command = f"{assignments} bash -c {shlex.quote(SUPERVISOR)} supervisor {argv}"
+    Its start is the run's one remote start: it first checks that the VM holds the files the
+    run needs (`files`) and, with `facts`, reports the kernel and BCC version at the end."""
+
+    def __init__(self, target: Target, duration: int, args: tuple, files: sync.Tree | None, facts: bool):
+        settings = {"WORKDIR": target.workdir, "NAME": target.name,
+                    "WATCH": "line" if target.says_ready else "kernel", "DURATION": duration,
+                    "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS, "FACTS": int(facts),
+                    "BCC_VERSION": BCC_VERSION if facts else ""}
+        assignments = "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in settings.items())
+        check = files.check_script() if files else ""
+        self.command = (f"bash -c {shlex.quote(check + assignments + SUPERVISOR)} supervisor "
+                        + " ".join(shlex.quote(word) for word in target.argv(args)))
         self.name = target.name
         self.channel = None
         self.requested: set[str] = set()
 
-    def stream(self, connection: Connection, on_line) -> None:
-        """Hand every output line to on_line until the channel ends (or the connection closes)."""
-        sink = LineSink(on_line=on_line)
+    def stream(self, connection: Connection, on_lines) -> None:
+        """Hand the output's lines to on_lines, a block at a time, until the channel ends (or the
+        connection closes)."""
+        sink = LineSink(on_lines=on_lines)
         try:
             self.channel = open_channel(connection, self.command)
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -216,9 +230,9 @@ class ProgramRun:
     """
 
     def __init__(self, host: Host, target: Target, folder: Path, *, duration: int = 0, trigger: str | None = None,
-                 args: tuple = (), echo=print_line, stop: threading.Event | None = None):
+                 args: tuple = (), echo=print_lines, stop: threading.Event | None = None):
         self.host, self.target, self.folder = host, target, folder
-        self.duration, self.trigger, self.echo = duration, trigger, echo
+        self.duration, self.trigger, self.echo, self.args = duration, trigger, echo, args
         self.stop = stop or threading.Event()
         self.lines: list[str] = []
         self.stopped: tuple[str, int, int] | None = None
@@ -226,40 +240,62 @@ class ProgramRun:
         self.trigger_error = self.log = None
         self.started = self.heard_at = time.monotonic()
         self.probe_at = self.started + SILENCE_PROBE_SECONDS
-        self.supervisor = Supervisor(target, duration, args)
         self.interrupts = 0
+        self.facts: dict = {}
+        self.unsynced: str | None = None  # check_script's output, when the VM lacked the run's files
 
     def execute(self, connection: Connection, facts: dict | None = None) -> Outcome:
-        """Run it to the end; `facts` (kernel, BCC) may come from a caller that runs many."""
-        facts = facts or vm_facts(connection)
+        """Run it to the end; `facts` (kernel, BCC) may come from a caller that runs many. When
+        the VM lacks the files the run needs, they are synced and the supervisor starts again."""
         started_at = datetime.now(timezone.utc)
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / "output.log").open("w") as self.log:
-            finished = in_background(lambda: self.supervisor.stream(connection, self.on_line))
-            wait_for(finished, tick=lambda: self.tick(connection), interrupted=self.interrupted)
-        record = self.record(facts, started_at)
+            self.supervise(connection, self.target.files, facts is None)
+            if self.unsynced is not None and self.interrupts:  # Ctrl-C before the program started
+                self.stopped = ("interrupted", 130, 0)
+            elif self.unsynced is not None:
+                sync.mirror(connection, self.target.files, sync.unsynced_listing(self.unsynced))
+                self.supervise(connection, None, facts is None)
+        record = self.record(facts or self.facts, started_at)
         (self.folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
         return Outcome(self.folder, record, self.lines)
 
-    def on_line(self, line: str) -> None:
+    def supervise(self, connection: Connection, files: sync.Tree | None, facts: bool) -> None:
+        self.unsynced = None
+        self.supervisor = Supervisor(self.target, self.duration, self.args, files, facts)
+        finished = in_background(lambda: self.supervisor.stream(connection, self.on_lines))
+        wait_for(finished, tick=lambda: self.tick(connection), interrupted=self.interrupted)
+
+    def on_lines(self, lines: list[str]) -> None:
+        """A block of output: marks and readiness line by line, the log and the echo at once."""
         self.heard_at = time.monotonic()
-        if line.startswith(MARK):
-            self.on_mark(line)
+        shown = []
+        if lines[0].startswith(sync.UNSYNCED):  # the run has not started: the VM lacks its files
+            self.unsynced = (self.unsynced or "") + "".join(f"{line}\n" for line in lines)
             return
-        self.lines.append(line)
-        self.log.write(line + "\n")
-        self.log.flush()
-        if self.echo:
-            self.echo(line)
-        if self.ready_at is None and self.target.ready.search(line):
-            self.attached()
-            self.supervisor.request("attached")  # the VM stops asking the kernel and times --duration
-        elif self.ready_at is not None and self.first_event_at is None:
-            self.first_event_at = self.heard_at
+        for line in lines:
+            if line.startswith(MARK):
+                self.on_mark(line)
+                continue
+            shown.append(line)
+            if self.ready_at is None and self.target.ready.search(line):
+                self.attached()
+                self.supervisor.request("attached")  # the VM stops asking the kernel and times --duration
+            elif self.ready_at is not None and self.first_event_at is None:
+                self.first_event_at = self.heard_at
+        if shown:
+            self.lines.extend(shown)
+            self.log.write("".join(f"{line}\n" for line in shown))
+            self.log.flush()
+            if self.echo:
+                self.echo(shown)
 
     def on_mark(self, line: str) -> None:
-        """The supervisor's own lines: attached, no bpftool, never attached, stopped."""
-        if line.startswith(STOP_MARK):
+        """The supervisor's own lines: attached, never attached, facts, stopped."""
+        if line.startswith(FACTS_MARK):
+            kernel, bcc = line[len(FACTS_MARK):].split()
+            self.facts = {"kernel": kernel, "bcc": bcc}
+        elif line.startswith(STOP_MARK):
             self.stopped = parse_stop(line)
         elif line == f"{MARK}attached" and self.ready_at is None:
             self.attached()
@@ -304,7 +340,7 @@ class ProgramRun:
         reason, status, leaked = self.stopped or ("connection-lost", None, None)
         return {
             "lab": self.target.name, "program": self.target.program, "kind": self.target.kind,
-            "vm": self.host.name, **facts,
+            "vm": self.host.name, "kernel": facts.get("kernel"), "bcc": facts.get("bcc"),
             "start": started_at.isoformat(timespec="seconds"),
             "end": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "duration_s": round(time.monotonic() - self.started, 2), "stopped": reason, "exit_status": status,
@@ -335,6 +371,8 @@ def verdict(outcome: Outcome) -> LabError | None:
     the program's own status where it has one (128 + N for a program ended by signal N)."""
     record, log = outcome.record, outcome.folder / "output.log"
     lab, status, stopped = record["lab"], record["exit_status"], record["stopped"]
+    if status and record.get("bcc") == "none" and record.get("kind") in ("bcc", "tool"):
+        return LabError(NO_BCC, status)
     if stopped == "busy":
         return LabError("Another lab program is running in the VM (one at a time: they share the trace pipe). "
                         "Wait for it to finish or stop it, then run again.")

@@ -19,20 +19,35 @@ def remote_listing(files):
     return "".join(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  ./{name}\n" for name, path in files.items())
 
 
+def unsynced(listing):
+    """What Tree.check_script prints in a VM whose files differ: its manifest, marked."""
+    return "".join(f"{sync.UNSYNCED} {line}\n" for line in listing.splitlines()) + f"{sync.UNSYNCED}\n"
+
+
 def test_sync_with_nothing_changed_is_one_round_trip():
-    connection = RecordingConnection([("sha256sum", remote_listing(sync.tree_files(ROOT)))])
+    connection = RecordingConnection([("sha256sum", "")])
     assert sync.push(connection, ROOT).empty
     assert len(connection.commands) == 1 and not connection.uploads
+
+
+def test_the_vm_is_checked_against_the_hosts_manifest_and_its_file_count():
+    """One sha256sum checks every file the host has; a count of the VM's files finds the extra."""
+    check = sync.labs_tree(ROOT).check_script()
+    files = sync.tree_files(ROOT)
+    digest = hashlib.sha256(files["labs/hello.py"].read_bytes()).hexdigest()
+    assert f"{digest}  labs/hello.py\n" in check and f"[ $count = {len(files)} ]" in check
+    assert "for file in labs/** bpf/**" in check
 
 
 def test_sync_uploads_changes_and_deletes_leftovers_in_one_command():
     files = sync.tree_files(ROOT)
     listing = remote_listing({name: path for name, path in files.items() if name != "labs/hello.py"})
     listing += f"{'0' * 64}  ./labs/gone.py\n"
-    connection = RecordingConnection([("sha256sum", listing)])
+    connection = RecordingConnection([("sha256sum", unsynced(listing))])
     difference = sync.push(connection, ROOT)
     assert difference.upload == ["labs/hello.py"] and difference.delete == ["labs/gone.py"]
-    assert connection.uploads == [f"{sync.REMOTE_ROOT}/.sync.tar.gz"]
+    (upload,) = connection.uploads
+    assert upload.startswith("/tmp/bpflab-sync-") and upload.endswith(".tar.gz")
     (apply,) = connection.ran("tar -xzf")
     assert "rm -f -- labs/gone.py" in apply and len(connection.commands) == 2
 
@@ -90,37 +105,62 @@ def test_a_kernel_whose_headers_are_gone_is_replaced_by_the_distributions_curren
 
 
 SUPERVISOR_OUTPUT = ("Compiling...\nAttached. Hit Ctrl-C to end.\nHello World!\nHello World!\n"
-                     "@@bpflab-stopped duration 0 0\n")
+                     "@@bpflab-facts 6.1.0-28-amd64 0.26.0\n@@bpflab-stopped duration 0 0\n")
 
 
 def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
-    connection = RecordingConnection([("import bcc", "6.1.0-28-amd64\n0.26.0\n"),
-                                      ("supervisor", SUPERVISOR_OUTPUT), ("true", "")])
+    """One remote start: the supervisor, which also reports the kernel and BCC version."""
+    connection = RecordingConnection([("supervisor", SUPERVISOR_OUTPUT), ("true", "")])
     target = run.Target("hello", "/home/vagrant/bpflab/labs", "hello.py")
     shown = []
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", trigger="true",
-                             echo=shown.append).execute(connection)
+                             echo=shown.extend).execute(connection)
     record = json.loads((tmp_path / "hello" / "run.json").read_text())
     assert record == outcome.record
     assert (record["stopped"], record["exit_status"], record["leaked_probes"]) == ("duration", 0, 0)
     assert record["lines"] == 4 and record["kernel"] == "6.1.0-28-amd64" and record["bcc"] == "0.26.0"
     assert record["time_to_attach_s"] is not None and record["time_to_first_event_s"] is not None
     assert shown == outcome.lines and "@@bpflab" not in (tmp_path / "hello" / "output.log").read_text()
-    assert run.verdict(outcome) is None
+    assert run.verdict(outcome) is None and len(connection.ran("supervisor")) == 1
+    supervisor = connection.ran("supervisor")
+    assert "\nFACTS=1\n" in supervisor[0] and connection.ran("find_spec") == supervisor
+
+
+def test_a_run_whose_files_the_vm_lacks_syncs_them_and_starts_again(tmp_path):
+    """The supervisor's start checks the VM's files; a difference is synced, then it starts
+    without the check."""
+    tree = sync.labs_tree(ROOT)
+    stale = remote_listing({name: path for name, path in tree.files.items() if name != "labs/hello.py"})
+    connection = RecordingConnection([("sha256sum --quiet", unsynced(stale)), ("supervisor", SUPERVISOR_OUTPUT)])
+    target = run.lab_target(run.load_catalog(ROOT)["hello"], tree)
+    outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", echo=None).execute(connection)
+    first, second = connection.ran("supervisor")
+    assert "sha256sum --quiet" in first and "sha256sum" not in second and len(connection.uploads) == 1
+    assert outcome.record["stopped"] == "duration" and outcome.lines[0] == "Compiling..."
+    assert "@@bpflab" not in (tmp_path / "hello" / "output.log").read_text()
+
+
+def test_a_bcc_program_that_fails_where_bcc_is_missing_says_to_provision(tmp_path):
+    output = ("ModuleNotFoundError: No module named 'bcc'\n@@bpflab-facts 6.1.0-28-amd64 none\n"
+              "@@bpflab-stopped exited 1 0\n")
+    connection = RecordingConnection([("supervisor", output)])
+    target = run.Target("mine", "/x", "mine.py")
+    outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "mine", echo=None).execute(connection)
+    error = run.verdict(outcome)
+    assert error.code == 1 and "invoke lab.provision" in str(error)
 
 
 def test_verify_reads_the_vm_facts_once_for_all_its_labs(tmp_path):
     """Importing bcc takes seconds under emulation: one probe per verify, not one per lab."""
-    connection = RecordingConnection([("sha256sum", remote_listing(sync.tree_files(ROOT))),
-                                      ("import bcc", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", SUPERVISOR_OUTPUT)])
+    connection = RecordingConnection([("find_spec", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", SUPERVISOR_OUTPUT),
+                                      ("sha256sum", "")])
     rows = run.verify(RecordingHost(connection), connection, ROOT, ["hello", "hello-map"], 1, tmp_path)
     assert [row["lab"] for row in rows] == ["hello", "hello-map"] and len(connection.ran("supervisor")) == 2
-    assert len(connection.ran("import bcc")) == 1
+    assert len(connection.ran("find_spec")) == 1 and len(connection.ran("\nFACTS=0\n")) == 2
 
 
 def test_a_run_whose_channel_ends_without_a_status_is_connection_lost(tmp_path):
-    connection = RecordingConnection([("import bcc", "6.1.0-28-amd64\n0.26.0\n"),
-                                      ("supervisor", "Attached. Hit Ctrl-C to end.\n", -1)])
+    connection = RecordingConnection([("supervisor", "Attached. Hit Ctrl-C to end.\n", -1)])
     target = run.Target("hello", "/home/vagrant/bpflab/labs", "hello.py")
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", echo=None).execute(connection)
     assert outcome.record["stopped"] == "connection-lost" and outcome.record["exit_status"] is None
@@ -134,7 +174,7 @@ BOOK_STYLE_OUTPUT = ("@@bpflab-attached\nbash-1234 [000] Hello World!\n"
 def test_readiness_comes_from_the_kernel_and_the_status_passes_through(tmp_path):
     """A program that prints no ready line (the book's, as printed) is attached when the VM says
     so; stopped by --duration without handling SIGINT it exits 130, and so does lab.run, silently."""
-    connection = RecordingConnection([("import bcc", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", BOOK_STYLE_OUTPUT)])
+    connection = RecordingConnection([("supervisor", BOOK_STYLE_OUTPUT)])
     target = run.Target("hello", "/home/vagrant/book", "hello.py")
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", duration=5, echo=None,
                              trigger="true").execute(connection)
@@ -183,7 +223,7 @@ def test_a_programs_own_ready_line_is_relayed_to_the_vm(tmp_path):
     """The program says it is attached: the VM is told (it stops asking the kernel and times the
     duration); the host sends nothing else, however long it waits."""
     output = "Attached. Hit Ctrl-C to end.\n"
-    connection = RecordingConnection([("import bcc", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", output)])
+    connection = RecordingConnection([("supervisor", output)])
     program = run.ProgramRun(RecordingHost(connection), run.Target("hello", "/x", "hello.py"), tmp_path / "h",
                              duration=1, echo=None)
     program.execute(connection)
@@ -198,4 +238,4 @@ def test_a_programs_own_ready_line_is_relayed_to_the_vm(tmp_path):
     (run.Target("opens", "/x", "opens.bt", "bpftrace"), "WATCH=line"),
     (run.one_liner_target("BEGIN { exit(); }"), "WATCH=line")])
 def test_only_programs_that_may_not_say_so_are_watched_in_the_kernel(target, watch):
-    assert watch in run.Supervisor(target, 5, ()).command
+    assert watch in run.Supervisor(target, 5, (), None, True).command

@@ -1,15 +1,18 @@
 #!/bin/bash
 # The supervisor of one lab program in the VM (`invoke lab.run`, `lab.verify`, `lab.trace`):
-#   WORKDIR=... NAME=... WATCH=line|kernel DURATION=s ALLOWANCE=s GRACE=s supervisor.sh PROGRAM [ARGS...]
+#   bash -c "WORKDIR=... NAME=... WATCH=line|kernel DURATION=s ALLOWANCE=s GRACE=s FACTS=0|1
+#            BCC_VERSION=<python> <this script>" supervisor PROGRAM [ARGS...]
 # It holds the one-lab lock, takes the host's requests on stdin (stop, kill, duration,
-# attached), stops the program however the host goes away, and ends with the line
+# attached), stops the program however the host goes away, with FACTS=1 reports
+# "@@bpflab-facts KERNEL BCC_VERSION" once the program is gone, and ends with the line
 # "@@bpflab-stopped REASON STATUS LEAKED_PROBES". Runs as root.
 exec 9>/run/bpflab-lab.lock
 if ! flock -n 9; then
   echo "bpflab: another lab program is running in this VM: $(cat /run/bpflab-lab.owner 2>/dev/null)"
   echo "@@bpflab-stopped busy 75 0"; exit 75
 fi
-echo "$NAME (since $(date +%T))" > /run/bpflab-lab.owner
+# Builtins where a command would do: each process costs about 50 ms under emulation.
+printf '%s (since %(%T)T)\n' "$NAME" -1 > /run/bpflab-lab.owner
 echo $$ > /run/bpflab-lab.pid
 # No line from before this run: empty the kernel's trace buffer (the trace pipe reads from it).
 for tracing in /sys/kernel/tracing /sys/kernel/debug/tracing; do
@@ -17,7 +20,8 @@ for tracing in /sys/kernel/tracing /sys/kernel/debug/tracing; do
 done 2>/dev/null
 # Waiting is `read -t` on a FIFO that never delivers: a sleep would start a process the
 # learner's program might trace.
-rm -f /run/bpflab-lab.wait && mkfifo -m 600 /run/bpflab-lab.wait && exec 3<>/run/bpflab-lab.wait
+[ -p /run/bpflab-lab.wait ] || mkfifo -m 600 /run/bpflab-lab.wait
+exec 3<>/run/bpflab-lab.wait
 pause() { read -t "$1" -u 3 _ 2>/dev/null; true; }
 cd "$WORKDIR"
 exec 4<&0  # the host's requests (stdin): a background job without job control gets /dev/null instead
@@ -43,13 +47,22 @@ trap 'stop never-attached' USR2
 # else what the kernel says (WATCH=kernel: the program's BPF programs on kprobes, tracepoints
 # or raw tracepoints). Kernel queries stop at once when attached, so that nothing of the
 # runner's shows in what the program traces. Once attached, the VM times --duration.
+# bpftool costs a tenth of a second under emulation, taken from the compile: it is asked
+# only once the program has loaded a BPF program (a prog_type line in its fds' fdinfo).
+loaded() {
+  local info line
+  for info in /proc/$child/fdinfo/*; do
+    while read -r line; do [[ $line == prog_type:* ]] && return 0; done < "$info"
+  done 2>/dev/null
+  return 1
+}
 ( told=
   trap 'told=1' USR1
   command -v bpftool > /dev/null || WATCH=line
   for ((i = 0; i < ALLOWANCE * 5; i++)); do
     kill -0 $child 2>/dev/null || exit 0
     [ -z "$told" ] || break
-    if [ "$WATCH" = kernel ]; then
+    if [ "$WATCH" = kernel ] && loaded; then
       case "$(printf 'perf list\nlink show\n' | bpftool batch file - 2>/dev/null)" in
         *"pid $child "*|*"($child)"*) echo "@@bpflab-attached"; break ;;
       esac
@@ -81,8 +94,14 @@ while kill -0 $child 2>/dev/null; do wait $child; done
 wait $child; status=$?
 finished=1
 kill $requests $watcher 2>/dev/null
-leaked=$(grep -c "bcc_$child" /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events 2>/dev/null \
-  | awk -F: '{s+=$2} END {print s+0}')
-rm -f /run/bpflab-lab.pid /run/bpflab-lab.owner /run/bpflab-lab.wait
+leaked=0
+for events in /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events; do
+  while read -r line; do [[ $line == *bcc_$child* ]] && ((++leaked)); done < $events
+done 2>/dev/null
+rm -f /run/bpflab-lab.pid /run/bpflab-lab.owner
+if [ "$FACTS" = 1 ]; then  # after the program: nothing it traces sees python start
+  read -r kernel < /proc/sys/kernel/osrelease
+  echo "@@bpflab-facts $kernel $(python3 -c "$BCC_VERSION" 2>/dev/null || echo none)"
+fi
 echo "@@bpflab-stopped $reason $status $leaked"
 exit $status
