@@ -101,7 +101,7 @@ def setup(hosts: list[Host], config: Config, root: Path, push_labs: bool = True)
 
         def finish(host: Host, connection, outcome: provision.Outcome) -> dict:
             changed, mode = outcome.changed, outcome.bcc_mode
-            checks = provision.doctor(connection)
+            checks = outcome.checks or provision.doctor(connection)
             if len(hosts) == 1:
                 console.doctor_table(checks)
             provision.require_healthy(checks)

@@ -55,7 +55,7 @@ def test_sync_uploads_changes_and_deletes_leftovers_in_one_command():
 def facts_output(installed, kernel="6.1.0-28-amd64", stamp="", virt=""):
     return (f"distribution=debian-12\narch=amd64\nkernel={kernel}\nvirt={virt}\ncpus=2\nmemory_kb=2000000\n"
             f"python_link=python3\nsshd_keepalive={' '.join(provision.SSHD_KEEPALIVE.split())}\nstamp={stamp}\n"
-            f"no_candidate=\ninstalled={' '.join(installed)}\n")
+            f"no_candidate=\nstatuses={' '.join(f'{name}:installed' for name in installed)} gone:config-files\n")
 
 
 def debian_packages(settings, kernel="6.1.0-28-amd64"):
@@ -68,6 +68,17 @@ def test_a_provisioned_machine_gets_only_the_facts_read(tmp_path):
     connection = RecordingConnection([("distribution=", facts_output(debian_packages(settings)))])
     outcome = provision.apply(connection, settings, tmp_path / "provision.log")
     assert outcome == provision.Outcome(False, "package") and len(connection.commands) == 1
+
+
+def test_a_machine_with_nothing_to_provision_is_checked_in_the_same_round_trip(tmp_path):
+    """The doctor runs beside the facts; with nothing changed, its rows are the answer."""
+    settings = config.load()
+    output = facts_output(debian_packages(settings)) + "check|kernel|ok|6.1.0-28-amd64 x86_64\ncheck|BTF|missing|no\n"
+    connection = RecordingConnection([("distribution=", output)])
+    outcome = provision.apply(connection, settings, tmp_path / "provision.log")
+    assert outcome.checks == [("kernel", True, "6.1.0-28-amd64 x86_64"), ("BTF", False, "no")]
+    (facts,) = connection.commands
+    assert "DOCTOR=" in facts and "import bcc" in facts
 
 
 @pytest.mark.parametrize("virt", ["none", "qemu"])
@@ -239,3 +250,9 @@ def test_a_programs_own_ready_line_is_relayed_to_the_vm(tmp_path):
     (run.one_liner_target("BEGIN { exit(); }"), "WATCH=line")])
 def test_only_programs_that_may_not_say_so_are_watched_in_the_kernel(target, watch):
     assert watch in run.Supervisor(target, 5, (), None, True).command
+
+
+def test_the_facts_keep_only_installed_packages_and_name_the_architecture_as_debian_does():
+    text = facts_output(["bpftrace"]).replace("arch=amd64", "arch=x86_64")
+    facts = provision.Facts.parse(text)
+    assert facts.installed == {"bpftrace"} and facts.arch == "amd64"
