@@ -237,7 +237,7 @@ class ProgramRun:
         self.lines: list[str] = []
         self.stopped: tuple[str, int, int] | None = None
         self.ready_at = self.first_event_at = None
-        self.trigger_error = self.log = None
+        self.trigger_error = self.log = self.connection = None
         self.started = self.heard_at = time.monotonic()
         self.probe_at = self.started + SILENCE_PROBE_SECONDS
         self.interrupts = 0
@@ -248,6 +248,7 @@ class ProgramRun:
         """Run it to the end; `facts` (kernel, BCC) may come from a caller that runs many. When
         the VM lacks the files the run needs, they are synced and the supervisor starts again."""
         started_at = datetime.now(timezone.utc)
+        self.connection = connection
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / "output.log").open("w") as self.log:
             self.supervise(connection, self.target.files, facts is None)
@@ -309,9 +310,10 @@ class ProgramRun:
             in_background(self.fire_trigger)
 
     def fire_trigger(self) -> None:
+        """On a channel of the run's own connection: a new SSH connection can take seconds
+        under load, and they would come out of --duration."""
         try:
-            with self.host.connect() as connection:
-                remote_run(connection, self.trigger, what="the trigger", check=True)
+            remote_run(self.connection, self.trigger, what="the trigger", check=True)
         except LabError as error:
             self.trigger_error = str(error)
 

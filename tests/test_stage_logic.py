@@ -256,3 +256,17 @@ def test_the_facts_keep_only_installed_packages_and_name_the_architecture_as_deb
     text = facts_output(["bpftrace"]).replace("arch=amd64", "arch=x86_64")
     facts = provision.Facts.parse(text)
     assert facts.installed == {"bpftrace"} and facts.arch == "amd64"
+
+
+def test_the_trigger_runs_on_the_runs_own_connection(tmp_path):
+    """A new SSH connection takes seconds under load, out of --duration: none is opened."""
+    connection = RecordingConnection([("supervisor", SUPERVISOR_OUTPUT)])
+    host = RecordingHost(connection)
+    host.connect = lambda: pytest.fail("the trigger opened a new connection")
+    program = run.ProgramRun(host, run.Target("hello", "/x", "hello.py"), tmp_path / "h", trigger="true", echo=None)
+    program.execute(connection)
+    for _ in range(50):  # the trigger runs in its own thread
+        if connection.ran("bash -c true"):
+            break
+        time.sleep(0.05)
+    assert connection.ran("bash -c true") and program.trigger_error is None
