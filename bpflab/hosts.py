@@ -34,6 +34,9 @@ REBOOT_TIMEOUT = 600
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
 # What an inventory says for a host whose key is not checked (a local Vagrant VM).
 UNCHECKED_HOST_KEY = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+# Ansible's SSH (a ControlPersist master) must notice a machine that went away, as in a reboot:
+# otherwise its reboot module can wait forever on a dead connection (ansible/ansible#84573).
+KEEPALIVE = "-o ServerAliveInterval=5 -o ServerAliveCountMax=6"
 
 
 @dataclass
@@ -161,8 +164,8 @@ def write_inventory(hosts: list[Host]) -> dict:
         endpoint = host.endpoint
         entries[host.name] = {"ansible_host": endpoint.host, "ansible_port": endpoint.port,
                               "ansible_user": endpoint.user, "ansible_ssh_private_key_file": endpoint.identity}
-        entries[host.name]["ansible_ssh_common_args"] = (
-            UNCHECKED_HOST_KEY if host.known_hosts is None else f"-o UserKnownHostsFile={host.known_hosts}")
+        checks = UNCHECKED_HOST_KEY if host.known_hosts is None else f"-o UserKnownHostsFile={host.known_hosts}"
+        entries[host.name]["ansible_ssh_common_args"] = f"{checks} {KEEPALIVE}"
     return {"all": {"hosts": entries}}
 
 

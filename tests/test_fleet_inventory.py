@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bpflab import console, hosts, orchestrate
 from bpflab.errors import LabError
@@ -90,3 +91,5 @@ def test_an_inventory_written_for_vms_reads_back_as_the_same_hosts(tmp_path):
     again = hosts.read_inventory(path)
     assert [(host.name, host.endpoint, host.known_hosts) for host in again] == \
         [(host.name, host.endpoint, None) for host in vms]
+    written = yaml.safe_load(path.read_text())["all"]["hosts"]["lab"]["ansible_ssh_common_args"]
+    assert hosts.ssh_options(written)["serveraliveinterval"] == "5"  # a reboot's dead connection ends
