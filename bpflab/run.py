@@ -251,21 +251,22 @@ class ProgramRun:
         self.connection = connection
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / "output.log").open("w") as self.log:
-            self.supervise(connection, self.target.files, facts is None)
+            self.supervise(self.target.files, facts is None)
             if self.unsynced is not None and self.interrupts:  # Ctrl-C before the program started
                 self.stopped = ("interrupted", 130, 0)
             elif self.unsynced is not None:
                 sync.mirror(connection, self.target.files, sync.unsynced_listing(self.unsynced))
-                self.supervise(connection, None, facts is None)
+                self.supervise(None, facts is None)
         record = self.record(facts or self.facts, started_at)
         (self.folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
         return Outcome(self.folder, record, self.lines)
 
-    def supervise(self, connection: Connection, files: sync.Tree | None, facts: bool) -> None:
+    def supervise(self, files: sync.Tree | None, facts: bool) -> None:
+        """One start of the supervisor on the run's connection, streamed to its end."""
         self.unsynced = None
         self.supervisor = Supervisor(self.target, self.duration, self.args, files, facts)
-        finished = in_background(lambda: self.supervisor.stream(connection, self.on_lines))
-        wait_for(finished, tick=lambda: self.tick(connection), interrupted=self.interrupted)
+        finished = in_background(lambda: self.supervisor.stream(self.connection, self.on_lines))
+        wait_for(finished, tick=lambda: self.tick(self.connection), interrupted=self.interrupted)
 
     def on_lines(self, lines: list[str]) -> None:
         """A block of output: marks and readiness line by line, the log and the echo at once."""
