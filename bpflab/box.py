@@ -2,7 +2,9 @@
 
 The Vagrant box catalog is closing, so bpflab makes its boxes: mmdebstrap builds
 the root file system from the distribution's archive (Debian or Ubuntu), it goes
-onto an MBR disk with GRUB for BIOS, and the disk is packed as a libvirt box.
+onto an MBR disk with GRUB for BIOS (amd64) or a GPT disk with GRUB for UEFI
+(arm64, whose programs run on the x86_64 host through qemu-user), and the disk is
+packed as a libvirt box.
 The box is cached outside the repo under a hash of its recipe, which includes the
 archive's current release and the kernel it serves now, so a box made before the
 archive replaced its kernel (and so its headers) is made again instead of booting a
@@ -11,6 +13,7 @@ kernel whose headers the VM cannot install.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -31,7 +34,7 @@ from .commands import run
 from .config import Config
 from .console import say, step, warn
 from .errors import LabError
-from .host import cache_dir, require_tool
+from .host import cache_dir, foreign_binaries, require_tool
 
 PACKAGES = [
     "systemd-sysv", "udev", "dbus", "ifupdown", "isc-dhcp-client",
@@ -39,7 +42,19 @@ PACKAGES = [
     "iproute2", "procps", "kmod", "less", "tar", "gzip", "rsync",
 ]
 # Each family's kernel meta package: it follows the archive's current kernel.
-KERNELS = {"debian": "linux-image-amd64", "ubuntu": "linux-image-virtual"}
+KERNELS = {("debian", "amd64"): "linux-image-amd64", ("debian", "arm64"): "linux-image-arm64",
+           ("ubuntu", "amd64"): "linux-image-virtual"}
+# Per architecture: the serial console the kernel writes to, and what the boot loader needs in the
+# root file system (GRUB's arm64 UEFI modules exist only as an arm64 package).
+CONSOLES = {"amd64": "ttyS0", "arm64": "ttyAMA0"}
+BOOT_PACKAGES = {"amd64": (), "arm64": ("grub-efi-arm64-bin",)}
+# Files in place before any package installs. arm64's root file system is made through qemu-user,
+# where mkinitramfs with every module takes minutes per run (it runs twice): its initramfs holds
+# only what a libvirt VM needs to mount its root, and kernels installed later in the VM get the same.
+EARLY_FILES = {"amd64": (), "arm64": (
+    ("etc/initramfs-tools/conf.d/bpflab", "MODULES=list\n"),
+    ("usr/share/initramfs-tools/modules.d/bpflab", "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n"),
+)}
 # The kernel packages keep /vmlinuz and /initrd.img pointing at the newest kernel, which GRUB boots.
 KERNEL_IMG_CONF = "do_symlinks = yes\nlink_in_boot = no\n"
 CATALOG_DISTRIBUTION = "ubuntu-22.04"
@@ -55,7 +70,7 @@ GUEST_FILES = {
         "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
     "etc/machine-id": "",
 }
-KERNEL_CMDLINE = "console=ttyS0 net.ifnames=0 biosdevname=0 ro quiet"
+KERNEL_OPTIONS = "net.ifnames=0 biosdevname=0 ro quiet"
 BOX_VAGRANTFILE = """\
 Vagrant.configure("2") do |config|
   config.vm.provider :libvirt do |libvirt|
@@ -64,6 +79,7 @@ Vagrant.configure("2") do |config|
 end
 """
 PARTITION_START = 2048  # sectors: the gap before it holds GRUB's core.img
+EFI_PARTITION_MIB = 64  # UEFI disks: the FAT partition that holds GRUB's EFI program, before the root
 MBR_CODE_BYTES = 440  # boot code ends here; the disk signature and partition table follow
 # Bump when the build steps below change in a way the recipe fields do not show.
 BUILD_REVISION = 2
@@ -85,23 +101,37 @@ class Recipe:
     kernel_cmdline: str
     box_vagrantfile: str
     build_revision: int
+    # Fields added later; at their defaults they are left out of the digest, so that the boxes
+    # made before them keep their names.
+    architecture: str = "amd64"
+    early_files: tuple = ()
 
     @classmethod
     def from_config(cls, config: Config, archive_release: str, kernel: str = "") -> Recipe:
-        distribution = config.vm.distribution
+        distribution, architecture = config.vm.distribution, arch.guest(config.vm.arch)
         archive = config.local_box.archives[distribution]
-        packages = (*PACKAGES, KERNELS[family(distribution)])
+        packages = (*PACKAGES, *BOOT_PACKAGES[architecture], kernel_package(distribution, architecture))
         return cls(distribution, archive["mirror"], archive["suite"], tuple(archive["components"]),
                    archive["keyring"], archive_release, kernel, config.local_box.disk_gb, packages,
-                   tuple(sorted(GUEST_FILES.items())), KERNEL_CMDLINE, BOX_VAGRANTFILE, BUILD_REVISION)
+                   tuple(sorted(GUEST_FILES.items())), f"console={CONSOLES[architecture]} {KERNEL_OPTIONS}",
+                   BOX_VAGRANTFILE, BUILD_REVISION, architecture, EARLY_FILES[architecture])
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        values = asdict(self)
+        fields = {field.name: values[field.name] for field in dataclasses.fields(self)
+                  if field.default is dataclasses.MISSING or getattr(self, field.name) != field.default}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def box_name(self) -> str:
-        return f"bpflab/{self.distribution}-{self.digest}"
+        tag = "" if self.architecture == "amd64" else f"{self.architecture}-"
+        return f"bpflab/{self.distribution}-{tag}{self.digest}"
+
+    @property
+    def uefi(self) -> bool:
+        """amd64 boxes boot with BIOS; arm64 has no BIOS, only UEFI."""
+        return self.architecture != "amd64"
 
     @property
     def box_file(self) -> Path:
@@ -110,7 +140,7 @@ class Recipe:
     @classmethod
     def from_json(cls, text: str) -> Recipe:
         fields = json.loads(text)
-        return cls(**{key: tuple(map(tuple, value)) if key == "guest_files" else
+        return cls(**{key: tuple(map(tuple, value)) if key in ("guest_files", "early_files") else
                       tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
 
     def to_json(self) -> str:
@@ -118,15 +148,28 @@ class Recipe:
 
     def bootstrap_command(self, rootfs: Path) -> list[str]:
         """The mmdebstrap call: minimal system, this archive only, checked with its keyring."""
-        return ["mmdebstrap", "--variant=minbase", f"--components={','.join(self.components)}",
+        return ["mmdebstrap", "--variant=minbase", f"--architectures={self.architecture}",
+                f"--components={','.join(self.components)}",
                 f"--keyring={self.keyring}", "--include=" + ",".join(self.packages),
                 f"--setup-hook=mkdir -p \"$1/etc\" && printf '{KERNEL_IMG_CONF}' > \"$1/etc/kernel-img.conf\"",
+                *(f"--setup-hook=mkdir -p \"$1/{os.path.dirname(path)}\" && printf '%s' '{content}' > \"$1/{path}\""
+                  for path, content in self.early_files),
                 "--customize-hook=chroot \"$1\" useradd --create-home --shell /bin/bash vagrant",
                 self.suite, str(rootfs), self.mirror]
 
 
 def family(distribution: str) -> str:
     return distribution.split("-", 1)[0]
+
+
+def kernel_package(distribution: str, architecture: str) -> str:
+    try:
+        return KERNELS[family(distribution), architecture]
+    except KeyError:
+        raise LabError(f"bpflab builds {architecture} boxes of Debian only, and lab.yaml asks for {distribution} "
+                       f"(vm.distribution) on {architecture} (vm.arch): Ubuntu's {architecture} packages are on "
+                       "ports.ubuntu.com, which local_box.archives does not name. Set vm.distribution to "
+                       "debian-12 or debian-13, or vm.arch to amd64.") from None
 
 
 def archive_release(mirror: str, suite: str, timeout: float = 10.0) -> str | None:
@@ -141,23 +184,29 @@ def archive_release(mirror: str, suite: str, timeout: float = 10.0) -> str | Non
     return (fields.get("Version") or fields.get("Date") or "").strip() or None
 
 
-def suite_kernel(mirror: str, suite: str, component: str, package: str, timeout: float = 30.0) -> str | None:
-    """The version of the kernel meta package `package` that the suite serves now (from its amd64
-    package index, read only as far as that package), or None when the archive does not answer."""
+def suite_kernel(mirror: str, suite: str, component: str, package: str, architecture: str = "amd64",
+                 timeout: float = 30.0) -> str | None:
+    """The version of the kernel meta package `package` that the suite serves now (from its package
+    index for `architecture`, read only as far as that package), or None when the archive does not answer."""
     wanted, decompressor, text = f"Package: {package}\n", lzma.LZMADecompressor(), ""
+    index = f"{mirror.rstrip('/')}/dists/{suite}/{component}/binary-{architecture}/Packages.xz"
     try:
-        with urllib.request.urlopen(f"{mirror.rstrip('/')}/dists/{suite}/{component}/binary-amd64/Packages.xz",
-                                    timeout=timeout) as answer:
-            while chunk := answer.read(1 << 16):
-                text += decompressor.decompress(chunk).decode(errors="replace")
-                *paragraphs, text = text.split("\n\n")
+        with urllib.request.urlopen(index, timeout=timeout) as answer:
+            while True:
+                chunk = answer.read(1 << 16)
+                if chunk:
+                    text += decompressor.decompress(chunk).decode(errors="replace")
+                    *paragraphs, text = text.split("\n\n")
+                else:  # the end: the last paragraph too
+                    paragraphs, text = [text], ""
                 for paragraph in paragraphs:
                     if paragraph.startswith(wanted):
                         return next(line.split(":", 1)[1].strip() for line in paragraph.splitlines()
                                     if line.startswith("Version:"))
+                if not chunk:
+                    return None
     except (urllib.error.URLError, OSError, lzma.LZMAError, StopIteration):
         return None
-    return None
 
 
 def cached_recipes() -> list[Recipe]:
@@ -175,11 +224,12 @@ def cached_recipes() -> list[Recipe]:
 def current_recipe(config: Config) -> Recipe:
     """The recipe for the archive as it is now (its release and its kernel); offline, the newest
     cached box of the same recipe."""
-    distribution = config.vm.distribution
+    distribution, architecture = config.vm.distribution, arch.guest(config.vm.arch)
     archive = config.local_box.archives[distribution]
+    package = kernel_package(distribution, architecture)
     release = archive_release(archive["mirror"], archive["suite"])
-    kernel = release and suite_kernel(archive["mirror"], archive["suite"], archive["components"][0],
-                                      KERNELS[family(distribution)])
+    kernel = release and suite_kernel(archive["mirror"], archive["suite"], archive["components"][0], package,
+                                      architecture)
     if release and kernel:
         return Recipe.from_config(config, release, kernel)
     wanted = Recipe.from_config(config, "")
@@ -219,7 +269,10 @@ def choose(config: Config, provider: str, host_arch: str) -> tuple[str, str]:
                            f"the {distribution} box), or vm.distribution to {CATALOG_DISTRIBUTION}.")
         return "catalog", "lab.yaml asks for the catalog box"
     if setting == "local":
-        return "local", f"built here from the {distribution} archive"
+        architecture = arch.guest(config.vm.arch)
+        kernel_package(distribution, architecture)  # refuses what bpflab cannot build
+        tag = "" if architecture == host_arch else f" for {architecture}"
+        return "local", f"built here from the {distribution} archive{tag}"
     return "packaged", f"the ready box {config.packaged_box}"
 
 
@@ -248,7 +301,7 @@ def register_packaged(config: Config) -> str:
     return name
 
 
-def write_guest_files(rootfs: Path, root_uuid: str, public_key: str) -> None:
+def write_guest_files(rootfs: Path, root_uuid: str, public_key: str, kernel_cmdline: str) -> None:
     for relative, content in GUEST_FILES.items():
         path = rootfs / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +314,7 @@ def write_guest_files(rootfs: Path, root_uuid: str, public_key: str) -> None:
     grub.parent.mkdir(parents=True, exist_ok=True)
     grub.write_text(f"set timeout=0\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\n"
                     f"menuentry 'bpflab' {{\n"
-                    f"  linux /vmlinuz root=UUID={root_uuid} {KERNEL_CMDLINE}\n"
+                    f"  linux /vmlinuz root=UUID={root_uuid} {kernel_cmdline}\n"
                     f"  initrd /initrd.img\n}}\n")
     ssh_dir = rootfs / "home/vagrant/.ssh"
     ssh_dir.mkdir(parents=True, exist_ok=True)
@@ -293,10 +346,64 @@ def install_boot_loader(disk: Path, workdir: Path, rootfs: Path) -> None:
         image.write(core.read_bytes())
 
 
+def partition(disk: Path, layout: str) -> None:
+    answer = subprocess.run(["sfdisk", "--quiet", str(disk)], capture_output=True, text=True, input=layout)
+    if answer.returncode:
+        raise LabError(f"sfdisk could not partition {disk}: {answer.stderr.strip()}")
+
+
+def root_file_system(disk: Path, rootfs: Path, root_uuid: str, start: int, sectors: int, current, log: Path) -> None:
+    """The ext4 root partition, made from `rootfs` in place in the disk image (no loop device)."""
+    run(["mkfs.ext4", "-q", "-F", "-L", "bpflab-root", "-U", root_uuid, "-d", str(rootfs),
+         "-E", f"offset={start * 512}", str(disk), f"{sectors // 2}k"], current=current, log=log)
+
+
+def bios_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, log: Path) -> None:
+    """MBR, GRUB for BIOS before the one partition, the root file system in it."""
+    partition(disk, f"label: dos\nstart={PARTITION_START}, type=83, bootable\n")
+    install_boot_loader(disk, workdir, rootfs)
+    root_file_system(disk, rootfs, root_uuid, PARTITION_START, disk.stat().st_size // 512 - PARTITION_START,
+                     current, log)
+
+
+def uefi_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, log: Path) -> None:
+    """GPT with a FAT EFI system partition and the root partition. The firmware starts GRUB from the
+    removable-media path (EFI/BOOT/BOOTAA64.EFI), so the VM needs no boot entry in its NVRAM; GRUB
+    finds the root by its UUID and reads the same grub.cfg as on BIOS."""
+    for tool in ("mkfs.vfat", "mcopy"):
+        require_tool(tool)
+    modules = rootfs / "usr/lib/grub/arm64-efi"
+    if not (modules / "linux.mod").exists():
+        raise LabError(f"GRUB's arm64 UEFI modules are missing from the root file system ({modules}): the "
+                       "package grub-efi-arm64-bin did not install. See the build log, then run `invoke box.build`.")
+    efi_sectors = EFI_PARTITION_MIB * 2048
+    root_start = PARTITION_START + efi_sectors
+    root_sectors = disk.stat().st_size // 512 - root_start - PARTITION_START  # the backup GPT lives at the end
+    partition(disk, f"label: gpt\nstart={PARTITION_START}, size={efi_sectors}, type=U\n"
+                    f"start={root_start}, size={root_sectors}, type=L\n")
+    early = workdir / "early.cfg"
+    early.write_text(f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
+                     "set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n")
+    grub = workdir / "BOOTAA64.EFI"
+    run(["grub-mkimage", "--format=arm64-efi", f"--directory={modules}", f"--output={grub}", f"--config={early}",
+         "--prefix=/boot/grub", "part_gpt", "ext2", "fat", "search_fs_uuid", "configfile", "normal", "linux",
+         "gzio", "echo"], log=log)
+    esp = workdir / "esp.img"
+    run(["mkfs.vfat", "-n", "EFI", "-C", str(esp), str(EFI_PARTITION_MIB * 1024)], log=log)
+    run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], log=log)
+    run(["mcopy", "-i", str(esp), str(grub), "::/EFI/BOOT/BOOTAA64.EFI"], log=log)
+    with disk.open("r+b") as image:
+        image.seek(PARTITION_START * 512)
+        image.write(esp.read_bytes())
+    root_file_system(disk, rootfs, root_uuid, root_start, root_sectors, current, log)
+
+
 def build_file(recipe: Recipe, workdir: Path, log: Path) -> None:
     """Build the .box file in `workdir` (mmdebstrap needs root; the disk steps do not)."""
     for tool in ("mmdebstrap", "mkfs.ext4", "sfdisk", "grub-mkimage", "qemu-img"):
         require_tool(tool)
+    if recipe.architecture != arch.debian():
+        foreign_binaries(recipe.architecture)
     public_key = insecure_public_key()
     rootfs, disk = workdir / "rootfs", workdir / "disk.raw"
     root_uuid = str(uuid.uuid4())
@@ -304,23 +411,16 @@ def build_file(recipe: Recipe, workdir: Path, log: Path) -> None:
         raise LabError(f"The {recipe.distribution} archive's keyring {recipe.keyring} is not on this host. "
                        "Run `invoke host.setup` (it installs Debian's and Ubuntu's keyrings), or fix "
                        f"local_box.archives.{recipe.distribution}.keyring in lab.yaml.")
-    with step(f"{recipe.distribution} ({recipe.suite}) root file system (mmdebstrap, a few minutes)") as current:
+    emulated = ", its programs emulated: about 10 minutes" if recipe.architecture != arch.debian() else ""
+    with step(f"{recipe.distribution} {recipe.architecture} ({recipe.suite}) root file system "
+              f"(mmdebstrap{emulated or ', a few minutes'})") as current:
         run(recipe.bootstrap_command(rootfs), current=current, log=log,
             fix=f"Check that the archive in lab.yaml (local_box.archives.{recipe.distribution}) answers.")
-        write_guest_files(rootfs, root_uuid, public_key)
+        write_guest_files(rootfs, root_uuid, public_key, recipe.kernel_cmdline)
         run((["chroot", str(rootfs), "chown", "-R", "vagrant:vagrant", "/home/vagrant"]), log=log)
-    with step(f"Bootable {recipe.disk_gb} GB disk (ext4 + GRUB for BIOS)") as current:
-        disk_bytes = recipe.disk_gb * 1024**3
-        run(["truncate", "--size", str(disk_bytes), str(disk)], log=log)
-        layout = subprocess.run(["sfdisk", "--quiet", str(disk)], capture_output=True, text=True,
-                                input=f"label: dos\nstart={PARTITION_START}, type=83, bootable\n")
-        if layout.returncode:
-            raise LabError(f"sfdisk could not partition {disk}: {layout.stderr.strip()}")
-        install_boot_loader(disk, workdir, rootfs)
-        partition_kib = (disk_bytes - PARTITION_START * 512) // 1024
-        run((["mkfs.ext4", "-q", "-F", "-L", "bpflab-root", "-U", root_uuid, "-d", str(rootfs),
-                        "-E", f"offset={PARTITION_START * 512}", str(disk), f"{partition_kib}k"]),
-            current=current, log=log)
+    with step(f"Bootable {recipe.disk_gb} GB disk (ext4 + GRUB for {'UEFI' if recipe.uefi else 'BIOS'})") as current:
+        run(["truncate", "--size", str(recipe.disk_gb * 1024**3), str(disk)], log=log)
+        (uefi_disk if recipe.uefi else bios_disk)(disk, workdir, rootfs, root_uuid, current, log)
     with step("Packing the box (qcow2 + metadata)") as current:
         run(["qemu-img", "convert", "-O", "qcow2", str(disk), str(workdir / "box.img")], current=current, log=log)
         (workdir / "metadata.json").write_text(json.dumps(

@@ -88,6 +88,7 @@ SCHEMA: dict[str, Any] = {
         "cpus": Integer(1, 64),
         "memory": Integer(512, 262144),
         "distribution": Choice(*DISTRIBUTIONS),
+        "arch": Choice("auto", *ARCHITECTURES),
         "box": Text(r"local|catalog|\S+\.box", "local, catalog, or the path of a .box file that box.package made"),
         "boxes": {provider: BOXES_PER_ARCH for provider in PROVIDERS},
     },
@@ -156,6 +157,7 @@ class VMSettings:
     cpus: int
     memory: int
     distribution: str
+    arch: str
     box: str
     boxes: dict
 

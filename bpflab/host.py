@@ -29,6 +29,12 @@ HOST_PACKAGES = [
     # box.build: a root file system from the archive (checked with its keyring), a disk, a BIOS boot loader
     "mmdebstrap", "debian-archive-keyring", "e2fsprogs", "fdisk", "util-linux", "grub-pc-bin",
 ]
+# A lab VM of the other architecture (arm64 on amd64): its qemu and UEFI firmware; for box.build,
+# qemu-user to run its programs in the root file system (arch-test proves that works) and the
+# FAT tools for the EFI system partition.
+FOREIGN_PACKAGES = {"arm64": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static", "arch-test",
+                              "dosfstools", "mtools"]}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
 # Ubuntu boxes only: Debian has it from 13 on (Debian 12: bookworm-backports), Ubuntu always.
 UBUNTU_KEYRING = "ubuntu-keyring"
 OTHER_SYSTEMS = """\
@@ -206,13 +212,36 @@ def ensure_kvm_device_group() -> None:
         say("[green]✓[/green] /dev/kvm set to root:kvm 0660 (what udev does on a stock host)")
 
 
-def setup(hashicorp: bool = False) -> None:
-    """Install the host tools (idempotent) and make libvirt answer. Where the distribution has no
-    Vagrant, say how to get HashiCorp's, or (`hashicorp`) get it."""
+def foreign_binaries(architecture: str) -> None:
+    """Let the kernel run `architecture`'s programs through qemu-user (binfmt_misc), as mmdebstrap
+    needs for a foreign root file system. Where no init system has done it, this mounts binfmt_misc
+    and registers the interpreter from qemu-user-static's own binfmt.d entry."""
+    name = f"qemu-{arch.KERNEL[architecture]}"
+    entry = Path(f"/usr/lib/binfmt.d/{name}.conf")
+    if not entry.exists():
+        raise LabError(f"qemu-user-static is not installed, so this host cannot run {architecture} programs to "
+                       f"build the {architecture} box. Run `invoke host.setup` (vm.arch: {architecture} in lab.yaml "
+                       "makes it install the emulators), then `invoke box.build`.")
+    if not (BINFMT / "register").exists():
+        run(privileged(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)]),
+            fix="Mount it by hand (`mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc`), then try again.")
+    if not (BINFMT / name).exists():
+        registration = next(line for line in entry.read_text().splitlines() if line.startswith(":"))
+        (BINFMT / "register").write_text(registration)
+    if (BINFMT / name).read_text().splitlines()[0] != "enabled":
+        (BINFMT / name).write_text("1")
+
+
+def setup(hashicorp: bool = False, vm_arch: str = "auto") -> None:
+    """Install the host tools (idempotent) and make libvirt answer; for a lab VM whose architecture
+    (lab.yaml's vm.arch) is not the host's, also the emulators for it. Where the distribution has
+    no Vagrant, say how to get HashiCorp's, or (`hashicorp`) get it."""
     os_release = Path("/etc/os-release").read_text() if Path("/etc/os-release").exists() else ""
     if platform.system() != "Linux" or not is_debian_like(os_release):
         raise LabError(OTHER_SYSTEMS)
     packages = HOST_PACKAGES + [arch.qemu_system_package(), UBUNTU_KEYRING]
+    if arch.is_foreign(vm_arch):
+        packages += FOREIGN_PACKAGES.get(arch.guest(vm_arch), [])
     missing = missing_packages(packages)
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     if [name for name in missing if name != UBUNTU_KEYRING]:

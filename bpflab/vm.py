@@ -34,8 +34,15 @@ def hardware_virtualization(cpuinfo: str, machine: str, kvm_usable: bool) -> boo
     return bool(flags & {"vmx", "svm"})
 
 
-def choose_acceleration(setting: str, hardware: bool) -> str:
-    """kvm or tcg for libvirt, from lab.yaml's `vm.acceleration` and what the host offers."""
+def choose_acceleration(setting: str, hardware: bool, foreign: bool = False) -> str:
+    """kvm or tcg for libvirt, from lab.yaml's `vm.acceleration` and what the host offers. A VM of
+    another architecture (`foreign`) is always emulated: KVM runs only the host's own."""
+    if foreign:
+        if setting == "kvm":
+            raise LabError("lab.yaml asks for vm.acceleration: kvm, but vm.arch is not this host's architecture, "
+                           "and KVM cannot run another architecture's VM. Set vm.acceleration to auto or tcg "
+                           "(or vm.arch to auto).")
+        return "tcg"
     if setting == "kvm" and not hardware:
         raise LabError("lab.yaml asks for vm.acceleration: kvm, but this host has no usable hardware "
                        "virtualization (no vmx/svm CPU flag, or /dev/kvm is not accessible). "
@@ -70,7 +77,8 @@ def host_provider(config: Config) -> str:
 def host_acceleration(config: Config) -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
-    return choose_acceleration(config.vm.acceleration, hardware_virtualization(cpuinfo, arch.machine(), usable))
+    return choose_acceleration(config.vm.acceleration, hardware_virtualization(cpuinfo, arch.machine(), usable),
+                               arch.is_foreign(config.vm.arch))
 
 
 def box_for(config: Config, provider: str) -> str:
@@ -81,7 +89,7 @@ def box_for(config: Config, provider: str) -> str:
     elif kind == "packaged":
         name = box.register_packaged(config)
     else:
-        name = config.vm.boxes[provider][arch.debian()]
+        name = config.vm.boxes[provider][arch.guest(config.vm.arch)]
     say(f"Box: {name} ({why})")
     return name
 
@@ -109,8 +117,8 @@ def instance_name(config: Config) -> str:
 
 
 class MachineState:
-    """What bpflab remembers of one VM between commands (its box, acceleration and
-    cached ssh-config), as small files in .vagrant/bpflab/<machine>/."""
+    """What bpflab remembers of one VM between commands (its box, architecture, acceleration
+    and cached ssh-config), as small files in .vagrant/bpflab/<machine>/."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -202,6 +210,7 @@ class LabVM:
         if status.created:
             return status.provider
         provider = host_provider(self.config)
+        self.state.set("arch", arch.guest(self.config.vm.arch))
         if provider == "libvirt":
             self.state.set("acceleration", host_acceleration(self.config))
             self.clear_stale_libvirt()
@@ -240,7 +249,7 @@ class LabVM:
                 self.vagrant("destroy", "--force", self.machine, current=current)
         else:
             say(f"{self.subject} does not exist; nothing to destroy.")
-        self.state.forget("box", "acceleration")
+        self.state.forget("box", "acceleration", "arch")
 
     def ssh_config(self, refresh: bool = False) -> str:
         """Vagrant's ssh_config text for the VM, cached: Vagrant takes seconds to start.
@@ -288,7 +297,8 @@ def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
     for vm in vms:
         now = current[vm.machine]
         rows = [("machine", vm.machine), ("state", now.state), ("provider", now.provider),
-                ("acceleration", vm.remembered("acceleration") or "-"), ("box", vm.remembered("box") or "-"),
+                ("arch", vm.remembered("arch") or "-"), ("acceleration", vm.remembered("acceleration") or "-"),
+                ("box", vm.remembered("box") or "-"),
                 ("libvirt domain", vm.domain)]
         if now.running:
             endpoint = vm.endpoint()

@@ -32,6 +32,12 @@ class Project:
             assert result.returncode == 0, result.stdout
         return result
 
+    def edit_lab_yaml(self, old: str, new: str) -> None:
+        """Change one setting in the copy's lab.yaml, as a user would."""
+        path = self.path / "lab.yaml"
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, new, 1))
+
 
 def copy_project(path: Path) -> Project:
     for name in PROJECT_FILES:

@@ -1,6 +1,8 @@
 """Provider, acceleration and box choice: pure decisions, tested as tables."""
 
 import dataclasses
+import hashlib
+import json
 import lzma
 from pathlib import Path
 
@@ -45,6 +47,16 @@ def test_choose_acceleration(setting, hardware, expected):
 def test_forcing_kvm_without_hardware_is_an_error():
     with pytest.raises(LabError, match="no usable hardware virtualization"):
         choose_acceleration("kvm", False)
+
+
+@pytest.mark.parametrize("setting", ["auto", "tcg"])
+def test_a_vm_of_another_architecture_is_always_emulated(setting):
+    assert choose_acceleration(setting, True, foreign=True) == "tcg"
+
+
+def test_kvm_for_a_vm_of_another_architecture_is_an_error():
+    with pytest.raises(LabError, match="KVM cannot run another architecture's VM"):
+        choose_acceleration("kvm", True, foreign=True)
 
 
 @pytest.mark.parametrize("setting, libvirt, virtualbox, expected", [
@@ -96,9 +108,10 @@ def test_machine_names_follow_vm_count():
         select_one(three, "lab,lab2", "lab.ssh", "")
 
 
-def with_box(setting, distribution="debian-12"):
+def with_box(setting, distribution="debian-12", architecture="auto"):
     settings = config.load()
-    return dataclasses.replace(settings, vm=dataclasses.replace(settings.vm, box=setting, distribution=distribution))
+    return dataclasses.replace(settings, vm=dataclasses.replace(settings.vm, box=setting, distribution=distribution,
+                                                                arch=architecture))
 
 
 @pytest.mark.parametrize("setting, distribution, expected", [
@@ -120,6 +133,30 @@ def test_box_choice(setting, distribution, expected):
 def test_no_box_where_it_cannot_run(setting, distribution, provider, arch, says):
     with pytest.raises(LabError, match=says):
         box.choose(with_box(setting, distribution), provider, arch)
+
+
+def test_an_arm64_box_is_built_of_debian_only():
+    kind, why = box.choose(with_box("local", "debian-12", "arm64"), "libvirt", "amd64")
+    assert kind == "local" and why.endswith("for arm64")
+    with pytest.raises(LabError, match="ports.ubuntu.com"):
+        box.choose(with_box("local", "ubuntu-24.04", "arm64"), "libvirt", "amd64")
+
+
+def test_an_arm64_box_is_its_own_box_and_amd64_boxes_keep_their_names():
+    amd64 = box.Recipe.from_config(with_box("local"), "12.15", "6.1.176-1")
+    fields = {key: value for key, value in dataclasses.asdict(amd64).items()
+              if key not in ("architecture", "early_files")}  # the fields that came with arm64 boxes
+    assert amd64.digest == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    arm64 = box.Recipe.from_config(with_box("local", "debian-12", "arm64"), "12.15", "6.1.176-1")
+    assert arm64.digest != amd64.digest and arm64.box_name.startswith("bpflab/debian-12-arm64-")
+    assert arm64.uefi and not amd64.uefi
+    assert "console=ttyAMA0" in arm64.kernel_cmdline and "console=ttyS0" in amd64.kernel_cmdline
+    command = arm64.bootstrap_command(Path("/rootfs"))
+    included = next(part for part in command if part.startswith("--include=")).split("=", 1)[1].split(",")
+    assert "--architectures=arm64" in command
+    assert {"linux-image-arm64", "grub-efi-arm64-bin"} <= set(included) and "linux-image-amd64" not in included
+    assert any("MODULES=list" in hook for hook in command)
+    assert box.Recipe.from_json(arm64.to_json()) == arm64
 
 
 def test_box_recipe_hash_follows_everything_the_box_is_made_from():
@@ -180,6 +217,11 @@ def test_the_kernel_the_suite_serves_comes_from_its_package_index(tmp_path):
     assert box.suite_kernel(tmp_path.as_uri(), "bookworm", "main", "linux-image-amd64") == "6.1.176-1"
     assert box.suite_kernel(tmp_path.as_uri(), "bookworm", "main", "linux-image-virtual") is None
     assert box.suite_kernel(tmp_path.as_uri(), "trixie", "main", "linux-image-amd64") is None
+    arm64 = tmp_path / "dists" / "bookworm" / "main" / "binary-arm64"
+    arm64.mkdir()
+    (arm64 / "Packages.xz").write_bytes(lzma.compress(b"Package: linux-image-arm64\nVersion: 6.1.170-1\n"))
+    assert box.suite_kernel(tmp_path.as_uri(), "bookworm", "main", "linux-image-arm64", "arm64") == "6.1.170-1"
+    assert box.suite_kernel(tmp_path.as_uri(), "bookworm", "main", "linux-image-arm64") is None
 
 
 def test_state_remembered_before_several_vms_moves_to_lab(tmp_path):

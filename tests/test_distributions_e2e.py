@@ -19,12 +19,6 @@ from conftest import copy_project
 pytestmark = pytest.mark.vm
 
 
-def set_in_lab_yaml(project, old, new):
-    path = project.path / "lab.yaml"
-    assert old in path.read_text()
-    path.write_text(path.read_text().replace(old, new, 1))
-
-
 def vm_shell(project, command):
     with Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).connect() as connection:
         return remote_run(connection, command, sudo=True, check=False).stdout.strip()
@@ -33,7 +27,7 @@ def vm_shell(project, command):
 @pytest.fixture(scope="module")
 def trixie(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("trixie"))
-    set_in_lab_yaml(project, "distribution: debian-12", "distribution: debian-13")
+    project.edit_lab_yaml("distribution: debian-12", "distribution: debian-13")
     project.invoke("host.setup")
     project.ready_boxes = []
     yield project
@@ -75,7 +69,7 @@ def test_a_seat_from_the_ready_box_has_nothing_to_provision(trixie, tmp_path_fac
     trixie.ready_boxes.append(f"bpflab/debian-13-ready-{about['id']}")
 
     trixie.invoke("lab.destroy")
-    set_in_lab_yaml(trixie, "box: local", f"box: {ready}")
+    trixie.edit_lab_yaml("box: local", f"box: {ready}")
     seat = trixie.invoke("lab.setup").stdout
     assert f"Box: bpflab/debian-13-ready-{about['id']} (the ready box {ready})" in seat
     assert "Provisioning: nothing to do, the VM was up to date." in seat and "Installing" not in seat
@@ -86,7 +80,7 @@ def test_a_seat_from_the_ready_box_has_nothing_to_provision(trixie, tmp_path_fac
     assert vm_shell(trixie, "ls /var/lib/apt/lists | grep -c _Packages || true") == "0"
 
     # A lab.yaml changed since the box was made: provisioning says so and closes the gap.
-    set_in_lab_yaml(trixie, "packages: [python3, arping, netperf, iperf, bpftrace, bpftool]\n"
+    trixie.edit_lab_yaml("packages: [python3, arping, netperf, iperf, bpftrace, bpftool]\n"
                             "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19",
                     "packages: [python3, arping, netperf, iperf, bpftrace, bpftool, tree]\n"
                     "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19")

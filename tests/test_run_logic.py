@@ -78,3 +78,26 @@ def test_run_folders_never_collide(tmp_path):
     first.mkdir()
     second = free_folder(tmp_path, "my lab", now)
     assert first.name == "20261124T170000Z-my_lab" and second.name.endswith("-2")
+
+
+# What the labs that number syscalls print on arm64 with arm64's table, and with x86_64's (the book's
+# hard-coded numbers): there, x86_64's timer_create (222) is arm64's mmap, and openat (56) is x86_64's clone.
+RIGHT_TABLE = {
+    "hello-tail": ["timeout 301  Executing a program", "timeout 301  Creating a timer",
+                   "timeout 301  Some other timer operation", "python3 305  Another syscall: 81 (sync)"],
+    "syscall-count": ["openat (56): 310   mmap (222): 260   read (63): 120"],
+}
+X86_64_TABLE_ON_ARM64 = {
+    "hello-tail": RIGHT_TABLE["hello-tail"] + ["python3 305  Creating a timer"] * 100,
+    "syscall-count": ["clone (56): 310   timer_create (222): 260   uname (63): 120"],
+}
+
+
+@pytest.mark.parametrize("name", ["hello-tail", "syscall-count"])
+def test_the_syscall_labs_pass_only_with_the_vms_own_numbers(name):
+    lab = load_catalog(ROOT)[name]
+    assert check_expectations(lab, outcome(RIGHT_TABLE[name])) == []
+    assert check_expectations(lab, outcome(X86_64_TABLE_ON_ARM64[name])) != []
+    if name == "hello-tail":
+        tail_auto = load_catalog(ROOT)["hello-tail-auto"]
+        assert check_expectations(tail_auto, outcome(X86_64_TABLE_ON_ARM64[name])) != []
