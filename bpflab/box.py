@@ -293,8 +293,13 @@ def ready_box_name(description: dict) -> str:
 
 def register_packaged(config: Config) -> str:
     """Make the ready box of vm.box known to Vagrant (once per box file)."""
-    path = config.packaged_box
-    name = ready_box_name(ready_box_description(path))
+    path, wanted = config.packaged_box, arch.guest(config.vm.arch)
+    description = ready_box_description(path)
+    if description.get("arch", "amd64") != wanted:
+        raise LabError(f"{path} is a ready box of an {description['arch']} VM, but lab.yaml's vm.arch makes the VM "
+                       f"{wanted}. Set vm.arch to {description['arch']} in lab.yaml, or use a ready box packaged "
+                       f"from an {wanted} VM.")
+    name = ready_box_name(description)
     if (name, "libvirt") not in vagrant.installed_boxes():
         with step(f"Registering the ready box {path.name} as {name}") as current:
             vagrant.add_box(name, path, current)
@@ -386,7 +391,7 @@ def uefi_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, 
                      "set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n")
     grub = workdir / "BOOTAA64.EFI"
     run(["grub-mkimage", "--format=arm64-efi", f"--directory={modules}", f"--output={grub}", f"--config={early}",
-         "--prefix=/boot/grub", "part_gpt", "ext2", "fat", "search_fs_uuid", "configfile", "normal", "linux",
+         "--prefix=/boot/grub", "part_gpt", "ext2", "fat", "search", "search_fs_uuid", "configfile", "normal", "linux",
          "gzio", "echo"], log=log)
     esp = workdir / "esp.img"
     run(["mkfs.vfat", "-n", "EFI", "-C", str(esp), str(EFI_PARTITION_MIB * 1024)], log=log)

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import lzma
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,14 @@ def test_vms_beyond_a_lowered_count_are_found_by_name():
                "other-vm", "bpflab-1234abcd-lab2-extra"]
     assert beyond_count("bpflab-1234abcd", ["lab", "lab2"], domains) == ["lab3"]
     assert beyond_count("bpflab-1234abcd", ["lab"], domains) == ["lab2", "lab3"]
+
+
+def test_a_ready_box_of_the_other_architecture_is_refused(tmp_path):
+    about = tmp_path / "bpflab.json"
+    about.write_text(json.dumps({"distribution": "debian-12", "arch": "arm64", "id": "abc"}))
+    ready = tmp_path / "seat.box"
+    with tarfile.open(ready, "w") as packed:
+        packed.add(about, arcname="bpflab.json")
+    settings = with_box(str(ready))
+    with pytest.raises(LabError, match="ready box of an arm64 VM, but lab.yaml's vm.arch makes the VM amd64"):
+        box.register_packaged(settings)
