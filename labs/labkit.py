@@ -58,11 +58,17 @@ def until_stopped():
 
 
 NR_DEFINE = re.compile(r"#define\s+__NR(?:3264)?_(\w+)\s+(\d+)\b")
-HEADER_GLOBS = [
-    "/usr/include/asm/unistd_64.h", "/usr/include/*-linux-gnu/asm/unistd_64.h",
-    "/lib/modules/{release}/build/arch/x86/include/generated/uapi/asm/unistd_64.h",
-    "/usr/include/asm-generic/unistd.h", "/lib/modules/{release}/build/include/uapi/asm-generic/unistd.h",
-]
+# Where each architecture's syscall table is, first found first. arm64 has the generic table:
+# linux-libc-dev's copy, or the kernel headers' (Debian keeps it in the -common package that the
+# `source` link points to); kernels from 6.11 on also generate arm64's own unistd_64.h.
+HEADER_GLOBS = {
+    "x86_64": ["/usr/include/asm/unistd_64.h", "/usr/include/*-linux-gnu/asm/unistd_64.h",
+               "/lib/modules/{release}/build/arch/x86/include/generated/uapi/asm/unistd_64.h"],
+    "aarch64": ["/usr/include/asm-generic/unistd.h",
+                "/lib/modules/{release}/build/arch/arm64/include/generated/uapi/asm/unistd_64.h",
+                "/lib/modules/{release}/build/include/uapi/asm-generic/unistd.h",
+                "/lib/modules/{release}/source/include/uapi/asm-generic/unistd.h"],
+}
 
 
 def syscall_numbers():
@@ -70,17 +76,14 @@ def syscall_numbers():
 
     x86_64 has its own table (execve 59); arm64 uses the generic one (execve 221).
     """
-    release = os.uname().release
-    generic = os.uname().machine not in ("x86_64",)
-    for pattern in HEADER_GLOBS:
-        if ("asm-generic" in pattern) != generic:
-            continue
-        for path in glob.glob(pattern.format(release=release)):
+    uname = os.uname()
+    for pattern in HEADER_GLOBS.get(uname.machine, []):
+        for path in glob.glob(pattern.format(release=uname.release)):
             with open(path) as header:
                 table = {name: int(number) for name, number in NR_DEFINE.findall(header.read())}
             if "execve" in table:
                 return table
-    sys.exit("No syscall table found: install the kernel headers (invoke lab.provision).")
+    sys.exit(f"No {uname.machine} syscall table found: install the kernel headers (invoke lab.provision).")
 
 
 def syscall_names():
@@ -90,7 +93,7 @@ def syscall_names():
 # Syscalls that hello-tail maps to a program that does nothing: the ones every
 # process makes all the time, which would drown the interesting lines.
 QUIET_SYSCALLS = [
-    "read", "write", "close", "fstat", "newfstatat", "lseek", "mmap", "mprotect", "munmap", "brk",
+    "read", "write", "close", "fstat", "newfstatat", "fstatat", "lseek", "mmap", "mprotect", "munmap", "brk",
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "ioctl", "pread64", "writev", "readv", "poll", "ppoll",
     "select", "pselect6", "epoll_wait", "epoll_pwait", "futex", "nanosleep", "clock_nanosleep", "getpid",
     "gettid", "getuid", "geteuid", "getgid", "getegid", "getppid", "getrandom", "openat", "fcntl", "sendto",

@@ -17,9 +17,10 @@ GENERIC = "#define __NR3264_mmap 222\n#define __NR_execve 221\n#define __NR_time
 def test_syscall_numbers_follow_the_architecture(monkeypatch, tmp_path, machine, header, execve, n222):
     path = tmp_path / "unistd.h"
     path.write_text(header)
-    pattern = str(path)
-    monkeypatch.setattr(labkit, "HEADER_GLOBS", [pattern if machine == "x86_64" else pattern + "#asm-generic"])
-    monkeypatch.setattr(labkit.glob, "glob", lambda p: [str(path)])
+    other = tmp_path / "other.h"
+    other.write_text(X86 if header == GENERIC else GENERIC)
+    monkeypatch.setattr(labkit, "HEADER_GLOBS", {"x86_64": [str(path if machine == "x86_64" else other)],
+                                                  "aarch64": [str(tmp_path / "missing.h"), str(path)]})
     uname = labkit.os.uname()
     fake = type("U", (), {"release": uname.release, "machine": machine})
     monkeypatch.setattr(labkit.os, "uname", lambda: fake)
