@@ -222,7 +222,7 @@ def write_report(c):
 
 
 @task(help={"fast": "only the tests that need no VM and no browser (seconds instead of minutes)",
-            "arm64": "only the arm64 VM's tests, which the suite leaves out (about an hour under emulation)"})
+            "arm64": "only the arm64 VM's tests, which the suite leaves out (9-16 minutes under emulation)"})
 def test(c, fast=False, arm64=False):
     """Run the test suite; without --fast this includes the real-VM and browser tests."""
     selection = ["-m", "not vm and not browser"] if fast else ["-m", "arm64"] if arm64 else []

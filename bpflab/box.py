@@ -407,7 +407,8 @@ def build_file(recipe: Recipe, workdir: Path, log: Path) -> None:
     """Build the .box file in `workdir` (mmdebstrap needs root; the disk steps do not)."""
     for tool in ("mmdebstrap", "mkfs.ext4", "sfdisk", "grub-mkimage", "qemu-img"):
         require_tool(tool)
-    if recipe.architecture != arch.debian():
+    emulated = recipe.architecture != arch.debian()
+    if emulated:
         foreign_binaries(recipe.architecture)
     public_key = insecure_public_key()
     rootfs, disk = workdir / "rootfs", workdir / "disk.raw"
@@ -416,9 +417,9 @@ def build_file(recipe: Recipe, workdir: Path, log: Path) -> None:
         raise LabError(f"The {recipe.distribution} archive's keyring {recipe.keyring} is not on this host. "
                        "Run `invoke host.setup` (it installs Debian's and Ubuntu's keyrings), or fix "
                        f"local_box.archives.{recipe.distribution}.keyring in lab.yaml.")
-    emulated = ", its programs emulated: about 10 minutes" if recipe.architecture != arch.debian() else ""
+    how_long = "its programs emulated: about 7 minutes" if emulated else "a few minutes"
     with step(f"{recipe.distribution} {recipe.architecture} ({recipe.suite}) root file system "
-              f"(mmdebstrap{emulated or ', a few minutes'})") as current:
+              f"(mmdebstrap, {how_long})") as current:
         run(recipe.bootstrap_command(rootfs), current=current, log=log,
             fix=f"Check that the archive in lab.yaml (local_box.archives.{recipe.distribution}) answers.")
         write_guest_files(rootfs, root_uuid, public_key, recipe.kernel_cmdline)

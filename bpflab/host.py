@@ -225,11 +225,15 @@ def foreign_binaries(architecture: str) -> None:
     if not (BINFMT / "register").exists():
         run(privileged(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)]),
             fix="Mount it by hand (`mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc`), then try again.")
-    if not (BINFMT / name).exists():
-        registration = next(line for line in entry.read_text().splitlines() if line.startswith(":"))
-        (BINFMT / "register").write_text(registration)
-    if (BINFMT / name).read_text().splitlines()[0] != "enabled":
-        (BINFMT / name).write_text("1")
+    try:
+        if not (BINFMT / name).exists():
+            (BINFMT / "register").write_text(next(line for line in entry.read_text().splitlines() if line[:1] == ":"))
+        if (BINFMT / name).read_text().splitlines()[0] != "enabled":
+            (BINFMT / name).write_text("1")
+    except (OSError, StopIteration) as error:
+        raise LabError(f"The kernel did not take qemu-user's {architecture} interpreter ({BINFMT}: {error}). "
+                       f"Register it as root (`update-binfmts --enable {name}`, or write {entry}'s line to "
+                       f"{BINFMT}/register), then run `invoke box.build` again.") from None
 
 
 def setup(hashicorp: bool = False, vm_arch: str = "auto") -> None:
