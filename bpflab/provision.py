@@ -63,8 +63,8 @@ if [ -e "${lists[0]}" ]; then
   answer=~/.cache/bpflab-apt-unavailable  # the packages asked about, then apt's answer
   { [ "$answer" -nt /var/lib/apt/lists ] && { read -r asked; read -r unavailable; } < "$answer" \
     && [ "$asked" = "$OPTIONAL" ]; } 2>/dev/null || {
-    unavailable=$(bash -c "$UNAVAILABLE" apt-unavailable $OPTIONAL)
-    mkdir -p ~/.cache && printf '%s\n%s\n' "$OPTIONAL" "${unavailable//$'\n'/ }" > "$answer"
+    unavailable=$(bash -c "$UNAVAILABLE" apt-unavailable $OPTIONAL) \
+      && mkdir -p ~/.cache && printf '%s\n%s\n' "$OPTIONAL" "${unavailable//$'\n'/ }" > "$answer"
   }
   echo "no_candidate=${unavailable//$'\n'/ }"
 fi
@@ -241,7 +241,10 @@ def install_packages(connection: Connection, config: Config, facts: Facts, todo:
         remote_run(connection, apt("update", timeout), sudo=True, current=current, log=log,
                    what="apt-get update", fix="Check the VM's network (`invoke lab.ssh`) and run provision again.")
         unavailable = remote_run(connection, f"bash -c {shlex.quote(APT_UNAVAILABLE)} apt-unavailable "
-                                             f"{' '.join(todo.packages)}", log=log).stdout.split()
+                                             f"{' '.join(todo.packages)}", log=log,
+                                 what="asking apt which packages it has",
+                                 fix="Run `invoke lab.provision` again; if it fails the same way, see "
+                                     "`sudo apt-get update` in `invoke lab.ssh`.").stdout.split()
         running_headers = f"linux-headers-{facts.kernel}"
         skipped = [name for name in unavailable if name in todo.optional]
         required = [name for name in unavailable if name not in todo.optional and name != running_headers]
