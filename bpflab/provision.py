@@ -29,6 +29,9 @@ from .errors import LabError
 SCRIPTS = Path(__file__).parent / "scripts"
 APT_UNAVAILABLE = (SCRIPTS / "apt-unavailable.sh").read_text()
 STAMP = "/var/lib/bpflab/bcc.json"
+# Where a provisioning run's doctor keeps its slow answers (importing bcc, bpftrace's version)
+# for the next run while nothing they depend on changes; `lab.doctor` always asks afresh.
+DOCTOR_ANSWERS = "/var/lib/bpflab/doctor"
 # sshd notices a host that is gone (a dropped connection, a firewall) within about 10 s and
 # ends its session: a lab program's supervisor then stops the program and frees the lock.
 SSHD_KEEPALIVE = (Path(__file__).parent / "scripts" / "sshd-keepalive.conf").read_text()
@@ -109,7 +112,8 @@ def gather(connection: Connection, optional: list[str], checks: bool = False) ->
     """All facts in one round trip; `optional` packages are checked for an apt candidate; with
     `checks`, the doctor runs at the same time (its rows are the answer when nothing changes)."""
     variables = {"OPTIONAL": " ".join(optional), "UNAVAILABLE": APT_UNAVAILABLE,
-                 "DOCTOR": (SCRIPTS / "doctor.sh").read_text() if checks else ""}
+                 "DOCTOR": with_variables((SCRIPTS / "doctor.sh").read_text(), {"REMEMBER": DOCTOR_ANSWERS})
+                 if checks else ""}
     return Facts.parse(remote_run(connection, with_variables(FACTS_SCRIPT, variables),
                                   what="reading the VM's state").stdout)
 

@@ -187,24 +187,28 @@ class Supervisor:
         settings = {"WORKDIR": target.workdir, "NAME": target.name,
                     "WATCH": "line" if target.says_ready else "kernel", "DURATION": duration,
                     "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS, "FACTS": int(facts),
-                    "BCC_VERSION": BCC_VERSION if facts else ""}
+                    "BCC_VERSION": BCC_VERSION if facts else "", "CHECK": files.check_script() if files else ""}
         assignments = "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in settings.items())
-        check = files.check_script() if files else ""
-        self.command = (f"bash -c {shlex.quote(check + assignments + SUPERVISOR)} supervisor "
+        self.command = (f"bash -c {shlex.quote(assignments + SUPERVISOR)} supervisor "
                         + " ".join(shlex.quote(word) for word in target.argv(args)))
         self.name = target.name
         self.channel = None
         self.requested: set[str] = set()
 
     def stream(self, connection: Connection, on_lines) -> None:
-        """Hand the output's lines to on_lines, a block at a time, until the channel ends (or the
-        connection closes)."""
+        """Hand the output's lines to on_lines, a block at a time, until the supervisor's last line
+        (its exit and the channel's close take a tenth of a second more), the channel's end or the
+        connection's close."""
         sink = LineSink(on_lines=on_lines)
         try:
             self.channel = open_channel(connection, self.command)
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             while chunk := self.channel.recv(1 << 16):
-                sink.write(decoder.decode(chunk))
+                text = decoder.decode(chunk)
+                sink.write(text)
+                if text.endswith("\n") and text.rstrip("\n").rpartition("\n")[2].startswith(STOP_MARK):
+                    self.channel.close()
+                    break
         except Exception:  # the connection was closed under it: recorded as connection-lost
             pass
         sink.finish()

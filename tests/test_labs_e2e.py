@@ -96,7 +96,7 @@ def latest_run(project, name):
 
 def nothing_left_in_vm(project):
     leftovers = vm_shell(project, "pgrep -af '[p]ython3 -u' ; grep -c bcc_ /sys/kernel/tracing/kprobe_events; "
-                                  "test -e /run/bpflab-lab.pid && echo pidfile-left; true")
+                                  "test -s /run/bpflab-lab.pid && echo pidfile-left; true")
     return leftovers.split() == ["0"]
 
 
@@ -120,6 +120,17 @@ def test_provisioning_again_changes_nothing(lab):
     for check in ("BPF syscall", "kprobes", "BTF", "tracefs", "kernel headers", "import bcc", "bpftrace"):
         assert check in again.stdout
     assert "missing" not in again.stdout
+
+
+def test_provisioning_takes_the_doctors_slow_answers_again_until_a_package_changes(lab):
+    """Importing bcc takes seconds under emulation: a provisioning run that changes nothing shows
+    the answer seen before; a package change, or `lab.doctor`, asks afresh."""
+    vm_shell(lab, "mkdir -p /var/lib/bpflab/doctor && echo 9.9.9 > /var/lib/bpflab/doctor/bcc")
+    assert "BCC 9.9.9" in lab.invoke("lab.provision").stdout
+    assert "BCC 9.9.9" not in lab.invoke("lab.doctor").stdout
+    vm_shell(lab, "touch /var/lib/dpkg/status")
+    again = lab.invoke("lab.provision").stdout
+    assert "BCC 9.9.9" not in again and re.search(r"import bcc\s*│ ok\s*│ BCC \d", again), again
 
 
 def test_sync_without_changes_is_a_no_op(lab):
@@ -269,7 +280,7 @@ def test_no_line_from_before_a_run_is_shown(lab):
 
 
 def lock_is_free(project):
-    state = vm_shell(project, "test -e /run/bpflab-lab.pid && echo pidfile; "
+    state = vm_shell(project, "test -s /run/bpflab-lab.pid && echo pidfile; "
                               "flock -n /run/bpflab-lab.lock true || echo locked; "
                               "bpftool perf list | wc -l; pgrep -c -f '[q]uiet_events'")
     return state.split() == ["0", "0"]

@@ -1,17 +1,20 @@
 #!/bin/bash
 # The supervisor of one lab program in the VM (`invoke lab.run`, `lab.verify`, `lab.trace`):
 #   bash -c "WORKDIR=... NAME=... WATCH=line|kernel DURATION=s ALLOWANCE=s GRACE=s FACTS=0|1
-#            BCC_VERSION=<python> <this script>" supervisor PROGRAM [ARGS...]
+#            BCC_VERSION=<python> CHECK=<shell> <this script>" supervisor PROGRAM [ARGS...]
 # It holds the one-lab lock, takes the host's requests on stdin (stop, kill, duration,
 # attached), stops the program however the host goes away, with FACTS=1 reports
 # "@@bpflab-facts KERNEL BCC_VERSION" once the program is gone, and ends with the line
 # "@@bpflab-stopped REASON STATUS LEAKED_PROBES". Runs as root.
+# Builtins where a command would do, and commands at once where they can: each process
+# costs about 0.1 s under emulation.
 exec 9>/run/bpflab-lab.lock
-if ! flock -n 9; then
+flock -n 9 & locking=$!
+eval "$CHECK"  # meanwhile: that the VM holds the run's files (it exits here when not)
+if ! wait $locking; then
   echo "bpflab: another lab program is running in this VM: $(cat /run/bpflab-lab.owner 2>/dev/null)"
   echo "@@bpflab-stopped busy 75 0"; exit 75
 fi
-# Builtins where a command would do: each process costs about 50 ms under emulation.
 printf '%s (since %(%T)T)\n' "$NAME" -1 > /run/bpflab-lab.owner
 echo $$ > /run/bpflab-lab.pid
 # No line from before this run: empty the kernel's trace buffer (the trace pipe reads from it).
@@ -72,7 +75,7 @@ loaded() {
   if [ -n "$told" ] || [ $i -lt $((ALLOWANCE * 5)) ]; then
     [ "$DURATION" = 0 ] && exit 0
     end=$(( ${EPOCHREALTIME/./} + DURATION * 1000000 ))  # a deadline: a late USR1 cuts a pause short
-    while (( ${EPOCHREALTIME/./} < end )); do pause 0.2; done
+    while (( (left = end - ${EPOCHREALTIME/./}) > 0 )); do printf -v left %07d $left; pause ${left%??????}.${left: -6}; done
     kill -USR1 $$
   else
     echo "@@bpflab-never-attached"; kill -USR2 $$
@@ -98,7 +101,7 @@ leaked=0
 for events in /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events; do
   while read -r line; do [[ $line == *bcc_$child* ]] && ((++leaked)); done < $events
 done 2>/dev/null
-rm -f /run/bpflab-lab.pid /run/bpflab-lab.owner
+: > /run/bpflab-lab.pid  # emptied: no program runs (`rm` would be a process)
 if [ "$FACTS" = 1 ]; then  # after the program: nothing it traces sees python start
   read -r kernel < /proc/sys/kernel/osrelease
   echo "@@bpflab-facts $kernel $(python3 -c "$BCC_VERSION" 2>/dev/null || echo none)"
