@@ -220,9 +220,12 @@ def make_jobs(cpus: int, memory_kb: int) -> int:
 
 
 def apt(command: str, timeout: int) -> str:
-    """An apt-get command that waits for the dpkg lock, retries downloads, asks nothing."""
+    """An apt-get command that waits for the dpkg lock, retries downloads, asks nothing (a
+    configuration file changed here, such as the box's PAM file for sshd, is kept, as Ansible's
+    apt module does)."""
     return (f"DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout={timeout} "
-            f"-o Acquire::Retries=3 {command}")
+            f"-o Acquire::Retries=3 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
+            f"{command}")
 
 
 def wait_for_apt(connection: Connection, timeout: int) -> None:

@@ -114,6 +114,14 @@ def test_setup_moved_the_vm_to_a_kernel_with_headers(lab):
     assert vm_shell(lab, f"ls /boot | grep -cF {first.group(1)} || true").strip() == "0"
 
 
+def test_an_ssh_session_starts_no_motd_scripts(lab):
+    """Every step of bpflab is an SSH session: the box's sshd leaves out pam_motd, which runs
+    /etc/update-motd.d each time, and provisioning's apt kept that edit."""
+    pam = vm_shell(lab, "cat /etc/pam.d/sshd").splitlines()
+    assert "@include common-session" in pam
+    assert not [line for line in pam if "pam_motd.so" in line and not line.startswith("#")], pam
+
+
 def test_provisioning_again_changes_nothing(lab):
     again = lab.invoke("lab.provision")
     assert "nothing to do" in again.stdout
