@@ -206,7 +206,7 @@ class Supervisor:
             while chunk := self.channel.recv(1 << 16):
                 text = decoder.decode(chunk)
                 sink.write(text)
-                if text.endswith("\n") and text.rstrip("\n").rpartition("\n")[2].startswith(STOP_MARK):
+                if text.endswith("\n") and text.startswith(STOP_MARK, text.rfind("\n", 0, -1) + 1):
                     self.channel.close()
                     break
         except Exception:  # the connection was closed under it: recorded as connection-lost

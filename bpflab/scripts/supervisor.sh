@@ -32,6 +32,9 @@ set -m  # job control: the program gets its own process group and does not ignor
 PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 9>&- < /dev/null &
 child=$!
 set +m
+# BCC's version, read meanwhile (a python start): done long before a program attaches, which
+# compiles first, so nothing it traces sees it.
+[ "$FACTS" = 1 ] && exec {facts}< <(python3 -c "$BCC_VERSION" < /dev/null 3>&- 4<&- 9>&- 2>/dev/null || echo none)
 reason=exited
 finished=
 stop() {
@@ -102,9 +105,10 @@ for events in /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_event
   while read -r line; do [[ $line == *bcc_$child* ]] && ((++leaked)); done < $events
 done 2>/dev/null
 : > /run/bpflab-lab.pid  # emptied: no program runs (`rm` would be a process)
-if [ "$FACTS" = 1 ]; then  # after the program: nothing it traces sees python start
+if [ "$FACTS" = 1 ]; then
   read -r kernel < /proc/sys/kernel/osrelease
-  echo "@@bpflab-facts $kernel $(python3 -c "$BCC_VERSION" 2>/dev/null || echo none)"
+  read -r bcc <&$facts
+  echo "@@bpflab-facts $kernel ${bcc:-none}"
 fi
 echo "@@bpflab-stopped $reason $status $leaked"
 exit $status
