@@ -40,6 +40,10 @@ GRACE_SECONDS = 3
 COMPILE_ALLOWANCE = 120
 # After this long without a line, ask the connection whether the machine still answers.
 SILENCE_PROBE_SECONDS = 5
+# An unbuffered program's lines arrive a packet of a few at a time, and each block costs Python
+# work on the host, which shares its cores with an emulated VM: after a small block, the next
+# one gathers for this long (a delay no reader sees).
+COALESCE_BYTES, COALESCE_SECONDS = 1 << 15, 0.02
 SUPERVISOR = (Path(__file__).parent / "scripts" / "supervisor.sh").read_text()
 # BCC's version without importing bcc (which loads LLVM: seconds under emulation); "none" without BCC.
 BCC_VERSION = (Path(__file__).parent / "scripts" / "bcc-version.py").read_text()
@@ -209,6 +213,8 @@ class Supervisor:
                 if text.endswith("\n") and text.startswith(STOP_MARK, text.rfind("\n", 0, -1) + 1):
                     self.channel.close()
                     break
+                if len(chunk) < COALESCE_BYTES:
+                    time.sleep(COALESCE_SECONDS)
         except Exception:  # the connection was closed under it: recorded as connection-lost
             pass
         sink.finish()
