@@ -29,9 +29,8 @@ from .errors import LabError
 SCRIPTS = Path(__file__).parent / "scripts"
 APT_UNAVAILABLE = (SCRIPTS / "apt-unavailable.sh").read_text()
 STAMP = "/var/lib/bpflab/bcc.json"
-# Where a provisioning run's doctor keeps its slow answers (importing bcc, bpftrace's version)
-# for the next run while nothing they depend on changes; `lab.doctor` always asks afresh.
-DOCTOR_ANSWERS = "/var/lib/bpflab/doctor"
+# Keeps the doctor's slow answers in the VM, and gives them again while they stand.
+ANSWERS = (SCRIPTS / "answers.sh").read_text()
 # sshd notices a host that is gone (a dropped connection, a firewall) within about 10 s and
 # ends its session: a lab program's supervisor then stops the program and frees the lock.
 SSHD_KEEPALIVE = (Path(__file__).parent / "scripts" / "sshd-keepalive.conf").read_text()
@@ -112,8 +111,7 @@ def gather(connection: Connection, optional: list[str], checks: bool = False) ->
     """All facts in one round trip; `optional` packages are checked for an apt candidate; with
     `checks`, the doctor runs at the same time (its rows are the answer when nothing changes)."""
     variables = {"OPTIONAL": " ".join(optional), "UNAVAILABLE": APT_UNAVAILABLE,
-                 "DOCTOR": with_variables((SCRIPTS / "doctor.sh").read_text(), {"REMEMBER": DOCTOR_ANSWERS})
-                 if checks else ""}
+                 "DOCTOR": ANSWERS + script("doctor.sh", REUSE="1") if checks else ""}
     return Facts.parse(remote_run(connection, with_variables(FACTS_SCRIPT, variables),
                                   what="reading the VM's state").stdout)
 
@@ -550,7 +548,8 @@ def apply(connection: Connection, config: Config, log: Path) -> Outcome:
 
 def doctor(connection: Connection) -> list[tuple[str, bool, str]]:
     """What the labs need, checked in the VM: (check, ok, detail) rows."""
-    return checks_of(remote_run(connection, script("doctor.sh"), sudo=True, what="the lab checks").stdout.splitlines())
+    return checks_of(remote_run(connection, ANSWERS + script("doctor.sh"), sudo=True,
+                                what="the lab checks").stdout.splitlines())
 
 
 def checks_of(lines: list[str]) -> list[tuple[str, bool, str]]:

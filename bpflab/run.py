@@ -30,6 +30,7 @@ from .commands import LineSink, in_background, open_channel, remote_run, respons
 from .console import say, warn
 from .errors import LabError, shorten
 from .hosts import Host
+from .provision import ANSWERS
 
 READY = re.compile(r"Hit Ctrl-C to end")
 MARK = "@@bpflab-"
@@ -157,8 +158,11 @@ NO_BCC = ("BCC is not installed in the lab VM (python3 finds no bcc module). "
 
 
 def vm_facts(connection: Connection) -> dict:
-    """Kernel and BCC version, which also proves the machine is provisioned."""
-    output = remote_run(connection, f"uname -r; python3 -c {shlex.quote(BCC_VERSION)} 2>/dev/null || echo none",
+    """Kernel and BCC version (the doctor's answer while it stands), which also proves the machine
+    is provisioned."""
+    output = remote_run(connection, ANSWERS + "read -r kernel < /proc/sys/kernel/osrelease; remembered bcc bcc || "
+                                              f"bcc=$(python3 -c {shlex.quote(BCC_VERSION)} 2>/dev/null || echo none); "
+                                              'echo "$kernel $bcc"',
                         what="reading the kernel and BCC version").stdout.split()
     if len(output) < 2 or output[-1] == "none":
         raise LabError(NO_BCC)
@@ -193,7 +197,7 @@ class Supervisor:
                     "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS, "FACTS": int(facts),
                     "BCC_VERSION": BCC_VERSION if facts else "", "CHECK": files.check_script() if files else ""}
         assignments = "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in settings.items())
-        self.command = (f"bash -c {shlex.quote(assignments + SUPERVISOR)} supervisor "
+        self.command = (f"bash -c {shlex.quote(assignments + ANSWERS + SUPERVISOR)} supervisor "
                         + " ".join(shlex.quote(word) for word in target.argv(args)))
         self.name = target.name
         self.channel = None

@@ -131,14 +131,19 @@ def test_provisioning_again_changes_nothing(lab):
 
 
 def test_provisioning_takes_the_doctors_slow_answers_again_until_a_package_changes(lab):
-    """Importing bcc takes seconds under emulation: a provisioning run that changes nothing shows
-    the answer seen before; a package change, or `lab.doctor`, asks afresh."""
-    vm_shell(lab, "mkdir -p /var/lib/bpflab/doctor && echo 9.9.9 > /var/lib/bpflab/doctor/bcc")
+    """Importing bcc takes seconds under emulation: a provisioning run that changes nothing, and a
+    run's facts, take the answer kept before; after a package change, or in `lab.doctor`, it is asked afresh."""
+    keep_a_made_up_answer = "mkdir -p /var/lib/bpflab/doctor && echo 9.9.9 > /var/lib/bpflab/doctor/bcc"
+    vm_shell(lab, keep_a_made_up_answer)
     assert "BCC 9.9.9" in lab.invoke("lab.provision").stdout
-    assert "BCC 9.9.9" not in lab.invoke("lab.doctor").stdout
+    lab.invoke("lab.run", "hello", "--duration", "1", "--no-trigger")
+    assert latest_run(lab, "hello")[1]["bcc"] == "9.9.9"
     vm_shell(lab, "touch /var/lib/dpkg/status")
     again = lab.invoke("lab.provision").stdout
     assert "BCC 9.9.9" not in again and re.search(r"import bcc\s*│ ok\s*│ BCC \d", again), again
+    vm_shell(lab, keep_a_made_up_answer)
+    assert "BCC 9.9.9" not in lab.invoke("lab.doctor").stdout
+    assert vm_shell(lab, "cat /var/lib/bpflab/doctor/bcc").strip() != "9.9.9"  # lab.doctor kept its own
 
 
 def test_sync_without_changes_is_a_no_op(lab):

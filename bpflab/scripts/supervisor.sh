@@ -1,7 +1,7 @@
 #!/bin/bash
 # The supervisor of one lab program in the VM (`invoke lab.run`, `lab.verify`, `lab.trace`):
 #   bash -c "WORKDIR=... NAME=... WATCH=line|kernel DURATION=s ALLOWANCE=s GRACE=s FACTS=0|1
-#            BCC_VERSION=<python> CHECK=<shell> <this script>" supervisor PROGRAM [ARGS...]
+#            BCC_VERSION=<python> CHECK=<shell> <answers.sh> <this script>" supervisor PROGRAM [ARGS...]
 # It holds the one-lab lock, takes the host's requests on stdin (stop, kill, duration,
 # attached), stops the program however the host goes away, with FACTS=1 reports
 # "@@bpflab-facts KERNEL BCC_VERSION" once the program is gone, and ends with the line
@@ -32,9 +32,6 @@ set -m  # job control: the program gets its own process group and does not ignor
 PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 9>&- < /dev/null &
 child=$!
 set +m
-# BCC's version, read meanwhile (a python start): done long before a program attaches, which
-# compiles first, so nothing it traces sees it.
-[ "$FACTS" = 1 ] && exec {facts}< <(python3 -c "$BCC_VERSION" < /dev/null 3>&- 4<&- 9>&- 2>/dev/null || echo none)
 reason=exited
 finished=
 stop() {
@@ -105,10 +102,10 @@ for events in /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_event
   while read -r line; do [[ $line == *bcc_$child* ]] && ((++leaked)); done < $events
 done 2>/dev/null
 : > /run/bpflab-lab.pid  # emptied: no program runs (`rm` would be a process)
-if [ "$FACTS" = 1 ]; then
+if [ "$FACTS" = 1 ]; then  # the doctor's answer (answers.sh, before this), else after the program: a python start
   read -r kernel < /proc/sys/kernel/osrelease
-  read -r bcc <&$facts
-  echo "@@bpflab-facts $kernel ${bcc:-none}"
+  remembered bcc bcc || bcc=$(python3 -c "$BCC_VERSION" 2>/dev/null || echo none)
+  echo "@@bpflab-facts $kernel $bcc"
 fi
 echo "@@bpflab-stopped $reason $status $leaked"
 exit $status
