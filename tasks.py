@@ -15,7 +15,7 @@ from bpflab import box, catalog, config, console, host, orchestrate, provision, 
 from bpflab.console import say
 from bpflab.counts import newest_counting_run
 from bpflab.errors import LabTask
-from bpflab.hosts import choose, choose_one, save_inventory
+from bpflab.hosts import choose, choose_one, release_all, save_inventory
 from bpflab.packaging import package
 from bpflab.runs import list_runs
 from bpflab.sync import push
@@ -41,7 +41,10 @@ def host_setup(c, hashicorp=False):
 
 @task(klass=LabTask)
 def host_teardown(c):
-    """Stop the libvirt daemons that host.setup started itself (none where systemd runs them)."""
+    """Stop the kept SSH connections, and the libvirt daemons that host.setup started itself
+    (none where systemd runs them)."""
+    if kept := release_all():
+        say(f"Stopped {kept} kept SSH connection(s).")
     host.teardown()
 
 

@@ -6,12 +6,24 @@ checked, and when its cached endpoint stops answering Vagrant is asked once more
 An inventory host is a real machine: its key must be the one known_hosts records.
 Inventories are Ansible's YAML format, so one file describes a room for
 `ansible-playbook` and for bpflab; they are read and written here.
+
+A command's first connection to a host leaves a keeper behind when it ends (`keeper.py`);
+later commands connect through it (`Held`) and skip the SSH handshake with the machine.
 """
 
 from __future__ import annotations
 
+import atexit
 import getpass
+import hashlib
+import json
+import logging
+import os
 import shlex
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +49,11 @@ UNCHECKED_HOST_KEY = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/nul
 # Ansible's SSH (a ControlPersist master) must notice a machine that went away, as in a reboot:
 # otherwise its reboot module can wait forever on a dead connection (ansible/ansible#84573).
 KEEPALIVE = "-o ServerAliveInterval=5 -o ServerAliveCountMax=6"
+# A connection that fails ends in a message of bpflab's; paramiko's thread would print its own too.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+HELD_ROOT = Path("~/.cache/bpflab/held").expanduser()
+# How long a keeper holds a connection that no command uses (0: no keeper), as ControlPersist.
+PERSIST_VARIABLE, PERSIST_DEFAULT = "BPFLAB_SSH_PERSIST", 600
 
 
 @dataclass
@@ -78,15 +95,18 @@ class Host:
         return connection
 
     def connect(self) -> Connection:
-        """An open connection, or a message that says why not and what to do."""
+        """An open connection (through a keeper when one holds the machine), or a message that
+        says why not and what to do."""
+        if persist_seconds() and (held := Held.of(self).connect(self)) is not None:
+            return held
         try:
-            return self.open()
+            return keep_after_exit(self, self.open())
         except UNREACHABLE as error:
             if self.refresh is None:
                 raise self.refused(error) from None
         self.endpoint = self.refresh()
         try:
-            return self.open()
+            return keep_after_exit(self, self.open())
         except UNREACHABLE as error:
             raise LabError(f"{self.subject} is running but does not answer SSH at {self.endpoint.host}:"
                            f"{self.endpoint.port} ({error or type(error).__name__}). Wait a minute and retry; if "
@@ -109,6 +129,7 @@ class Host:
     def restart(self, connection: Connection, current: Step | None = None) -> None:
         """Restart the machine (into a new kernel) and wait until it answers SSH again;
         `connection` is closed."""
+        Held.of(self).release()
         if self.reload:
             connection.close()
             self.endpoint = self.reload(current)
@@ -135,6 +156,159 @@ class Host:
             return True
         except LabError:
             return False
+
+
+def persist_seconds() -> int:
+    value = os.environ.get(PERSIST_VARIABLE, str(PERSIST_DEFAULT))
+    try:
+        seconds = int(value)
+        if seconds >= 0:
+            return seconds
+    except ValueError:
+        pass
+    raise LabError(f"{PERSIST_VARIABLE}: expected a whole number of seconds (0: no kept SSH connection), "
+                   f"found {value!r}.")
+
+
+# A keeper's connections never leave this machine: packets far larger than over a network cost
+# less Python work per byte of a flood of output.
+LOCAL_PACKET_BYTES, LOCAL_WINDOW_BYTES = 1 << 18, 1 << 23
+
+
+def local_transport(sock, **options) -> paramiko.Transport:
+    return paramiko.Transport(sock, default_max_packet_size=LOCAL_PACKET_BYTES,
+                              default_window_size=LOCAL_WINDOW_BYTES, **options)
+
+
+@dataclass
+class Held:
+    """Where the keeper of one endpoint listens: its folder holds the socket, the key that both
+    ends prove they hold (only the user can read it) and the keeper's pid."""
+    folder: Path
+
+    @classmethod
+    def of(cls, host: Host) -> Held:
+        """One keeper per endpoint and way of checking it: a host reached under another key, or
+        checked against a known_hosts that has changed since, never uses a keeper of before."""
+        endpoint = host.endpoint
+        known = b""
+        if host.known_hosts is not None:
+            try:
+                known = host.known_hosts.read_bytes()
+            except OSError:
+                known = b"unreadable"
+        checks = hashlib.sha256(json.dumps([endpoint.identity, str(host.known_hosts)]).encode() + known)
+        return cls(HELD_ROOT / f"{endpoint.user}@{endpoint.host}-{endpoint.port}-{checks.hexdigest()[:12]}")
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "socket"
+
+    def connect(self, host: Host) -> Connection | None:
+        """A connection through the keeper, or None when there is none or it does not serve."""
+        if not self.socket.exists():
+            return None
+        endpoint = host.endpoint
+        unix = socket.socket(socket.AF_UNIX)
+        unix.settimeout(CONNECT_TIMEOUT)
+        try:
+            key = paramiko.ECDSAKey.from_private_key_file(str(self.folder / "key"))
+            unix.connect(str(self.socket))
+            connection = Connection(endpoint.host, user=endpoint.user, port=endpoint.port,
+                                    connect_timeout=CONNECT_TIMEOUT,
+                                    connect_kwargs={"sock": unix, "pkey": key, "look_for_keys": False,
+                                                    "allow_agent": False, "transport_factory": local_transport})
+            name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
+            connection.client.get_host_keys().add(name, key.get_name(), key)
+            connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            connection.open()
+            return connection
+        except (*UNREACHABLE, ValueError):
+            unix.close()
+            return None
+
+    def listen(self, key: paramiko.PKey) -> socket.socket:
+        """The keeper's side: its key, then its socket (so a command never finds a socket
+        without the key it needs), then its pid."""
+        partial = self.folder / f"key.{os.getpid()}"
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            key.write_private_key(handle)
+        partial.replace(self.folder / "key")
+        listener = socket.socket(socket.AF_UNIX)
+        bound = self.folder / f"socket.{os.getpid()}"
+        bound.unlink(missing_ok=True)
+        listener.bind(str(bound))
+        listener.listen(16)
+        bound.replace(self.socket)
+        (self.folder / "pid").write_text(f"{os.getpid()}\n")
+        return listener
+
+    def pid(self) -> int | None:
+        """The keeper's pid while that process is still a keeper."""
+        try:
+            pid = int((self.folder / "pid").read_text())
+            return pid if b"bpflab.keeper" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+        except (OSError, ValueError):
+            return None
+
+    def forget(self, pid: int) -> None:
+        """The keeper's last act: its socket and pid go, unless a newer keeper's replaced them."""
+        if self.pid() == pid:
+            for name in ("socket", "pid"):
+                (self.folder / name).unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Stop the keeper (the machine restarts or goes away): later commands connect afresh."""
+        if (pid := self.pid()) is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(30):
+            if self.pid() is None:
+                return
+            time.sleep(0.1)
+
+    def start(self, host: Host, persist: int) -> None:
+        """A keeper of its own session, its output in the folder's log: a command that ends, or
+        a pipe that reads the command's output, never waits for it."""
+        if self.pid() is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        endpoint = host.endpoint
+        spec = {"name": host.name, "title": host.title, "persist": persist,
+                "known_hosts": str(host.known_hosts) if host.known_hosts else None,
+                "endpoint": {"host": endpoint.host, "port": endpoint.port, "user": endpoint.user,
+                             "identity": endpoint.identity}}
+        with (self.folder / "keeper.log").open("a") as log:
+            subprocess.Popen([sys.executable, "-m", "bpflab.keeper", json.dumps(spec)], stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             cwd=Path(__file__).parent.parent)
+
+
+KEPT: dict[Path, Host] = {}
+
+
+def keep_after_exit(host: Host, connection: Connection) -> Connection:
+    """Leave a keeper of this host when the command ends (not now: it would share the machine's
+    cores with the command's own work)."""
+    if persist_seconds():
+        if not KEPT:
+            atexit.register(start_keepers)
+        KEPT[Held.of(host).folder] = host
+    return connection
+
+
+def start_keepers() -> None:
+    for host in KEPT.values():
+        Held.of(host).start(host, persist_seconds())
+
+
+def release_all() -> int:
+    """Stop every keeper of this user's (`host.teardown`); how many there were."""
+    helds = [Held(folder) for folder in sorted(HELD_ROOT.glob("*@*-*-*"))]
+    running = [held for held in helds if held.pid() is not None]
+    for held in running:
+        held.release()
+    return len(running)
 
 
 def choose(config: Config, inventory: str, choice: str, everything_by_default: bool = False) -> list[Host]:
