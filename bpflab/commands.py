@@ -26,6 +26,9 @@ from .errors import LabError
 
 # What a dropped or refused SSH connection surfaces as.
 UNREACHABLE = (OSError, EOFError, socket.timeout, paramiko.SSHException)
+# Before a command line, this runs all of the rest as root; a keeper (keeper.py) runs the rest
+# in a root shell it keeps ready instead.
+AS_ROOT = "sudo -n "
 
 
 class LineSink:
@@ -125,7 +128,7 @@ def remote_run(connection: Connection, command: str, *, current: Step | None = N
     """
     handle = open_log(log, command)
     sink = LineSink(current, handle, on_line)
-    wrapped = f"sudo -n bash -c {shlex.quote(command)} 2>&1" if sudo else f"bash -c {shlex.quote(command)} 2>&1"
+    wrapped = f"{AS_ROOT if sudo else ''}bash -c {shlex.quote(command)} 2>&1"
     try:
         result = connection.run(wrapped, hide=True, warn=True, out_stream=sink, in_stream=False)
     except UNREACHABLE as error:
@@ -190,7 +193,7 @@ def open_channel(connection: Connection, command: str) -> paramiko.Channel:
     one stream and its stdin open: for a long program that takes requests on stdin and streams lines."""
     channel = connection.client.get_transport().open_session()
     channel.set_combine_stderr(True)
-    channel.exec_command(f"sudo -n {command}")
+    channel.exec_command(AS_ROOT + command)
     return channel
 
 

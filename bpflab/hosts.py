@@ -229,7 +229,7 @@ class Held:
 
     def listen(self, key: paramiko.PKey) -> socket.socket:
         """The keeper's side: its key, then its socket (so a command never finds a socket
-        without the key it needs), then its pid."""
+        without the key it needs)."""
         partial = self.folder / f"key.{os.getpid()}"
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             key.write_private_key(handle)
@@ -240,7 +240,6 @@ class Held:
         listener.bind(str(bound))
         listener.listen(16)
         bound.replace(self.socket)
-        (self.folder / "pid").write_text(f"{os.getpid()}\n")
         return listener
 
     def pid(self) -> int | None:

@@ -6,6 +6,11 @@ authenticated connection and serves each later command as a small SSH server on 
 that only its user can reach (`hosts.Held`): a command's channels (exec, sftp) become channels
 of the held connection, byte for byte, so every stage works through it unchanged.
 
+It also keeps a shell ready in the machine, one as root and one as the user: a command then
+skips sshd's new session, the login shell and, as root, sudo (together half a second under
+emulation). A ready shell reads the command's length and text, then becomes it, so the
+command's input, output and exit status are its own.
+
 It ends once no command has used it for `persist` seconds, when the machine stops answering
 (then it closes every command's connection, as a dropped network would), or on SIGTERM
 (`Held.release`). Started by `hosts` as `python -m bpflab.keeper HOST-JSON`.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -25,7 +31,7 @@ from pathlib import Path
 
 import paramiko
 
-from .commands import UNREACHABLE
+from .commands import AS_ROOT, UNREACHABLE
 from .hosts import CONNECT_TIMEOUT, Held, Host, local_transport
 from .vagrant import Endpoint
 
@@ -37,14 +43,77 @@ LIVENESS_SECONDS = 10
 ANSWER_SECONDS = 5
 
 
+# `read -N` counts bytes under LC_ALL=C; the first newline says the shell (and sudo) has started.
+LOADER = 'echo; read -r length && LC_ALL=C IFS= read -r -N "$length" line && exec bash -c "$line"'
+READY_SHELLS = {"root": f"exec {AS_ROOT}bash -c {shlex.quote(LOADER)}", "user": f"exec bash -c {shlex.quote(LOADER)}"}
+
+
+class ReadyShells:
+    """One shell of each kind waiting in the machine for the next command of that kind."""
+
+    def __init__(self, upstream: paramiko.Transport):
+        self.upstream = upstream
+        self.ready: dict[str, paramiko.Channel] = {}
+        self.refused: set[str] = set()  # sudo asks for a password there: no root shell kept
+        self.preparing: set[str] = set()
+        self.lock = threading.Lock()
+
+    def take(self, kind: str) -> paramiko.Channel | None:
+        """The ready shell of this kind, if one still waits."""
+        with self.lock:
+            shell = self.ready.pop(kind, None)
+        return shell if shell is not None and not shell.closed and not shell.exit_status_ready() else None
+
+    def prepare_later(self, kind: str) -> None:
+        """Start a shell of this kind unless one waits or starts: called when a command ends, so
+        that its sudo never shares the machine's CPUs with a command's start."""
+        with self.lock:
+            if kind in self.refused or kind in self.ready or kind in self.preparing:
+                return
+            self.preparing.add(kind)
+        threading.Thread(target=self.prepare, args=(kind,), daemon=True).start()
+
+    def prepare(self, kind: str) -> None:
+        shell = None
+        try:
+            shell = self.upstream.open_session(timeout=CONNECT_TIMEOUT)
+            shell.settimeout(CONNECT_TIMEOUT)
+            shell.exec_command(READY_SHELLS[kind])
+            if shell.recv(1) != b"\n":
+                shell.close()
+                self.refused.add(kind)
+                shell = None
+            else:
+                shell.settimeout(None)
+        except UNREACHABLE:
+            shell = None
+        with self.lock:
+            self.preparing.discard(kind)
+            if shell is not None:
+                self.ready[kind] = shell
+
+    def start(self, kind: str, line: bytes) -> paramiko.Channel | None:
+        """A ready shell that runs `line`, or None (there is none, or it has gone)."""
+        shell = self.take(kind)
+        if shell is None:
+            return None
+        try:
+            shell.sendall(b"%d\n%s" % (len(line), line))
+        except UNREACHABLE:
+            return None
+        return shell
+
+
 class Keeper:
     """The held connection (`upstream`) and the commands' connections it serves."""
 
     def __init__(self, host: Host, held: Held, persist: int):
         self.host, self.held, self.persist = host, held, persist
         self.upstream: paramiko.Transport | None = None
+        self.shells: ReadyShells | None = None
         self.key = paramiko.ECDSAKey.generate()
         self.commands: list[paramiko.Transport] = []
+        self.commands_lock = threading.Lock()
         self.used_at = time.monotonic()
         self.ending = threading.Event()
 
@@ -67,6 +136,9 @@ class Keeper:
 
     def serve(self) -> None:
         self.upstream = self.host.open().client.get_transport()
+        self.shells = ReadyShells(self.upstream)
+        for kind in READY_SHELLS:
+            self.shells.prepare_later(kind)
         listener = self.held.listen(self.key)
         listener.settimeout(1)
         last_check = time.monotonic()
@@ -78,7 +150,8 @@ class Keeper:
             except TimeoutError:
                 pass
             now = time.monotonic()
-            self.commands = [command for command in self.commands if command.is_active()]
+            with self.commands_lock:
+                self.commands = [command for command in self.commands if command.is_active()]
             if self.commands:
                 self.used_at = now
             elif now - self.used_at > self.persist:
@@ -99,7 +172,8 @@ class Keeper:
             return
         transport = local_transport(client)
         transport.add_server_key(self.key)
-        self.commands.append(transport)
+        with self.commands_lock:
+            self.commands.append(transport)
         try:
             transport.start_server(server=Relay(self))
         except (paramiko.SSHException, EOFError, OSError):
@@ -126,10 +200,17 @@ class Relay(paramiko.ServerInterface):
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        return self.bridge(channel, lambda upstream: upstream.exec_command(command))
+        command = command.encode() if isinstance(command, str) else command
+        root = AS_ROOT.encode()
+        kind, line = ("root", command[len(root):]) if command.startswith(root) else ("user", command)
+        then = lambda: self.keeper.shells.prepare_later(kind)  # noqa: E731
+        if (shell := self.keeper.shells.start(kind, line)) is not None:
+            threading.Thread(target=relay, args=(channel, shell, then), daemon=True).start()
+            return True
+        return self.bridge(channel, lambda upstream: upstream.exec_command(command), then)
 
     def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
-        return self.bridge(channel, lambda upstream: upstream.invoke_subsystem(name))
+        return self.bridge(channel, lambda upstream: upstream.invoke_subsystem(name), lambda: None)
 
     def check_global_request(self, kind: str, msg) -> bool:
         """A command's keepalive (`commands.responsive`) is answered only when the machine answers;
@@ -141,18 +222,19 @@ class Relay(paramiko.ServerInterface):
         time.sleep(ANSWER_SECONDS)  # the keeper closes this connection meanwhile
         return False
 
-    def bridge(self, channel: paramiko.Channel, start) -> bool:
+    def bridge(self, channel: paramiko.Channel, start, then) -> bool:
         try:
             upstream = self.keeper.upstream.open_session(timeout=CONNECT_TIMEOUT)
             start(upstream)
         except UNREACHABLE:
             return False
-        threading.Thread(target=relay, args=(channel, upstream), daemon=True).start()
+        threading.Thread(target=relay, args=(channel, upstream, then), daemon=True).start()
         return True
 
 
-def relay(command: paramiko.Channel, upstream: paramiko.Channel) -> None:
-    """Copy a channel's streams both ways until both ends are done, then its exit status."""
+def relay(command: paramiko.Channel, upstream: paramiko.Channel, then) -> None:
+    """Copy a channel's streams both ways until both ends are done, then its exit status; then
+    call `then`."""
 
     def copy(receive, send, small_pause: bool):
         try:
@@ -187,6 +269,7 @@ def relay(command: paramiko.Channel, upstream: paramiko.Channel) -> None:
     except UNREACHABLE:
         pass
     upstream.close()
+    then()
 
 
 def main(argv: list[str]) -> int:
@@ -200,8 +283,15 @@ def main(argv: list[str]) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return 0  # another keeper holds this machine
+        (held.folder / "pid").write_text(f"{os.getpid()}\n")  # from now on, `Held.release` can stop it
         keeper = Keeper(host, held, spec["persist"])
-        signal.signal(signal.SIGTERM, lambda *_: keeper.ending.set())
+
+        def stop(*_):
+            keeper.ending.set()
+            if keeper.upstream is None:  # still connecting, for up to CONNECT_TIMEOUT
+                raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
         try:
             keeper.serve()
         except UNREACHABLE as error:

@@ -3,7 +3,8 @@ from dataclasses import asdict
 import pytest
 
 from bpflab.errors import LabError
-from bpflab.vagrant import parse_ssh_config
+from bpflab.hosts import PERSIST_DEFAULT, PERSIST_VARIABLE, Held, Host, persist_seconds
+from bpflab.vagrant import Endpoint, parse_ssh_config
 
 VAGRANT_SSH_CONFIG = """\
 Host lab
@@ -35,3 +36,35 @@ def test_virtualbox_style_forwarded_port():
 def test_output_without_the_asked_machine_is_refused():
     with pytest.raises(LabError, match="did not describe the lab VM lab2"):
         parse_ssh_config(VAGRANT_SSH_CONFIG, "lab2")
+
+
+def a_host(known_hosts=None, identity="/keys/lab"):
+    return Host("lab", Endpoint("192.168.121.9", 22, "vagrant", identity), known_hosts, "the lab VM")
+
+
+def test_a_keeper_serves_only_the_endpoint_and_checks_it_was_started_for(tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text("192.168.121.9 ssh-ed25519 AAAA1\n")
+    checked = Held.of(a_host(known)).folder
+    assert Held.of(a_host(known)).folder == checked
+    assert Held.of(a_host()).folder != checked  # the same machine, its key unchecked
+    assert Held.of(a_host(known, "/keys/other")).folder != checked
+    known.write_text("192.168.121.9 ssh-ed25519 AAAA2\n")  # the recorded key changed
+    assert Held.of(a_host(known)).folder != checked
+    assert Held.of(a_host()).folder.name.startswith("vagrant@192.168.121.9-22-")
+
+
+@pytest.mark.parametrize("value, seconds", [(None, PERSIST_DEFAULT), ("0", 0), ("30", 30)])
+def test_how_long_a_keeper_waits(monkeypatch, value, seconds):
+    if value is None:
+        monkeypatch.delenv(PERSIST_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(PERSIST_VARIABLE, value)
+    assert persist_seconds() == seconds
+
+
+@pytest.mark.parametrize("value", ["ten", "-1", ""])
+def test_a_bad_keeper_wait_is_one_message(monkeypatch, value):
+    monkeypatch.setenv(PERSIST_VARIABLE, value)
+    with pytest.raises(LabError, match=f"{PERSIST_VARIABLE}: expected a whole number of seconds.*found '{value}'"):
+        persist_seconds()

@@ -22,7 +22,7 @@ import yaml
 
 from bpflab import config, run
 from bpflab.commands import remote_run
-from bpflab.hosts import Host
+from bpflab.hosts import PERSIST_VARIABLE, Held, Host
 from bpflab.vm import LabVM
 
 from ansible_run import ansible_playbook
@@ -260,10 +260,58 @@ def bring(project, name):
     return f"exercises/book/{name}"
 
 
-def lab_run_in_background(project, *args):
+def lab_run_in_background(project, *args, env=None):
     return subprocess.Popen([sys.executable, "-m", "invoke", "lab.run", *args], cwd=project.path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(project.path)}, preexec_fn=interruptible)
+                            env={**os.environ, "PYTHONPATH": str(project.path), **(env or {})},
+                            preexec_fn=interruptible)
+
+
+def read_until_attached(process, name):
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if f"{name}: attached (" in line:
+            return seen
+    raise AssertionError("".join(seen))
+
+
+def lab_host(project, machine=None):
+    return Host.of_vm(LabVM(config.load(project.path / "lab.yaml"), machine))
+
+
+def kept(project):
+    """The lab VM's keeper, once the command before has left it (it starts as that command ends)."""
+    held = Held.of(lab_host(project))
+    deadline = time.monotonic() + 30
+    while held.pid() is None:
+        assert time.monotonic() < deadline, "no keeper holds the lab VM's connection"
+        time.sleep(0.5)
+    return held
+
+
+def ssh_clients(address):
+    """The pids of this host's processes with an SSH connection to address."""
+    sockets = subprocess.run(["ss", "-tnpH", "dst", address], capture_output=True, text=True, check=True).stdout
+    return {int(pid) for pid in re.findall(r":22\s.*?pid=(\d+),", sockets)}
+
+
+def test_later_commands_reach_the_vm_through_the_kept_connection(lab):
+    """A command leaves a keeper holding its SSH connection; a run after it has no connection of its
+    own, only the keeper has one. With BPFLAB_SSH_PERSIST=0 a run connects by itself, as before."""
+    lab.invoke("lab.sync")
+    held, address = kept(lab), lab_host(lab).endpoint.host
+    for persist, own_connection in (("600", False), ("0", True)):
+        process = lab_run_in_background(lab, bring(lab, "quiet_events.py"), "--no-trigger",
+                                        env={PERSIST_VARIABLE: persist})
+        seen = read_until_attached(process, "quiet_events")
+        clients = ssh_clients(address)
+        process.send_signal(signal.SIGINT)
+        rest = process.stdout.read()
+        assert process.wait(timeout=60) == 0, "".join(seen) + rest
+        assert (process.pid in clients) == own_connection and held.pid() in clients, (persist, clients)
+        assert latest_run(lab, "quiet_events")[1]["stopped"] == "interrupted"
+    assert held.pid() is not None  # a command with BPFLAB_SSH_PERSIST=0 leaves the keeper alone
 
 
 def test_a_program_without_a_ready_line_stops_after_its_duration(lab):
@@ -301,11 +349,13 @@ def lock_is_free(project):
 
 def end_the_run(project, process, how):
     """End the run; return the firewall rules to remove afterwards."""
+    if how == "connection dropped (firewall, kept connection)":
+        return drop_ssh_connection(kept(project).pid(), lab_host(project).endpoint.host)
     if how == "connection dropped (sshd child killed)":
         vm_shell(project, "p=$(cat /run/bpflab-lab.pid); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
                           "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
     elif how == "connection dropped (firewall)":
-        return drop_ssh_connection(process.pid, Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).endpoint.host)
+        return drop_ssh_connection(process.pid, lab_host(project).endpoint.host)
     else:
         process.send_signal(getattr(signal, how.split()[0]))
     return []
@@ -314,16 +364,18 @@ def end_the_run(project, process, how):
 @pytest.mark.parametrize("how, exit_code, stopped", [
     ("SIGINT", 0, "interrupted"), ("SIGTERM", 128 + 15, "interrupted"), ("SIGHUP", 128 + 1, "interrupted"),
     ("SIGKILL of the host process", -9, None), ("connection dropped (sshd child killed)", 1, "connection-lost"),
-    ("connection dropped (firewall)", 1, "connection-lost")])
+    ("connection dropped (firewall)", 1, "connection-lost"),
+    ("connection dropped (firewall, kept connection)", 1, "connection-lost")])
 def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exit_code, stopped):
     """A quiet program (prints only on events) is stopped within seconds however lab.run ends;
-    what was gathered is kept."""
-    process = lab_run_in_background(lab, bring(lab, "quiet_events.py"), "--no-trigger")
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if "quiet_events: attached (" in line:
-            break
+    what was gathered is kept. A run goes through the keeper's connection, except where the run's
+    own connection is dropped; a keeper whose connection dropped ends."""
+    own = {PERSIST_VARIABLE: "0"} if how == "connection dropped (firewall)" else {}
+    if not own:
+        lab.invoke("lab.sync")  # leaves a keeper if there is none
+        kept(lab)
+    process = lab_run_in_background(lab, bring(lab, "quiet_events.py"), "--no-trigger", env=own)
+    seen = read_until_attached(process, "quiet_events")
     vm_shell(lab, "sync")  # one event, so there is output to keep
     time.sleep(2)
     ended = time.monotonic()
@@ -335,6 +387,11 @@ def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exi
         free_after = round(time.monotonic() - ended, 1)
         rest = process.stdout.read()
         assert process.wait(timeout=60) == exit_code, "".join(seen) + rest
+        if how == "connection dropped (firewall, kept connection)":
+            held = Held.of(lab_host(lab))
+            while held.pid() is not None:
+                assert time.monotonic() - ended < 40, "the keeper of a dropped connection still runs"
+                time.sleep(0.5)
     finally:
         restore(rules)
     assert "Traceback" not in rest and nothing_left_in_vm(lab)
