@@ -6,12 +6,15 @@ and writes the figures as JSON to benchmarks/results/run_overhead.json.
 
     .venv/bin/python benchmarks/run_overhead.py [--lines 200000] [--repeat 3] [--labs hello,hello-map]
 
-- time to first line: `invoke lab.run FILE` vs `ssh -F <vagrant ssh-config>` vs
-  `vagrant ssh -c`, each starting the same tiny Python program in the VM;
+- time to first line: `invoke lab.run FILE` (through the keeper a run before left, and with
+  BPFLAB_SSH_PERSIST=0, connecting afresh) vs `ssh -F <vagrant ssh-config>` (afresh, and
+  through its own ControlMaster kept open) vs `vagrant ssh -c`, each starting the same tiny
+  Python program in the VM;
 - streaming: a flood of N lines through `lab.run` (into runs/.../output.log) vs
   plain ssh into a file, --repeat times each, one after the other: the median's seconds and
   lines per second, and the most lines lost;
-- no-op `lab.sync` and `lab.provision` as a user types them, against one plain SSH round trip;
+- no-op `lab.sync` (also afresh) and `lab.provision` as a user types them, against one plain
+  SSH round trip (and one through the ControlMaster);
 - `lab.verify`: per lab, bpflab's time beyond the lab's compile (time to attach) and its
   --seconds, from the runs' own records; and the verify's fixed cost (start, sync, facts);
 - a room: `lab.verify --vm lab` against `--vm lab,lab2` on the same labs.

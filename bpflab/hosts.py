@@ -129,14 +129,15 @@ class Host:
     def restart(self, connection: Connection, current: Step | None = None) -> None:
         """Restart the machine (into a new kernel) and wait until it answers SSH again;
         `connection` is closed."""
-        Held.of(self).release()
         if self.reload:
             connection.close()
+            Held.of(self).release()
             self.endpoint = self.reload(current)
             return
         booted = remote_run(connection, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
         remote_run(connection, "nohup sh -c 'sleep 2; reboot' >/dev/null 2>&1 &", sudo=True)
         connection.close()
+        Held.of(self).release()
         deadline = time.monotonic() + REBOOT_TIMEOUT
         while time.monotonic() < deadline:
             time.sleep(5)

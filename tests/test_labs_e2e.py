@@ -5,6 +5,7 @@ second VM's life cycle addressed by name. Both VMs start from a box whose kernel
 (it came from bookworm-backports, which their apt sources lack): bpflab and Ansible each
 move their VM to Debian 12's current kernel first."""
 
+import io
 import json
 import os
 import re
@@ -294,6 +295,25 @@ def ssh_clients(address):
     """The pids of this host's processes with an SSH connection to address."""
     sockets = subprocess.run(["ss", "-tnpH", "dst", address], capture_output=True, text=True, check=True).stdout
     return {int(pid) for pid in re.findall(r":22\s.*?pid=(\d+),", sockets)}
+
+
+def test_a_kept_connection_runs_each_command_in_a_shell_that_waited_for_it(lab):
+    """Through the keeper a command starts in a shell already running (its sudo done), as root or
+    as the user, with its own input, output, errors and exit status; over a connection of its own
+    it starts afresh."""
+    lab.invoke("lab.sync")
+    kept(lab)
+    age = 'echo "$(id -un) $(ps -o etimes= -p $PPID)"; echo oops >&2; exit 3'
+    with lab_host(lab).connect() as held, lab_host(lab).open() as own:
+        for sudo, user in ((True, "root"), (False, "vagrant"), (True, "root")):
+            time.sleep(3)  # a shell of each kind is ready again, and has aged
+            for connection, waited in ((held, True), (own, False)):
+                result = remote_run(connection, age, sudo=sudo, check=False)
+                name, seconds, error = result.stdout.split()
+                assert (name, error, result.exited) == (user, "oops", 3)
+                assert (int(seconds) >= 2) == waited, (sudo, waited, result.stdout)
+        assert held.run("cat; echo done", in_stream=io.StringIO("from stdin\n"), hide=True).stdout == \
+            "from stdin\ndone\n"
 
 
 def test_later_commands_reach_the_vm_through_the_kept_connection(lab):
