@@ -119,17 +119,18 @@ class Keeper:
 
     def answers(self) -> bool:
         """Whether the machine replies to a keepalive in time; if not, everything ends."""
-        replied = threading.Event()
+        asked = threading.Event()
 
-        def ask():  # sshd refuses the request, and that is an answer
+        def ask():  # sshd refuses the request, and that is an answer; a dead connection fails at once
             try:
                 self.upstream.global_request("keepalive@openssh.com", wait=True)
-                replied.set()
             except UNREACHABLE:
                 pass
+            finally:
+                asked.set()
 
         threading.Thread(target=ask, daemon=True).start()
-        if replied.wait(ANSWER_SECONDS) and self.upstream.is_active():
+        if asked.wait(ANSWER_SECONDS) and self.upstream.is_active():
             return True
         self.ending.set()
         return False
