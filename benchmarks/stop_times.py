@@ -68,11 +68,17 @@ def start(lab: Lab, way: str) -> subprocess.Popen:
         command = ["ssh", "-F", str(lab.vm.state_dir / "ssh-config"), lab.vm.machine, f"sudo python3 -u {remote}"]
     process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, preexec_fn=default_signals)
+    if way == "lab.run":  # attached, as lab.run says: a program stopped while BCC compiles stops only after it
+        for line in process.stdout:
+            if "quiet_events: attached (" in line:
+                break
+        time.sleep(1)
+        return process
     deadline = time.monotonic() + 60
     while lab.program_gone():  # started and attached: its BPF programs are in the kernel
         assert time.monotonic() < deadline, f"{way}: the program did not start"
         time.sleep(0.5)
-    time.sleep(3 if way == "lab.run" else 6)  # attached (BCC compiles for a few seconds first)
+    time.sleep(6)  # attached (BCC compiles for a few seconds first)
     return process
 
 
