@@ -279,6 +279,7 @@ def setup(hashicorp: bool = False, vm_arch: str = "auto") -> None:
         with step("Starting virtlogd and libvirtd"):
             start_daemons()
     libvirt.ensure_storage_pool()
+    libvirt.ensure_management_network()
 
 
 def teardown() -> None:

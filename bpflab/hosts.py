@@ -252,10 +252,21 @@ class Held:
             return None
 
     def forget(self, pid: int) -> None:
-        """The keeper's last act: its socket and pid go, unless a newer keeper's replaced them."""
-        if self.pid() == pid:
-            for name in ("socket", "pid"):
-                (self.folder / name).unlink(missing_ok=True)
+        """The keeper's last act, while it holds the lock: its folder goes (one is left per past
+        endpoint otherwise), but a log that says something stays to be read."""
+        if self.pid() != pid:
+            return
+        for name in ("socket", "pid", "key"):
+            (self.folder / name).unlink(missing_ok=True)
+        log = self.folder / "keeper.log"
+        try:
+            if log.stat().st_size:
+                return
+            log.unlink()
+            (self.folder / "lock").unlink()
+            self.folder.rmdir()
+        except OSError:  # a new keeper's log or a removal of its own: the folder stays
+            pass
 
     def release(self) -> None:
         """Stop the keeper (the machine restarts or goes away): later commands connect afresh."""
@@ -278,10 +289,13 @@ class Held:
                 "known_hosts": str(host.known_hosts) if host.known_hosts else None,
                 "endpoint": {"host": endpoint.host, "port": endpoint.port, "user": endpoint.user,
                              "identity": endpoint.identity}}
-        with (self.folder / "keeper.log").open("a") as log:
-            subprocess.Popen([sys.executable, "-m", "bpflab.keeper", json.dumps(spec)], stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                             cwd=Path(__file__).parent.parent)
+        try:
+            with (self.folder / "keeper.log").open("a") as log:
+                subprocess.Popen([sys.executable, "-m", "bpflab.keeper", json.dumps(spec)], stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 cwd=Path(__file__).parent.parent)
+        except OSError:  # the folder went with a keeper that just ended: the next command keeps one
+            pass
 
 
 KEPT: dict[Path, Host] = {}

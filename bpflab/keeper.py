@@ -279,11 +279,12 @@ def main(argv: list[str]) -> int:
                 spec["title"])
     held = Held.of(host)
     held.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with (held.folder / "lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return 0  # another keeper holds this machine
+    try:
+        lock = (held.folder / "lock").open("w")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0  # another keeper holds this machine, or the folder went with the one that ended
+    with lock:
         (held.folder / "pid").write_text(f"{os.getpid()}\n")  # from now on, `Held.release` can stop it
         keeper = Keeper(host, held, spec["persist"])
 

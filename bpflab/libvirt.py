@@ -1,13 +1,14 @@
 """libvirt on the host, through virsh: the one place that builds virsh calls.
 
 Vagrant drives the VMs; virsh is used to see whether libvirt answers, to keep its
-storage pool, and to find and clear leftovers that Vagrant no longer knows about.
+storage pool and Vagrant's management network, and to find and clear leftovers that Vagrant no longer knows about.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 
 from .commands import run
 from .console import say
@@ -58,6 +59,31 @@ def ensure_storage_pool() -> None:
     run(virsh("pool-build", "default"))
     run(virsh("pool-start", "default"))
     run(virsh("pool-autostart", "default"))
+
+
+# vagrant-libvirt's management network, as it would make it (its defaults): made here, once, so
+# that two `vagrant up` at once (two checkouts, a room's VMs) never race to create it.
+MANAGEMENT_NETWORK = "vagrant-libvirt"
+MANAGEMENT_NETWORK_XML = f"""<network>
+  <name>{MANAGEMENT_NETWORK}</name>
+  <forward mode='nat'/>
+  <ip address='192.168.121.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.121.1' end='192.168.121.254'/></dhcp>
+  </ip>
+</network>
+"""
+
+
+def ensure_management_network() -> None:
+    if query("net-info", MANAGEMENT_NETWORK).returncode != 0:
+        with tempfile.NamedTemporaryFile("w", suffix=".xml") as definition:
+            definition.write(MANAGEMENT_NETWORK_XML)
+            definition.flush()
+            query("net-define", definition.name)  # it may exist by now: what counts is the check below
+    if "Active:         yes" not in query("net-info", MANAGEMENT_NETWORK).stdout:
+        query("net-start", MANAGEMENT_NETWORK)
+        if "Active:         yes" not in query("net-info", MANAGEMENT_NETWORK).stdout:
+            run(virsh("net-start", MANAGEMENT_NETWORK))  # its error, shown
 
 
 def stop_networks() -> None:

@@ -51,12 +51,13 @@ BCC_VERSION = (Path(__file__).parent / "scripts" / "bcc-version.py").read_text()
 FACTS_MARK = f"{MARK}facts "
 
 
-def parse_stop(line: str) -> tuple[str, int, int] | None:
-    """The supervisor's last line: (why it stopped, exit status, leaked probe count)."""
+def parse_stop(line: str) -> tuple[str, int, int, float | None] | None:
+    """The supervisor's last line: (why it stopped, exit status, leaked probe count, seconds the
+    program took to exit once asked to stop: its own cleanup, None when it ended by itself)."""
     if not line.startswith(STOP_MARK):
         return None
-    reason, status, leaked = line[len(STOP_MARK):].split()
-    return reason, int(status), int(leaked)
+    reason, status, leaked, exit_seconds = line[len(STOP_MARK):].split()
+    return reason, int(status), int(leaked), None if exit_seconds == "-" else float(exit_seconds)
 
 
 def free_folder(runs: Path, name: str, now: datetime) -> Path:
@@ -249,7 +250,7 @@ class ProgramRun:
         self.duration, self.trigger, self.echo, self.args = duration, trigger, echo, args
         self.stop = stop or threading.Event()
         self.lines: list[str] = []
-        self.stopped: tuple[str, int, int] | None = None
+        self.stopped: tuple[str, int, int, float | None] | None = None
         self.ready_at = self.first_event_at = None
         self.trigger_error = self.log = self.connection = None
         self.started = self.heard_at = time.monotonic()
@@ -267,7 +268,7 @@ class ProgramRun:
         with (self.folder / "output.log").open("w") as self.log:
             self.supervise(self.target.files, facts is None)
             if self.unsynced is not None and self.interrupts:  # Ctrl-C before the program started
-                self.stopped = ("interrupted", 130, 0)
+                self.stopped = ("interrupted", 130, 0, None)
             elif self.unsynced is not None:
                 sync.mirror(connection, self.target.files, sync.unsynced_listing(self.unsynced))
                 self.supervise(None, facts is None)
@@ -354,14 +355,15 @@ class ProgramRun:
 
     def record(self, facts: dict, started_at: datetime) -> dict:
         """run.json; no status line from the supervisor means the SSH channel ended under it."""
-        reason, status, leaked = self.stopped or ("connection-lost", None, None)
+        reason, status, leaked, exit_seconds = self.stopped or ("connection-lost", None, None, None)
         return {
             "lab": self.target.name, "program": self.target.program, "kind": self.target.kind,
             "vm": self.host.name, "kernel": facts.get("kernel"), "bcc": facts.get("bcc"),
             "start": started_at.isoformat(timespec="seconds"),
             "end": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "duration_s": round(time.monotonic() - self.started, 2), "stopped": reason, "exit_status": status,
-            "lines": len(self.lines), "leaked_probes": leaked, "trigger": self.trigger,
+            "lines": len(self.lines), "leaked_probes": leaked, "exit_after_stop_s": exit_seconds,
+            "trigger": self.trigger,
             "trigger_error": self.trigger_error,
             "time_to_attach_s": round(self.ready_at - self.started, 2) if self.ready_at else None,
             "time_to_first_event_s": round(self.first_event_at - self.ready_at, 2) if self.first_event_at else None,
@@ -440,6 +442,7 @@ def verify_row(lab: Lab, problems: list[str], record: dict, folder: Path | None 
     return {"lab": lab.name, "result": "FAIL" if problems else "PASS", "problems": problems,
             "duration_s": record.get("duration_s"), "time_to_attach_s": record.get("time_to_attach_s"),
             "time_to_first_event_s": record.get("time_to_first_event_s"),
+            "exit_after_stop_s": record.get("exit_after_stop_s"),
             "folder": folder.name if folder and folder.exists() else None}
 
 

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 
 import pytest
@@ -68,3 +71,26 @@ def test_a_bad_keeper_wait_is_one_message(monkeypatch, value):
     monkeypatch.setenv(PERSIST_VARIABLE, value)
     with pytest.raises(LabError, match=f"{PERSIST_VARIABLE}: expected a whole number of seconds.*found '{value}'"):
         persist_seconds()
+
+
+@pytest.mark.parametrize("said, stays", [("", False), ("keeper of lab: timed out\n", True)])
+def test_an_ending_keeper_takes_its_folder_along_unless_its_log_says_something(tmp_path, said, stays):
+    held = Held(tmp_path / "vagrant@192.168.121.9-22-0123456789ab")
+    held.folder.mkdir()
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "bpflab.keeper"])
+    try:
+        for name, text in (("lock", ""), ("key", "k"), ("socket", ""), ("keeper.log", said),
+                           ("pid", f"{stand_in.pid}\n")):
+            (held.folder / name).write_text(text)
+        while held.pid() is None:  # until the stand-in has started as a keeper's command line
+            assert stand_in.poll() is None
+            time.sleep(0.01)
+        held.forget(stand_in.pid + 1)  # not the keeper that wrote the pid: nothing goes
+        assert (held.folder / "socket").exists()
+        held.forget(stand_in.pid)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert held.folder.exists() == stays
+    if stays:
+        assert sorted(path.name for path in held.folder.iterdir()) == ["keeper.log", "lock"]

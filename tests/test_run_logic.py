@@ -37,8 +37,8 @@ def test_unknown_lab_suggests_the_closest():
 
 
 def test_stop_line():
-    assert parse_stop("@@bpflab-stopped duration 0 0") == ("duration", 0, 0)
-    assert parse_stop("@@bpflab-stopped busy 75 0") == ("busy", 75, 0)
+    assert parse_stop("@@bpflab-stopped duration 0 0 0.412") == ("duration", 0, 0, 0.412)
+    assert parse_stop("@@bpflab-stopped busy 75 0 -") == ("busy", 75, 0, None)
     assert parse_stop("Hello World!") is None
 
 

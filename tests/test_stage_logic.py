@@ -116,7 +116,7 @@ def test_a_kernel_whose_headers_are_gone_is_replaced_by_the_distributions_curren
 
 
 SUPERVISOR_OUTPUT = ("Compiling...\nAttached. Hit Ctrl-C to end.\nHello World!\nHello World!\n"
-                     "@@bpflab-facts 6.1.0-28-amd64 0.26.0\n@@bpflab-stopped duration 0 0\n")
+                     "@@bpflab-facts 6.1.0-28-amd64 0.26.0\n@@bpflab-stopped duration 0 0 0.250\n")
 
 
 def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
@@ -129,6 +129,7 @@ def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
     record = json.loads((tmp_path / "hello" / "run.json").read_text())
     assert record == outcome.record
     assert (record["stopped"], record["exit_status"], record["leaked_probes"]) == ("duration", 0, 0)
+    assert record["exit_after_stop_s"] == 0.25
     assert record["lines"] == 4 and record["kernel"] == "6.1.0-28-amd64" and record["bcc"] == "0.26.0"
     assert record["time_to_attach_s"] is not None and record["time_to_first_event_s"] is not None
     assert shown == outcome.lines and "@@bpflab" not in (tmp_path / "hello" / "output.log").read_text()
@@ -153,7 +154,7 @@ def test_a_run_whose_files_the_vm_lacks_syncs_them_and_starts_again(tmp_path):
 
 def test_a_bcc_program_that_fails_where_bcc_is_missing_says_to_provision(tmp_path):
     output = ("ModuleNotFoundError: No module named 'bcc'\n@@bpflab-facts 6.1.0-28-amd64 none\n"
-              "@@bpflab-stopped exited 1 0\n")
+              "@@bpflab-stopped exited 1 0 -\n")
     connection = RecordingConnection([("supervisor", output)])
     target = run.Target("mine", "/x", "mine.py")
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "mine", echo=None).execute(connection)
@@ -179,7 +180,7 @@ def test_a_run_whose_channel_ends_without_a_status_is_connection_lost(tmp_path):
 
 
 BOOK_STYLE_OUTPUT = ("@@bpflab-attached\nbash-1234 [000] Hello World!\n"
-                     "@@bpflab-stopped duration 130 0\n")
+                     "@@bpflab-stopped duration 130 0 0.031\n")
 
 
 def test_readiness_comes_from_the_kernel_and_the_status_passes_through(tmp_path):

@@ -5,7 +5,8 @@
 # It holds the one-lab lock, takes the host's requests on stdin (stop, kill, duration,
 # attached), stops the program however the host goes away, with FACTS=1 reports
 # "@@bpflab-facts KERNEL BCC_VERSION" once the program is gone, and ends with the line
-# "@@bpflab-stopped REASON STATUS LEAKED_PROBES". Runs as root.
+# "@@bpflab-stopped REASON STATUS LEAKED_PROBES EXIT_SECONDS" (how long the program took to
+# exit once asked to stop, its own cleanup; "-" when it ended by itself). Runs as root.
 # Builtins where a command would do, and commands at once where they can: each process
 # costs about 0.1 s under emulation.
 exec 9>/run/bpflab-lab.lock
@@ -13,7 +14,7 @@ flock -n 9 & locking=$!
 eval "$CHECK"  # meanwhile: that the VM holds the run's files (it exits here when not)
 if ! wait $locking; then
   echo "bpflab: another lab program is running in this VM: $(cat /run/bpflab-lab.owner 2>/dev/null)"
-  echo "@@bpflab-stopped busy 75 0"; exit 75
+  echo "@@bpflab-stopped busy 75 0 -"; exit 75
 fi
 printf '%s (since %(%T)T)\n' "$NAME" -1 > /run/bpflab-lab.owner
 echo $$ > /run/bpflab-lab.pid
@@ -34,9 +35,11 @@ child=$!
 set +m
 reason=exited
 finished=
+asked=
 stop() {
   [ "$reason" = exited ] && [ -z "$finished" ] || return 0
   reason=$1
+  asked=${EPOCHREALTIME/./}
   kill -INT $child 2>/dev/null
   ( for ((i = 0; i < GRACE * 10; i++)); do kill -0 $child 2>/dev/null || exit 0; pause 0.1; done
     kill -TERM $child 2>/dev/null; pause $GRACE; kill -KILL $child 2>/dev/null ) 9>&- &
@@ -96,6 +99,11 @@ requests=$!
 while kill -0 $child 2>/dev/null; do wait $child; done
 wait $child; status=$?
 finished=1
+exit_seconds=-
+if [ -n "$asked" ]; then
+  took=$(( ${EPOCHREALTIME/./} - asked ))
+  printf -v exit_seconds '%d.%03d' $((took / 1000000)) $((took / 1000 % 1000))
+fi
 kill $requests $watcher 2>/dev/null
 leaked=0
 for events in /sys/kernel/tracing/kprobe_events /sys/kernel/tracing/uprobe_events; do
@@ -107,5 +115,5 @@ if [ "$FACTS" = 1 ]; then  # the doctor's answer (answers.sh, before this), else
   remembered bcc bcc || bcc=$(python3 -c "$BCC_VERSION" 2>/dev/null || echo none)
   echo "@@bpflab-facts $kernel $bcc"
 fi
-echo "@@bpflab-stopped $reason $status $leaked"
+echo "@@bpflab-stopped $reason $status $leaked $exit_seconds"
 exit $status
