@@ -283,10 +283,12 @@ def lab_host(project, machine=None):
 
 
 def kept(project):
-    """The lab VM's keeper, once the command before has left it (it starts as that command ends)."""
+    """The lab VM's keeper, once the command before has left it (it starts as that command ends)
+    and it serves: its pid comes before its connection, and a command finding no socket yet
+    connects on its own."""
     held = Held.of(lab_host(project))
     deadline = time.monotonic() + 30
-    while held.pid() is None:
+    while held.pid() is None or not held.socket.exists():
         assert time.monotonic() < deadline, "no keeper holds the lab VM's connection"
         time.sleep(0.5)
     return held
@@ -371,7 +373,9 @@ def lock_is_free(project):
 def end_the_run(project, process, how):
     """End the run; return the firewall rules to remove afterwards."""
     if how == "connection dropped (firewall, kept connection)":
-        return drop_ssh_connection(kept(project).pid(), lab_host(project).endpoint.host)
+        address = lab_host(project).endpoint.host
+        assert process.pid not in ssh_clients(address), "the run connected on its own, not through the keeper"
+        return drop_ssh_connection(kept(project).pid(), address)
     if how == "connection dropped (sshd child killed)":
         vm_shell(project, "p=$(cat /run/bpflab-lab.pid); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
                           "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
