@@ -260,12 +260,12 @@ class Held:
             (self.folder / name).unlink(missing_ok=True)
         log = self.folder / "keeper.log"
         try:
-            if log.stat().st_size:
+            if log.exists() and log.stat().st_size:
                 return
-            log.unlink()
-            (self.folder / "lock").unlink()
+            log.unlink(missing_ok=True)  # missing: an ending keeper before took it, with a new keeper's start
+            (self.folder / "lock").unlink(missing_ok=True)
             self.folder.rmdir()
-        except OSError:  # a new keeper's log or a removal of its own: the folder stays
+        except OSError:  # a new keeper's log meanwhile: the folder stays for it
             pass
 
     def release(self) -> None:
