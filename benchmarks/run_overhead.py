@@ -18,14 +18,12 @@ and writes the figures as JSON to benchmarks/results/run_overhead.json.
 - `lab.verify`: per lab, bpflab's time beyond the lab's compile (time to attach), its
   --seconds and its exit once stopped (BCC detaching its probes, timed in the VM), from the
   runs' own records; and the verify's fixed cost (start, sync, facts);
-- a room: `lab.verify --vm lab` against `--vm lab,lab2` on the same labs, beside the same
-  labs run by hand over plain ssh on one VM and on both at once (what the cores allow).
+- a room: `lab.verify --vm lab` against `--vm lab,lab2` on the same labs.
 """
 
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -36,8 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bpflab import config, sync  # noqa: E402
-from bpflab.catalog import load_catalog  # noqa: E402
+from bpflab import config  # noqa: E402
 from bpflab.hosts import PERSIST_VARIABLE, Host  # noqa: E402
 from bpflab.vm import LabVM, statuses  # noqa: E402
 
@@ -109,40 +106,12 @@ def verify_figures(labs, seconds):
             "fixed_cost_s": round(wall - sum(row["duration_s"] for row in rows), 2)}
 
 
-def by_hand(lab, seconds):
-    """A BCC lab as a learner runs it over plain ssh: start it as root, wait for its ready line,
-    trigger it, wait --seconds, Ctrl-C it and wait for it to exit."""
-    script = (f"cd {sync.REMOTE_ROOT}/labs && python3 -u {lab.name}.py > /tmp/room.out 2>&1 & pid=$!; "
-              "until grep -q 'Hit Ctrl-C' /tmp/room.out; do sleep 0.1; done; "
-              f"{lab.trigger}; sleep {seconds}; kill -INT $pid; wait $pid")
-    return f"sudo bash -c {shlex.quote(script)}"
-
-
-def at_once(commands):
-    """Seconds until every one of `commands`, started together, has ended."""
-    started = time.monotonic()
-    processes = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for command in commands]
-    if any(process.wait() for process in processes):
-        raise SystemExit(f"{commands} failed")
-    return time.monotonic() - started
-
-
-def room_figures(settings, labs, seconds, machines):
-    """lab.verify on 2 hosts against 1; and the same labs by hand over plain ssh on 2 at once
-    against 1: the machine's own slow-down when two emulated VMs share its cores."""
+def room_figures(labs, seconds, machines):
     names = [word for name in labs for word in ("--names", name)]
     one = timed(INVOKE + ["lab.verify", "--vm", machines[0], *names, "--seconds", str(seconds)], capture_output=True)
     two = timed(INVOKE + ["lab.verify", "--vm", ",".join(machines[:2]), *names, "--seconds", str(seconds)],
                 capture_output=True)
-    catalog = load_catalog(ROOT)
-    plain = {machine: ["ssh", "-F", str(LabVM(settings, machine).state_dir / "ssh-config"), machine,
-                       "; ".join(by_hand(catalog[name], seconds) for name in labs)] for machine in machines[:2]}
-    plain_one = at_once([plain[machines[0]]])
-    plain_two = at_once(list(plain.values()))
-    return {"hosts_1_s": round(one, 2), "hosts_2_s": round(two, 2), "ratio": round(two / one, 2),
-            "by_hand_hosts_1_s": round(plain_one, 2), "by_hand_hosts_2_s": round(plain_two, 2),
-            "by_hand_ratio": round(plain_two / plain_one, 2)}
+    return {"hosts_1_s": round(one, 2), "hosts_2_s": round(two, 2), "ratio": round(two / one, 2)}
 
 
 def table(figures):
@@ -168,8 +137,6 @@ def table(figures):
         room = figures["room"]
         rows.append(("lab.verify on 2 hosts vs 1", f"{room['hosts_2_s']} s", f"{room['hosts_1_s']} s",
                      f"{room['ratio']}x", "about 1x"))
-        rows.append(("  the same labs by hand (ssh), 2 vs 1", f"{room['by_hand_hosts_2_s']} s",
-                     f"{room['by_hand_hosts_1_s']} s", f"{room['by_hand_ratio']}x", ""))
     rows.insert(0, ("measure", "bpflab", "baseline", "ratio", "goal"))
     widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
     for row in rows:
@@ -245,7 +212,7 @@ def main():
     others = [LabVM(settings, machine) for machine in settings.machines[1:]]
     running = [machine for machine, status in statuses(others).items() if status.running] if others else []
     if running:
-        figures["room"] = room_figures(settings, options.labs.split(",")[:1], options.seconds, [vm.machine, running[0]])
+        figures["room"] = room_figures(options.labs.split(",")[:1], options.seconds, [vm.machine, running[0]])
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
     (results / "run_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
