@@ -1,7 +1,8 @@
 """libvirt on the host, through virsh: the one place that builds virsh calls.
 
 Vagrant drives the VMs; virsh is used to see whether libvirt answers, to keep its
-storage pool and Vagrant's management network, and to find and clear leftovers that Vagrant no longer knows about.
+storage pool and Vagrant's management network, and to find and clear leftovers that
+Vagrant no longer knows about.
 """
 
 from __future__ import annotations
@@ -75,15 +76,16 @@ MANAGEMENT_NETWORK_XML = f"""<network>
 
 
 def ensure_management_network() -> None:
+    def active() -> bool:
+        return "Active:         yes" in query("net-info", MANAGEMENT_NETWORK).stdout
+
     if query("net-info", MANAGEMENT_NETWORK).returncode != 0:
         with tempfile.NamedTemporaryFile("w", suffix=".xml") as definition:
             definition.write(MANAGEMENT_NETWORK_XML)
             definition.flush()
-            query("net-define", definition.name)  # it may exist by now: what counts is the check below
-    if "Active:         yes" not in query("net-info", MANAGEMENT_NETWORK).stdout:
-        query("net-start", MANAGEMENT_NETWORK)
-        if "Active:         yes" not in query("net-info", MANAGEMENT_NETWORK).stdout:
-            run(virsh("net-start", MANAGEMENT_NETWORK))  # its error, shown
+            query("net-define", definition.name)  # another `host.setup` may have defined it meanwhile
+    if not active() and query("net-start", MANAGEMENT_NETWORK).returncode != 0 and not active():
+        run(virsh("net-start", MANAGEMENT_NETWORK))  # neither it nor another process started it: its error, shown
 
 
 def stop_networks() -> None:
