@@ -1,9 +1,12 @@
-"""A second kernel generation and a ready box, for real: a Debian 13 VM (kernel 6.12, BCC 0.31,
-bpftrace 0.23) from a box built here is set up by one `lab.setup` and passes a lab of each kind; then
-`box.package` packs it, and a seat's VM from that ready box has nothing to provision."""
+"""A second kernel generation and a ready box, for real: the host set up and a Debian 13 box built
+here once (the Vagrantfile valid, a missing VM explained); a VM of it (kernel 6.12, BCC 0.31,
+bpftrace 0.23) set up by one `lab.setup` passes a lab of each kind; then `box.package` packs it, and
+a seat's VM from that ready box has nothing to provision."""
 
 import json
+import os
 import re
+import subprocess
 import tarfile
 
 import pytest
@@ -34,6 +37,16 @@ def trixie(tmp_path_factory):
     project.invoke("lab.destroy", check=False)
     for name in project.ready_boxes:  # each packaging makes a new box: leave none behind
         remove_box(name)
+
+
+def test_the_box_is_built_once_and_a_missing_vm_says_what_to_do(trixie):
+    validate = subprocess.run(["vagrant", "validate"], cwd=trixie.path, capture_output=True, text=True,
+                              env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    trixie.invoke("box.build")
+    assert "is cached" in trixie.invoke("box.build").stdout
+    missing = trixie.invoke("lab.ssh", check=False)
+    assert missing.returncode == 1 and "invoke lab.up" in missing.stdout and "Traceback" not in missing.stdout
 
 
 def test_a_debian_13_vm_is_set_up_from_a_box_built_here(trixie):
