@@ -4,7 +4,7 @@ Needs the project's lab VM running and provisioned (`invoke lab.setup`); for the
 figures, a second one as well (vm.count: 2, `invoke lab.setup --vm all`). Prints a table
 and writes the figures as JSON to benchmarks/results/run_overhead.json.
 
-    .venv/bin/python benchmarks/run_overhead.py [--lines 200000] [--repeat 3] [--labs hello,hello-map]
+    .venv/bin/python benchmarks/run_overhead.py [--lines 200000] [--repeat 5] [--labs hello,hello-map]
 
 - time to first line: `invoke lab.run FILE` (through the keeper a run before left, and with
   BPFLAB_SSH_PERSIST=0, connecting afresh) vs `ssh -F <vagrant ssh-config>` (afresh, and
@@ -18,7 +18,10 @@ and writes the figures as JSON to benchmarks/results/run_overhead.json.
 - `lab.verify`: per lab, bpflab's time beyond the lab's compile (time to attach), its
   --seconds and its exit once stopped (BCC detaching its probes, timed in the VM), from the
   runs' own records; and the verify's fixed cost (start, sync, facts);
-- a room: `lab.verify --vm lab` against `--vm lab,lab2` on the same labs.
+- a room: `lab.verify --vm lab` and `--vm lab,lab2` on the first of those labs, and the same
+  lab over plain ssh (on a terminal, its trigger from a second ssh, Ctrl-C after --seconds) on
+  one VM and on both at once, in turn --repeat times. Its ratio is only "about 1x" where the
+  host has a core for each emulated vCPU (lab.yaml's vm.cpus) and some to spare.
 """
 
 import argparse
@@ -29,13 +32,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bpflab import config  # noqa: E402
+from bpflab.catalog import load_catalog  # noqa: E402
 from bpflab.hosts import PERSIST_VARIABLE, Host  # noqa: E402
+from bpflab.run import READY  # noqa: E402
+from bpflab.sync import REMOTE_ROOT  # noqa: E402
 from bpflab.vm import LabVM, statuses  # noqa: E402
 
 INVOKE = [sys.executable, "-m", "invoke"]
@@ -106,12 +113,62 @@ def verify_figures(labs, seconds):
             "fixed_cost_s": round(wall - sum(row["duration_s"] for row in rows), 2)}
 
 
-def room_figures(labs, seconds, machines):
+def ssh_lab_seconds(settings, machine, lab, seconds):
+    """A learner's way without bpflab: the lab on a terminal over plain ssh (-tt) until it says it
+    is attached, its trigger from a second ssh, `seconds` more, then Ctrl-C; seconds to its exit."""
+    ssh = ["ssh", "-F", str(LabVM(settings, machine).state_dir / "ssh-config")]
+    started = time.monotonic()
+    program = subprocess.Popen(ssh + ["-tt", machine, f"cd {REMOTE_ROOT}/labs && sudo python3 -u {lab}.py"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for line in program.stdout:
+        if READY.search(line.decode(errors="replace")):
+            break
+    else:
+        raise SystemExit(f"{lab} on {machine} ended before it was attached")
+    trigger = subprocess.Popen(ssh + [machine, load_catalog(ROOT)[lab].trigger], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    time.sleep(seconds)
+    program.stdin.write(b"\x03")  # the terminal makes it SIGINT, as a learner's Ctrl-C
+    program.stdin.flush()
+    program.stdout.read()
+    program.wait()
+    trigger.wait()
+    return time.monotonic() - started
+
+
+def at_once(measures):
+    """Each measure in its own thread, all started together: the seconds until the last is done."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(measures)) as pool:
+        for future in [pool.submit(measure) for measure in measures]:
+            future.result()
+    return time.monotonic() - started
+
+
+def room_figures(settings, labs, seconds, machines, repeat):
+    """lab.verify on one host and on two at once, and the same labs over plain ssh likewise, taken
+    in turn `repeat` times (medians; an emulated compile varies by a fifth from run to run): how much
+    of a room's slow-down is the machine's (emulated vCPUs sharing its cores) and how much bpflab's."""
     names = [word for name in labs for word in ("--names", name)]
-    one = timed(INVOKE + ["lab.verify", "--vm", machines[0], *names, "--seconds", str(seconds)], capture_output=True)
-    two = timed(INVOKE + ["lab.verify", "--vm", ",".join(machines[:2]), *names, "--seconds", str(seconds)],
-                capture_output=True)
-    return {"hosts_1_s": round(one, 2), "hosts_2_s": round(two, 2), "ratio": round(two / one, 2)}
+
+    def verify(hosts):
+        return timed(INVOKE + ["lab.verify", "--vm", ",".join(hosts), *names, "--seconds", str(seconds)],
+                     capture_output=True)
+
+    def plain(hosts):
+        return at_once([lambda machine=machine: sum(ssh_lab_seconds(settings, machine, lab, seconds) for lab in labs)
+                        for machine in hosts])
+
+    ways = {"lab.verify": verify, "ssh": plain}
+    samples = {(way, count): [] for way in ways for count in (1, 2)}
+    for _ in range(repeat):
+        for (way, count), taken in samples.items():
+            taken.append(ways[way](machines[:count]))
+    figures = {"labs": labs, "seconds_each": seconds, "vcpus_per_vm": settings.vm.cpus, "host_cores": os.cpu_count()}
+    for way in ways:
+        one, two = (round(statistics.median(samples[way, count]), 2) for count in (1, 2))
+        figures[way] = {"hosts_1_s": one, "hosts_2_s": two, "ratio": round(two / one, 2)}
+    return figures
 
 
 def table(figures):
@@ -134,9 +191,12 @@ def table(figures):
              ""),
             ("lab.verify: fixed cost", f"{figures['verify']['fixed_cost_s']} s", "", "", "")]
     if "room" in figures:
-        room = figures["room"]
-        rows.append(("lab.verify on 2 hosts vs 1", f"{room['hosts_2_s']} s", f"{room['hosts_1_s']} s",
-                     f"{room['ratio']}x", "about 1x"))
+        verify, plain = figures["room"]["lab.verify"], figures["room"]["ssh"]
+        rows += [("lab.verify on 1 host / 2 at once", f"{verify['hosts_1_s']} s / {verify['hosts_2_s']} s", "", "", ""),
+                 ("  the same labs over ssh, 1 / 2 at once", f"{plain['hosts_1_s']} s / {plain['hosts_2_s']} s", "", "",
+                  ""),
+                 ("  2 hosts vs 1", f"{verify['ratio']}x", f"{plain['ratio']}x (ssh)",
+                  f"{verify['ratio'] / plain['ratio']:.2f}x", "about 1x")]
     rows.insert(0, ("measure", "bpflab", "baseline", "ratio", "goal"))
     widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
     for row in rows:
@@ -146,7 +206,7 @@ def table(figures):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5, help="samples of each measure (medians)")
     parser.add_argument("--labs", default="hello,hello-map,hello-buffer", help="the labs lab.verify runs")
     parser.add_argument("--seconds", type=int, default=3, help="lab.verify --seconds")
     options = parser.parse_args()
@@ -212,7 +272,8 @@ def main():
     others = [LabVM(settings, machine) for machine in settings.machines[1:]]
     running = [machine for machine, status in statuses(others).items() if status.running] if others else []
     if running:
-        figures["room"] = room_figures(options.labs.split(",")[:1], options.seconds, [vm.machine, running[0]])
+        figures["room"] = room_figures(settings, options.labs.split(",")[:1], options.seconds,
+                                       [vm.machine, running[0]], options.repeat)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
     (results / "run_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
