@@ -20,8 +20,8 @@ and writes the figures as JSON to benchmarks/results/run_overhead.json.
   runs' own records; and the verify's fixed cost (start, sync, facts);
 - a room: `lab.verify --vm lab` and `--vm lab,lab2` on the first of those labs, and the same
   lab over plain ssh (on a terminal, its trigger from a second ssh, Ctrl-C after --seconds) on
-  one VM and on both at once, in turn --repeat times. Its ratio is only "about 1x" where the
-  host has a core for each emulated vCPU (lab.yaml's vm.cpus) and some to spare.
+  one VM and on both at once, in turn --repeat times. Plain ssh's ratio is the machine's own
+  share: where the host has fewer cores than the VMs' emulated vCPUs (vm.cpus), both grow.
 """
 
 import argparse
