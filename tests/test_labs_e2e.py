@@ -36,8 +36,7 @@ pytestmark = pytest.mark.vm
 
 class AnsibleSeat(threading.Thread):
     """Brings up the second VM (lab2) and provisions it with ansible-playbook alone, twice, while
-    the first VM's tests run. Not during the first VM's provisioning: that keeps the host's cores
-    busy already, and these tests leave one of them mostly idle (this saves minutes of CI)."""
+    the first VM's tests run (the two VMs share the host's 2 cores; this saves minutes of CI)."""
 
     def __init__(self, project):
         super().__init__(daemon=True)
@@ -59,7 +58,7 @@ class AnsibleSeat(threading.Thread):
 def lab(project):
     """Two lab VMs from one lab.yaml (vm.count: 2) and a box whose kernel has aged: lab brought up,
     moved to a kernel with headers, provisioned (BCC from Debian's package) and synced by
-    `lab.setup --vm lab`; then lab2 is provisioned by Ansible while lab's tests run."""
+    `lab.setup --vm lab`; meanwhile lab2 is provisioned by Ansible."""
     settings = project.path / "lab.yaml"
     # Its own box recipe (another disk size): the cached box of that recipe is the aged one.
     text = settings.read_text().replace("  count: 1", "  count: 2", 1).replace("disk_gb: 16", "disk_gb: 15", 1)
@@ -68,10 +67,10 @@ def lab(project):
     recipe = cache_box_with_a_kernel_without_headers(config.load(settings))
     project.cleanups.append(lambda: forget_cached_box(recipe))
     project.invoke("lab.up", "--vm", "lab")  # first: it loads the box into libvirt's pool and makes the network
-    project.first_setup = project.invoke("lab.setup", "--vm", "lab").stdout
-    assert "The lab VM lab is ready" in project.first_setup
     project.ansible_seat = AnsibleSeat(project)
     project.ansible_seat.start()
+    project.first_setup = project.invoke("lab.setup", "--vm", "lab").stdout
+    assert "The lab VM lab is ready" in project.first_setup
     yield project
     project.ansible_seat.join(timeout=1800)
     project.invoke("lab.destroy", check=False)
