@@ -22,10 +22,14 @@ and writes the figures as JSON to benchmarks/results/run_overhead.json.
   lab over plain ssh (on a terminal, its trigger from a second ssh, Ctrl-C after --seconds) on
   one VM and on both at once, in turn --repeat times. Plain ssh's ratio is the machine's own
   share: where the host has fewer cores than the VMs' emulated vCPUs (vm.cpus), both grow.
+  Each round's verify ratio is set against ssh's in that round, and every sample takes the
+  machine's busy CPU-seconds (/proc/stat): cores left idle say whether it "has the cores".
+  `--room-only` takes just these (into run_overhead_room.json).
 """
 
 import argparse
 import json
+import operator
 import os
 import statistics
 import subprocess
@@ -145,10 +149,19 @@ def at_once(measures):
     return time.monotonic() - started
 
 
+def busy_cpu_seconds():
+    """CPU-seconds the machine has spent on anything but idling (/proc/stat): the VMs' emulation and
+    every host process alike, bpflab's keeper included."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
 def room_figures(settings, labs, seconds, machines, repeat):
     """lab.verify on one host and on two at once, and the same labs over plain ssh likewise, taken
     in turn `repeat` times (medians; an emulated compile varies by a fifth from run to run): how much
-    of a room's slow-down is the machine's (emulated vCPUs sharing its cores) and how much bpflab's."""
+    of a room's slow-down is the machine's (emulated vCPUs sharing its cores) and how much bpflab's.
+    Each sample also takes the machine's busy CPU-seconds: the cores it had to spare tell whether
+    it "has the cores", and bpflab's against ssh's tells what bpflab itself costs the machine."""
     names = [word for name in labs for word in ("--names", name)]
 
     def verify(hosts):
@@ -159,22 +172,44 @@ def room_figures(settings, labs, seconds, machines, repeat):
         return at_once([lambda machine=machine: sum(ssh_lab_seconds(settings, machine, lab, seconds) for lab in labs)
                         for machine in hosts])
 
+    def sample(way, hosts):
+        busy = busy_cpu_seconds()
+        wall = ways[way](hosts)
+        return wall, busy_cpu_seconds() - busy
+
     ways = {"lab.verify": verify, "ssh": plain}
-    samples = {(way, count): [] for way in ways for count in (1, 2)}
-    for _ in range(repeat):
-        for (way, count), taken in samples.items():
-            taken.append(ways[way](machines[:count]))
+    rounds = [{(way, count): sample(way, machines[:count]) for way in ways for count in (1, 2)}
+              for _ in range(repeat)]
     figures = {"labs": labs, "seconds_each": seconds, "vcpus_per_vm": settings.vm.cpus, "host_cores": os.cpu_count()}
     for way in ways:
-        one, two = (round(statistics.median(samples[way, count]), 2) for count in (1, 2))
-        figures[way] = {"hosts_1_s": one, "hosts_2_s": two, "ratio": round(two / one, 2)}
+        walls, busies = ({count: [taken[way, count][part] for taken in rounds] for count in (1, 2)} for part in (0, 1))
+        figures[way] = {"hosts_1_s": round(statistics.median(walls[1]), 2),
+                        "hosts_2_s": round(statistics.median(walls[2]), 2),
+                        "ratio": round(statistics.median(map(operator.truediv, walls[2], walls[1])), 2),
+                        "busy_cpu_s_1": round(statistics.median(busies[1]), 1),
+                        "busy_cpu_s_2": round(statistics.median(busies[2]), 1),
+                        "cores_busy_2": round(statistics.median(busy / wall for busy, wall
+                                                                in zip(busies[2], walls[2], strict=True)), 2)}
+    # Each round's own ratio against ssh's in the same round: the machine's drift cancels out.
+    figures["verify_ratio_vs_ssh_ratio"] = round(statistics.median(
+        (taken["lab.verify", 2][0] / taken["lab.verify", 1][0]) / (taken["ssh", 2][0] / taken["ssh", 1][0])
+        for taken in rounds), 2)
     return figures
 
 
 def table(figures):
+    rows = ((one_vm_rows(figures) if "verify" in figures else [])
+            + (room_rows(figures["room"]) if "room" in figures else []))
+    rows.insert(0, ("measure", "bpflab", "baseline", "ratio", "goal"))
+    widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
+    for row in rows:
+        print("  ".join(f"{str(cell):<{width}}" for cell, width in zip(row, widths, strict=True)))
+
+
+def one_vm_rows(figures):
     first, flood, plain = figures["time_to_first_line_s"], figures["flood"], figures["ssh_round_trip_s"]
     held, kept_master = first["invoke lab.run"], first["ssh, its ControlMaster kept"]
-    rows = [("time to first line", f"{held} s", f"{first['ssh -F ssh-config']} s",
+    return [("time to first line", f"{held} s", f"{first['ssh -F ssh-config']} s",
              f"{held / first['ssh -F ssh-config']:.2f}x", "<= 1.2x"),
             ("  without a kept connection", f"{first['invoke lab.run, no kept connection']} s", "", "", ""),
             ("  against ssh's kept ControlMaster", f"{held} s", f"{kept_master} s", f"{held / kept_master:.2f}x", ""),
@@ -190,17 +225,18 @@ def table(figures):
             ("  the lab's exit once stopped (not in it)", f"{figures['verify']['program_exit_per_lab_s']} s", "", "",
              ""),
             ("lab.verify: fixed cost", f"{figures['verify']['fixed_cost_s']} s", "", "", "")]
-    if "room" in figures:
-        verify, plain = figures["room"]["lab.verify"], figures["room"]["ssh"]
-        rows += [("lab.verify on 1 host / 2 at once", f"{verify['hosts_1_s']} s / {verify['hosts_2_s']} s", "", "", ""),
-                 ("  the same labs over ssh, 1 / 2 at once", f"{plain['hosts_1_s']} s / {plain['hosts_2_s']} s", "", "",
-                  ""),
-                 ("  2 hosts vs 1", f"{verify['ratio']}x", f"{plain['ratio']}x (ssh)",
-                  f"{verify['ratio'] / plain['ratio']:.2f}x", "about 1x")]
-    rows.insert(0, ("measure", "bpflab", "baseline", "ratio", "goal"))
-    widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
-    for row in rows:
-        print("  ".join(f"{str(cell):<{width}}" for cell, width in zip(row, widths, strict=True)))
+
+
+def room_rows(room):
+    verify, plain = room["lab.verify"], room["ssh"]
+    return [("lab.verify on 1 host / 2 at once", f"{verify['hosts_1_s']} s / {verify['hosts_2_s']} s",
+             f"{plain['hosts_1_s']} s / {plain['hosts_2_s']} s (ssh)", "", ""),
+            ("  2 hosts vs 1 (each round's ratio)", f"{verify['ratio']}x", f"{plain['ratio']}x (ssh)",
+             f"{room['verify_ratio_vs_ssh_ratio']:.2f}x", "about 1x"),
+            ("  machine's busy CPU-s, 1 / 2 hosts", f"{verify['busy_cpu_s_1']} / {verify['busy_cpu_s_2']}",
+             f"{plain['busy_cpu_s_1']} / {plain['busy_cpu_s_2']} (ssh)", "", ""),
+            ("  cores busy with 2 hosts", f"{verify['cores_busy_2']} of {room['host_cores']}",
+             f"{plain['cores_busy_2']} of {room['host_cores']} (ssh)", "", "")]
 
 
 def main():
@@ -209,10 +245,30 @@ def main():
     parser.add_argument("--repeat", type=int, default=5, help="samples of each measure (medians)")
     parser.add_argument("--labs", default="hello,hello-map,hello-buffer", help="the labs lab.verify runs")
     parser.add_argument("--seconds", type=int, default=3, help="lab.verify --seconds")
+    parser.add_argument("--room-only", action="store_true",
+                        help="only the room's figures (into benchmarks/results/run_overhead_room.json)")
     options = parser.parse_args()
 
     settings = config.load()
     vm = LabVM(settings)
+    figures = {} if options.room_only else one_vm_figures(options, vm)
+    others = [LabVM(settings, machine) for machine in settings.machines[1:]]
+    running = [machine for machine, status in statuses(others).items() if status.running] if others else []
+    if running:
+        figures["room"] = room_figures(settings, options.labs.split(",")[:1], options.seconds,
+                                       [vm.machine, running[0]], options.repeat)
+    elif options.room_only:
+        raise SystemExit("The room's figures need a second lab VM running: vm.count: 2, `invoke lab.setup --vm all`.")
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    output = results / f"run_overhead{'_room' if options.room_only else ''}.json"
+    output.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    table(figures)
+
+
+def one_vm_figures(options, vm):
+    """Everything but the room, on the first lab VM."""
     remote = Host.of_vm(vm).connect()
     ssh_config = vm.state_dir / "ssh-config"
     work = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -254,7 +310,7 @@ def main():
     noop["lab.sync, no kept connection"] = median_of(
         options.repeat, lambda: timed(INVOKE + ["lab.sync"], capture_output=True, env=unkept))
 
-    figures = {
+    return {
         "time_to_first_line_s": first,
         "flood": {
             "lines": options.lines,
@@ -269,16 +325,6 @@ def main():
         "noop_s": {f"invoke {task}": seconds for task, seconds in noop.items()},
         "verify": verify_figures(options.labs.split(","), options.seconds),
     }
-    others = [LabVM(settings, machine) for machine in settings.machines[1:]]
-    running = [machine for machine, status in statuses(others).items() if status.running] if others else []
-    if running:
-        figures["room"] = room_figures(settings, options.labs.split(",")[:1], options.seconds,
-                                       [vm.machine, running[0]], options.repeat)
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "run_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
-    table(figures)
 
 
 if __name__ == "__main__":
