@@ -18,7 +18,8 @@ and writes the figures as JSON to benchmarks/results/run_overhead.json.
 - `lab.verify`: per lab, bpflab's time beyond the lab's compile (time to attach), its
   --seconds and its exit once stopped (BCC detaching its probes, timed in the VM), from the
   runs' own records; and the verify's fixed cost (start, sync, facts);
-- a room: `lab.verify --vm lab` and `--vm lab,lab2` on the first of those labs, and the same
+- a room: `lab.verify --inventory` of the first lab VM and of it and lab2 (inventories written as
+  `invoke lab.inventory` writes them) on the first of those labs, and the same
   lab over plain ssh (on a terminal, its trigger from a second ssh, Ctrl-C after --seconds) on
   one VM and on both at once, in turn --repeat times. Plain ssh's ratio is the machine's own
   share: where the host has fewer cores than the VMs' emulated vCPUs (vm.cpus), both grow.
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bpflab import config  # noqa: E402
 from bpflab.catalog import load_catalog  # noqa: E402
-from bpflab.hosts import PERSIST_VARIABLE, Host  # noqa: E402
+from bpflab.hosts import PERSIST_VARIABLE, Host, save_inventory  # noqa: E402
 from bpflab.run import READY  # noqa: E402
 from bpflab.sync import REMOTE_ROOT  # noqa: E402
 from bpflab.vm import LabVM, statuses  # noqa: E402
@@ -163,10 +164,13 @@ def room_figures(settings, labs, seconds, machines, repeat):
     Each sample also takes the machine's busy CPU-seconds: the cores it had to spare tell whether
     it "has the cores", and bpflab's against ssh's tells what bpflab itself costs the machine."""
     names = [word for name in labs for word in ("--names", name)]
+    rooms = Path(tempfile.mkdtemp(prefix="bench-room-"))
+    inventories = {count: save_inventory([Host.of_vm(LabVM(settings, machine)) for machine in machines[:count]],
+                                         rooms / f"{count}-hosts.yml") for count in (1, 2)}
 
     def verify(hosts):
-        return timed(INVOKE + ["lab.verify", "--vm", ",".join(hosts), *names, "--seconds", str(seconds)],
-                     capture_output=True)
+        return timed(INVOKE + ["lab.verify", "--inventory", str(inventories[len(hosts)]), *names,
+                               "--seconds", str(seconds)], capture_output=True)
 
     def plain(hosts):
         return at_once([lambda machine=machine: sum(ssh_lab_seconds(settings, machine, lab, seconds) for lab in labs)
