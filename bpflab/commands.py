@@ -29,6 +29,9 @@ UNREACHABLE = (OSError, EOFError, socket.timeout, paramiko.SSHException)
 # Before a command line, this runs all of the rest as root; a keeper (keeper.py) runs the rest
 # in a root shell it keeps ready instead.
 AS_ROOT = "sudo -n "
+# How long a machine may take to answer a keepalive before it counts as gone: an emulated VM
+# that compiles while other VMs share its host's cores has taken more than 5 s (a lost run).
+ANSWER_SECONDS = 15
 
 
 class LineSink:
@@ -174,7 +177,7 @@ def wait_for(finished: threading.Event, tick=None, interrupted=None) -> None:
             interrupted()
 
 
-def responsive(connection: Connection, timeout: float = 5) -> bool:
+def responsive(connection: Connection, timeout: float = ANSWER_SECONDS) -> bool:
     """Whether the machine at the other end of this connection still answers: an SSH keepalive
     request that wants a reply, so nothing is started there. A firewall that drops the
     connection, or a VM that vanished, gives no reply and never closes the TCP connection."""

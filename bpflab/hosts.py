@@ -150,14 +150,6 @@ class Host:
         raise LabError(f"{self.subject} was restarted into a new kernel but does not answer SSH after "
                        f"{REBOOT_TIMEOUT} s. Look at its console; once it is up, run the same command again.")
 
-    def answers(self) -> bool:
-        """Whether a new connection succeeds now (a VM that vanished never closes the old one)."""
-        try:
-            self.connect().close()
-            return True
-        except LabError:
-            return False
-
 
 def persist_seconds() -> int:
     value = os.environ.get(PERSIST_VARIABLE, str(PERSIST_DEFAULT))

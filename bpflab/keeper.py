@@ -31,16 +31,15 @@ from pathlib import Path
 
 import paramiko
 
-from .commands import AS_ROOT, UNREACHABLE
+from .commands import ANSWER_SECONDS, AS_ROOT, UNREACHABLE
 from .hosts import CONNECT_TIMEOUT, Held, Host, local_transport
 from .vagrant import Endpoint
 
 BLOCK = 1 << 16
 # As run.Supervisor does: after a small block, let the next one gather (fewer, larger packets).
 COALESCE_BYTES, COALESCE_SECONDS = 1 << 15, 0.02
-# How often the keeper asks the machine whether it is still there, and how long it waits.
+# How often the keeper asks the machine whether it is still there.
 LIVENESS_SECONDS = 10
-ANSWER_SECONDS = 5
 
 
 # `read -N` counts bytes under LC_ALL=C; the first newline says the shell (and sudo) has started.

@@ -17,6 +17,7 @@ import shlex
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -447,27 +448,33 @@ def verify_row(lab: Lab, problems: list[str], record: dict, folder: Path | None 
 
 
 def verify(host: Host, connection: Connection, root: Path, names: list[str], seconds: int, runs: Path) -> list[dict]:
-    """Run each lab with its trigger for `seconds` and check the catalog's expectations."""
+    """Run each lab with its trigger for `seconds` and check the catalog's expectations. A lab
+    whose connection was lost fails alone: the next connects again, unless the machine is gone."""
     catalog = load_catalog(root)
     labs = [resolve(catalog, name) for name in names] if names else list(catalog.values())
     sync.push(connection, root)
     facts, rows = vm_facts(connection), []  # read once: importing bcc takes seconds under emulation
-    for lab in labs:
-        say(f"[bold]{lab.name}[/bold] …")
-        folder = free_folder(runs, lab.name, datetime.now(timezone.utc))
-        try:
-            outcome = ProgramRun(host, lab_target(lab), folder, duration=seconds, trigger=lab.trigger,
-                                 echo=None).execute(connection, facts)
-            problems, record = check_expectations(lab, outcome), outcome.record
-        except LabError as error:
-            problems, record = [str(error).splitlines()[0]], {}
-        rows.append(verify_row(lab, problems, record, folder))
-        say(f"  {rows[-1]['result']}" + (f": {'; '.join(problems)}" if problems else ""))
-        if problems and not host.answers():
-            skipped = labs[len(rows):]
-            rows += [verify_row(other, [f"not run: {host.name} stopped answering SSH"], {}) for other in skipped]
-            say(f"  {host.name} stopped answering SSH; {len(skipped)} lab(s) not run")
-            break
+    with ExitStack() as reconnections:
+        for lab in labs:
+            say(f"[bold]{lab.name}[/bold] …")
+            folder = free_folder(runs, lab.name, datetime.now(timezone.utc))
+            try:
+                outcome = ProgramRun(host, lab_target(lab), folder, duration=seconds, trigger=lab.trigger,
+                                     echo=None).execute(connection, facts)
+                problems, record = check_expectations(lab, outcome), outcome.record
+            except LabError as error:
+                problems, record = [str(error).splitlines()[0]], {}
+            rows.append(verify_row(lab, problems, record, folder))
+            say(f"  {rows[-1]['result']}" + (f": {'; '.join(problems)}" if problems else ""))
+            if not problems or responsive(connection):
+                continue
+            try:
+                connection = reconnections.enter_context(host.connect())
+            except LabError:
+                skipped = labs[len(rows):]
+                rows += [verify_row(other, [f"not run: {host.name} stopped answering SSH"], {}) for other in skipped]
+                say(f"  {host.name} stopped answering SSH; {len(skipped)} lab(s) not run")
+                break
     return rows
 
 

@@ -11,17 +11,22 @@ from types import SimpleNamespace
 class RecordingConnection:
     """`answers`: (regular expression, output[, exit status]) tried in order on each command."""
 
-    def __init__(self, answers=()):
+    def __init__(self, answers=(), drop_after: str = ""):
         self.answers = list(answers)
+        self.drop_after = drop_after  # the connection drops once a command matching this has run
         self.commands: list[str] = []
         self.uploads: list[str] = []
         self.requests: list[str] = []
         self.closed = False
-        # paramiko's side, for programs run on a channel of their own (connection.client.get_transport())
-        self.client = SimpleNamespace(get_transport=lambda: SimpleNamespace(open_session=self.open_session))
+        # paramiko's side, for programs run on a channel of their own and keepalives
+        transport = SimpleNamespace(open_session=self.open_session, is_active=lambda: not self.closed,
+                                    global_request=lambda *_args, **_options: None)
+        self.client = SimpleNamespace(get_transport=lambda: transport)
 
     def answer(self, command):
         self.commands.append(command)
+        if self.drop_after and re.search(self.drop_after, command):
+            self.closed = True
         for pattern, *answer in self.answers:
             if re.search(pattern, command):
                 return answer[0], (answer[1] if len(answer) > 1 else 0)
@@ -53,16 +58,13 @@ class RecordingConnection:
 
 
 class RecordingHost:
-    """A host whose every new connection is the same recording connection."""
+    """A host whose new connections are `later` in turn, then the first one again."""
 
-    def __init__(self, connection: RecordingConnection, name: str = "lab"):
-        self.name, self.connection = name, connection
+    def __init__(self, connection: RecordingConnection, name: str = "lab", later=()):
+        self.name, self.connection, self.later = name, connection, list(later)
 
     def connect(self):
-        return self.connection
-
-    def answers(self) -> bool:
-        return True
+        return self.later.pop(0) if self.later else self.connection
 
 
 class RecordingChannel:

@@ -171,6 +171,18 @@ def test_verify_reads_the_vm_facts_once_for_all_its_labs(tmp_path):
     assert len(connection.ran("find_spec")) == 1 and len(connection.ran("\nFACTS=0\n")) == 2
 
 
+def test_verify_goes_on_through_a_new_connection_when_one_drops_mid_lab(tmp_path):
+    """A keeper or network that drops one lab's connection fails that lab alone."""
+    dropping = RecordingConnection([("find_spec", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", "Compiling...\n", -1)],
+                                   drop_after="supervisor")
+    fresh = RecordingConnection([("supervisor", SUPERVISOR_OUTPUT)])
+    rows = run.verify(RecordingHost(dropping, later=[fresh]), dropping, ROOT, ["hello", "hello-map", "hello"], 1,
+                      tmp_path)
+    assert [row["result"] for row in rows] == ["FAIL", "FAIL", "PASS"]
+    assert "stopped: connection-lost" in "; ".join(rows[0]["problems"])
+    assert len(dropping.ran("supervisor")) == 1 and len(fresh.ran("supervisor")) == 2 and fresh.closed
+
+
 def test_a_run_whose_channel_ends_without_a_status_is_connection_lost(tmp_path):
     connection = RecordingConnection([("supervisor", "Attached. Hit Ctrl-C to end.\n", -1)])
     target = run.Target("hello", "/home/vagrant/bpflab/labs", "hello.py")
