@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import json
 import lzma
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -27,11 +27,12 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import arch, vagrant
 from .commands import run
-from .config import Config
+from .config import Config, digest_of
 from .console import say, step, warn
 from .errors import LabError
 from .host import cache_dir, foreign_binaries, require_tool
@@ -83,6 +84,12 @@ EFI_PARTITION_MIB = 64  # UEFI disks: the FAT partition that holds GRUB's EFI pr
 MBR_CODE_BYTES = 440  # boot code ends here; the disk signature and partition table follow
 # Bump when the build steps below change in a way the recipe fields do not show.
 BUILD_REVISION = 3
+SCRIPTS = Path(__file__).parent / "scripts"
+APT_UNAVAILABLE = SCRIPTS / "apt-unavailable.sh"
+SSHD_KEEPALIVE_PATH = "etc/ssh/sshd_config.d/bpflab.conf"
+# A ready seat says what it is here, as a box that box.package made does; provisioning reads it.
+SEAT_DESCRIPTION = "etc/bpflab/box.json"
+SEAT_UNAVAILABLE = "etc/bpflab/unavailable"  # the build's note of optional packages the archive lacks
 
 
 @dataclass(frozen=True)
@@ -105,23 +112,32 @@ class Recipe:
     # made before them keep their names.
     architecture: str = "amd64"
     early_files: tuple = ()
+    # A ready seat (local_box.ready): what provisioning would install, installed here at native speed.
+    seat_packages: tuple = ()
+    seat_optional: tuple = ()  # installed where the archive has them
+    seat_files: tuple = ()
 
     @classmethod
     def from_config(cls, config: Config, archive_release: str, kernel: str = "") -> Recipe:
         distribution, architecture = config.vm.distribution, arch.guest(config.vm.arch)
         archive = config.local_box.archives[distribution]
-        packages = (*PACKAGES, *BOOT_PACKAGES[architecture], kernel_package(distribution, architecture))
+        image = kernel_package(distribution, architecture)
+        packages = (*PACKAGES, *BOOT_PACKAGES[architecture], image)
+        seat = seat_contents(config, distribution, image) if config.local_box.ready else ((), (), ())
         return cls(distribution, archive["mirror"], archive["suite"], tuple(archive["components"]),
                    archive["keyring"], archive_release, kernel, config.local_box.disk_gb, packages,
                    tuple(sorted(GUEST_FILES.items())), f"console={CONSOLES[architecture]} {KERNEL_OPTIONS}",
-                   BOX_VAGRANTFILE, BUILD_REVISION, architecture, EARLY_FILES[architecture])
+                   BOX_VAGRANTFILE, BUILD_REVISION, architecture, EARLY_FILES[architecture], *seat)
 
     @property
     def digest(self) -> str:
         values = asdict(self)
-        fields = {field.name: values[field.name] for field in dataclasses.fields(self)
-                  if field.default is dataclasses.MISSING or getattr(self, field.name) != field.default}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+        return digest_of({field.name: values[field.name] for field in dataclasses.fields(self)
+                          if field.default is dataclasses.MISSING or getattr(self, field.name) != field.default})
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.seat_packages)
 
     @property
     def box_name(self) -> str:
@@ -140,7 +156,7 @@ class Recipe:
     @classmethod
     def from_json(cls, text: str) -> Recipe:
         fields = json.loads(text)
-        return cls(**{key: tuple(map(tuple, value)) if key in ("guest_files", "early_files") else
+        return cls(**{key: tuple(map(tuple, value)) if key in ("guest_files", "early_files", "seat_files") else
                       tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
 
     def to_json(self) -> str:
@@ -155,7 +171,35 @@ class Recipe:
                 *(f"--setup-hook=mkdir -p \"$1/{os.path.dirname(path)}\" && printf '%s' '{content}' > \"$1/{path}\""
                   for path, content in self.early_files),
                 "--customize-hook=chroot \"$1\" useradd --create-home --shell /bin/bash vagrant",
-                self.suite, str(rootfs), self.mirror]
+                *self.seat_hooks(), self.suite, str(rootfs), self.mirror]
+
+    def seat_hooks(self) -> list[str]:
+        """A ready seat's own steps, while the archive's package lists are still in the root: its
+        packages, the optional ones the archive has (the others are named in SEAT_UNAVAILABLE for
+        provisioning), python as python3."""
+        if not self.ready:
+            return []
+        optional = " ".join(self.seat_optional)
+        return ["--include=" + ",".join(self.seat_packages),
+                f"--customize-hook=mkdir -p \"$1/{os.path.dirname(SEAT_UNAVAILABLE)}\" && "
+                f"chroot \"$1\" bash -s {optional} < {shlex.quote(str(APT_UNAVAILABLE))} > \"$1/{SEAT_UNAVAILABLE}\"",
+                f"--customize-hook=chroot \"$1\" sh -c 'wanted=; for name in {optional}; do "
+                f"grep -qx \"$name\" /{SEAT_UNAVAILABLE} || wanted=\"$wanted $name\"; done; [ -z \"$wanted\" ] || "
+                "DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends $wanted'",
+                "--customize-hook=ln -sfn python3 \"$1/usr/bin/python\""]
+
+
+def seat_contents(config: Config, distribution: str, kernel_image: str) -> tuple[tuple, tuple, tuple]:
+    """What provisioning would put in a VM of this box for lab.yaml's settings, as (packages,
+    optional packages, files): the book's packages, the kernel's headers, BCC where it is the
+    distribution's package (a source build still reaches the VM as an artifact), and sshd's keepalive."""
+    distro = config.provision.distributions[distribution]
+    bcc = distro["bcc_package"] if config.bcc_mode(distribution) == "package" else []
+    wanted = list(dict.fromkeys([*distro["packages"], *bcc]))
+    headers = kernel_image.replace("linux-image-", "linux-headers-")
+    return (tuple([name for name in wanted if name not in distro["optional"]] + [headers]),
+            tuple(name for name in wanted if name in distro["optional"]),
+            ((SSHD_KEEPALIVE_PATH, (SCRIPTS / "sshd-keepalive.conf").read_text()),))
 
 
 def family(distribution: str) -> str:
@@ -333,6 +377,19 @@ def write_guest_files(rootfs: Path, root_uuid: str, public_key: str, kernel_cmdl
     (ssh_dir / "authorized_keys").chmod(0o600)
 
 
+def write_seat(rootfs: Path, recipe: Recipe, provision_digest: str) -> None:
+    """A ready seat's files, and what it is: the provisioning settings it was made for, when, and
+    the optional packages its archive lacked (the seat has no package lists to ask)."""
+    for relative, content in recipe.seat_files:
+        (rootfs / relative).parent.mkdir(parents=True, exist_ok=True)
+        (rootfs / relative).write_text(content)
+    unavailable = rootfs / SEAT_UNAVAILABLE
+    about = {"box": recipe.box_name, "provision": provision_digest, "unavailable": unavailable.read_text().split(),
+             "made": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    unavailable.unlink()
+    (rootfs / SEAT_DESCRIPTION).write_text(json.dumps(about, sort_keys=True) + "\n")
+
+
 def install_boot_loader(disk: Path, workdir: Path, rootfs: Path) -> None:
     """Put GRUB for BIOS on the disk without loop devices or mounts.
 
@@ -408,8 +465,9 @@ def uefi_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, 
     root_file_system(disk, rootfs, root_uuid, root_start, root_sectors, current, log)
 
 
-def build_file(recipe: Recipe, workdir: Path, log: Path) -> None:
-    """Build the .box file in `workdir` (mmdebstrap needs root; the disk steps do not)."""
+def build_file(recipe: Recipe, workdir: Path, log: Path, provision_digest: str = "") -> None:
+    """Build the .box file in `workdir` (mmdebstrap needs root; the disk steps do not); a ready
+    seat records `provision_digest`, lab.yaml's provisioning settings it was made for."""
     for tool in ("mmdebstrap", "mkfs.ext4", "sfdisk", "grub-mkimage", "qemu-img"):
         require_tool(tool)
     emulated = recipe.architecture != arch.debian()
@@ -423,11 +481,16 @@ def build_file(recipe: Recipe, workdir: Path, log: Path) -> None:
                        "Run `invoke host.setup` (it installs Debian's and Ubuntu's keyrings), or fix "
                        f"local_box.archives.{recipe.distribution}.keyring in lab.yaml.")
     how_long = "its programs emulated: about 7 minutes" if emulated else "a few minutes"
-    with step(f"{recipe.distribution} {recipe.architecture} ({recipe.suite}) root file system "
+    what = "a ready seat: the labs' packages, BCC, bpftrace and the kernel's headers" if recipe.ready else \
+        "the base system; provisioning installs the rest in the VM"
+    with step(f"{recipe.distribution} {recipe.architecture} ({recipe.suite}) root file system, {what} "
               f"(mmdebstrap, {how_long})") as current:
         run(recipe.bootstrap_command(rootfs), current=current, log=log,
-            fix=f"Check that the archive in lab.yaml (local_box.archives.{recipe.distribution}) answers.")
+            fix=f"Check that the archive in lab.yaml (local_box.archives.{recipe.distribution}) answers, and that "
+                f"it has the packages of provision.distributions.{recipe.distribution}.")
         write_guest_files(rootfs, root_uuid, public_key, recipe.kernel_cmdline)
+        if recipe.ready:
+            write_seat(rootfs, recipe, provision_digest)
         run((["chroot", str(rootfs), "chown", "-R", "vagrant:vagrant", "/home/vagrant"]), log=log)
     with step(f"Bootable {recipe.disk_gb} GB disk (ext4 + GRUB for {'UEFI' if recipe.uefi else 'BIOS'})") as current:
         run(["truncate", "--size", str(recipe.disk_gb * 1024**3), str(disk)], log=log)
@@ -460,7 +523,7 @@ def build(config: Config) -> Recipe:
         say(f"Building the local box {recipe.box_name} (log: {log})")
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=recipe.box_file.parent))
         try:
-            build_file(recipe, workdir, log)
+            build_file(recipe, workdir, log, config.provision_digest)
             (recipe.box_file.parent / "recipe.json").write_text(recipe.to_json())
             (workdir / "bpflab.box").rename(recipe.box_file)
         finally:

@@ -10,7 +10,6 @@ nothing stays mounted on the host whatever happens to bpflab.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from . import arch
 from .commands import run
-from .config import Config
+from .config import Config, digest_of
 from .console import Step
 from .host import cache_dir
 
@@ -43,8 +42,7 @@ class BuildRoot:
 
     @property
     def path(self) -> Path:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-        return cache_dir() / "build-roots" / f"{self.distribution}-{arch.debian()}-{digest}"
+        return cache_dir() / "build-roots" / f"{self.distribution}-{arch.debian()}-{digest_of(asdict(self))}"
 
     def ensure(self, current: Step | None, log: Path) -> Path:
         """The root, made now if it is not cached (an interrupted one is made again)."""

@@ -7,8 +7,10 @@ per typo.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,13 @@ class Integer(Rule):
 
     def accepts(self, value):
         return type(value) is int and self.low <= value <= self.high
+
+
+class Boolean(Rule):
+    expected = "true or false"
+
+    def accepts(self, value):
+        return isinstance(value, bool)
 
 
 class Text(Rule):
@@ -94,6 +103,7 @@ SCHEMA: dict[str, Any] = {
     },
     "local_box": {
         "disk_gb": Integer(4, 512),
+        "ready": Boolean(),
         "archives": {name: {
             "mirror": Text(r"https?://\S+", "an http(s) URL of the distribution's archive or a mirror of it"),
             "suite": Text(r"[a-z]+", "a release code name such as bookworm"),
@@ -165,6 +175,7 @@ class VMSettings:
 @dataclass(frozen=True)
 class LocalBoxSettings:
     disk_gb: int
+    ready: bool
     archives: dict
 
 
@@ -201,9 +212,27 @@ class Config:
         return self.root / Path(self.vm.box).expanduser()
 
     @property
+    def provision_digest(self) -> str:
+        """lab.yaml's provisioning settings, hashed: a ready box records the ones it was made with."""
+        return digest_of(asdict(self.provision))
+
+    def bcc_mode(self, distribution: str) -> str:
+        """How BCC gets into a VM of `distribution`: auto is a source build on Ubuntu (as the book
+        does) and the distribution's package on Debian."""
+        setting = self.provision.bcc["install"]
+        if setting != "auto":
+            return setting
+        return "source" if distribution.startswith("ubuntu-") else "package"
+
+    @property
     def bcc_artifacts(self) -> Path:
         """The host folder of exported BCC builds; `~` expands, relative paths start at lab.yaml."""
         return self.root / Path(self.provision.bcc["artifacts"]).expanduser()
+
+
+def digest_of(fields: dict) -> str:
+    """A short, stable name for settings: the first 12 hex digits of their JSON's sha256."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def parse(text: str, path: Path) -> Config:

@@ -132,7 +132,7 @@ def builds_from_source(config: Config, host: Host) -> bool:
         return install == "source"
     try:
         with host.connect() as connection:
-            return provision.bcc_mode(install, provision.gather(connection, []).distribution) == "source"
+            return config.bcc_mode(provision.gather(connection, []).distribution) == "source"
     except LabError:
         return False
 

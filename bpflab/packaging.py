@@ -21,7 +21,7 @@ from pathlib import Path
 from . import libvirt, provision
 from .box import BOX_VAGRANTFILE
 from .commands import remote_run, run
-from .config import Config
+from .config import Config, digest_of
 from .console import say, step
 from .errors import LabError
 from .host import cache_dir, require_tool
@@ -38,8 +38,8 @@ def description(config: Config, facts: provision.Facts, source_box: str) -> dict
     """What the box was made from; its id names the box in Vagrant."""
     made = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     fields = {"distribution": facts.distribution, "arch": facts.arch, "kernel": facts.kernel,
-              "made_from_box": source_box, "provision": provision.settings_digest(config), "packaged": made}
-    return {"id": provision.digest_of(fields), **fields}
+              "made_from_box": source_box, "provision": config.provision_digest, "packaged": made}
+    return {"id": digest_of(fields), **fields}
 
 
 def box_vagrantfile(with_key: bool) -> str:

@@ -15,7 +15,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabric import Connection
@@ -133,12 +133,6 @@ class Plan:
     build_why: str = ""
 
 
-def bcc_mode(setting: str, distribution: str) -> str:
-    if setting != "auto":
-        return setting
-    return "source" if distribution.startswith("ubuntu-") else "package"
-
-
 def build_place(setting: str, virt: str, unable: str | None) -> tuple[str, str]:
     """Where a source build runs, vm or host, and why. Under software emulation (systemd-detect-virt
     says qemu, not kvm) a build in the VM takes hours; on a host that can, minutes."""
@@ -162,7 +156,7 @@ def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
                        f"(provision.distributions has {', '.join(distributions)}). Use one of those boxes.")
     distro = distributions[facts.distribution]
     bcc = config.provision.bcc
-    mode = bcc_mode(bcc["install"], facts.distribution)
+    mode = config.bcc_mode(facts.distribution)
     build_settings = {"repository": bcc["repository"], "version": bcc["version"], "llvm_dir": distro["llvm_dir"]}
     built = facts.stamp.get("built", {})
     artifact = None
@@ -177,7 +171,9 @@ def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
     wanted += {"source": distro["bcc_build"] if where == "vm" else [], "package": distro["bcc_package"],
                "artifact": []}[mode] + (artifact.runtime_packages if artifact else [])
     missing = [name for name in dict.fromkeys(wanted) if name not in facts.installed]
-    skipped = [name for name in missing if name in distro["optional"] and name in facts.no_candidate]
+    # A ready seat has no package lists to ask; its box recorded what the archive lacked.
+    no_candidate = facts.no_candidate | set(facts.ready_box.get("unavailable", []))
+    skipped = [name for name in missing if name in distro["optional"] and name in no_candidate]
     return Plan(
         bcc_mode=mode,
         packages=[name for name in missing if name not in skipped],
@@ -194,21 +190,13 @@ def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
     )
 
 
-def digest_of(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def settings_digest(config: Config) -> str:
-    """lab.yaml's provisioning settings, hashed: a ready box records the ones it was made with."""
-    return digest_of(asdict(config.provision))
-
-
 def ready_box_note(config: Config, facts: Facts) -> str | None:
     """A line for a VM made from a ready box whose provisioning settings are no longer lab.yaml's."""
     made_with = facts.ready_box.get("provision")
-    if not made_with or made_with == settings_digest(config):
+    if not made_with or made_with == config.provision_digest:
         return None
-    return (f"This VM comes from a ready box packaged on {facts.ready_box.get('packaged', '?')} with other "
+    made = facts.ready_box.get("packaged") or facts.ready_box.get("made", "?")
+    return (f"This VM comes from a ready box made on {made} with other "
             "provisioning settings than lab.yaml's now: provisioning closes the difference.")
 
 

@@ -98,5 +98,5 @@ def test_a_seat_from_the_ready_box_has_nothing_to_provision(trixie, tmp_path_fac
                     "packages: [python3, arping, netperf, iperf, bpftrace, bpftool, tree]\n"
                     "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19")
     changed = trixie.invoke("lab.provision").stdout
-    assert "comes from a ready box packaged on" in changed and "Installing 1 packages" in changed
+    assert "comes from a ready box made on" in changed and "Installing 1 packages" in changed
     assert vm_shell(trixie, "command -v tree") == "/usr/bin/tree"

@@ -109,12 +109,12 @@ def test_debian_13_uses_its_packaged_bcc_by_default(tmp_path):
 
 def test_a_ready_box_from_other_settings_is_noticed(tmp_path):
     current = settings(tmp_path, "auto")
-    made_here = {"provision": provision.settings_digest(current), "packaged": "2026-11-25T10:00:00Z"}
+    made_here = {"provision": current.provision_digest, "packaged": "2026-11-25T10:00:00Z"}
     from_box = provision.Facts("debian-13", "amd64", "6.12", 2, 2_000_000, "python3", {}, set(), ready_box=made_here)
     assert provision.ready_box_note(current, from_box) is None
     assert provision.ready_box_note(current, facts()) is None  # not made from a ready box
     changed = settings(tmp_path, "source")
-    assert "packaged on 2026-11-25T10:00:00Z with other provisioning settings" in \
+    assert "made on 2026-11-25T10:00:00Z with other provisioning settings" in \
         provision.ready_box_note(changed, from_box)
 
 
