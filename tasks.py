@@ -117,9 +117,11 @@ def inventory(c, output="", vm=""):
 @task(klass=LabTask, help=ONE)
 def doctor(c, vm=""):
     """Check in the VM what the labs need: kernel features, headers, BCC, bpftrace."""
-    checks = provision.doctor(choose_one(settings(), vm, "lab.doctor", SETUP_ALL).connect())
+    chosen = choose_one(settings(), vm, "lab.doctor", SETUP_ALL)
+    checks = provision.doctor(chosen.connect())
     console.doctor_table(checks)
     provision.require_healthy(checks)
+    provision.require_quiet_console(chosen.console)
 
 
 @task(klass=LabTask, help={**ROOM, **ALL})

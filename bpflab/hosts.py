@@ -38,7 +38,7 @@ from .config import Config
 from .console import Step
 from .errors import LabError
 from .vagrant import Endpoint
-from .vm import LabVM, select, select_one
+from .vm import LabVM, console_note, select, select_one
 
 CONNECT_TIMEOUT = 15
 # How long a machine of a room may take to come back from a reboot.
@@ -67,11 +67,16 @@ class Host:
     title: str
     refresh: Callable[[], Endpoint] | None = None
     reload: Callable[[Step | None], Endpoint] | None = None
+    console: Path | None = None  # a local VM's serial console log
 
     @classmethod
     def of_vm(cls, vm: LabVM) -> Host:
         return cls(vm.machine, vm.endpoint(), None, vm.title, refresh=lambda: vm.endpoint(refresh=True),
-                   reload=vm.reload)
+                   reload=vm.reload, console=vm.console_log)
+
+    def console_note(self) -> str:
+        """What the machine's console says, for a message about it not answering ('' if unknown)."""
+        return console_note(self.console) if self.console else ""
 
     @property
     def subject(self) -> str:
@@ -110,7 +115,7 @@ class Host:
         except UNREACHABLE as error:
             raise LabError(f"{self.subject} is running but does not answer SSH at {self.endpoint.host}:"
                            f"{self.endpoint.port} ({error or type(error).__name__}). Wait a minute and retry; if "
-                           "it persists, `invoke lab.halt` then `invoke lab.up`.") from None
+                           "it persists, `invoke lab.halt` then `invoke lab.up`. " + self.console_note()) from None
 
     def refused(self, error: Exception) -> LabError:
         if isinstance(error, paramiko.BadHostKeyException):

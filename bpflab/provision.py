@@ -25,6 +25,7 @@ from .commands import remote_run, run
 from .config import Config
 from .console import say, step, warn
 from .errors import LabError
+from .vm import console_note
 
 SCRIPTS = Path(__file__).parent / "scripts"
 APT_UNAVAILABLE = (SCRIPTS / "apt-unavailable.sh").read_text()
@@ -543,6 +544,15 @@ def doctor(connection: Connection) -> list[tuple[str, bool, str]]:
 def checks_of(lines: list[str]) -> list[tuple[str, bool, str]]:
     return [(name, state == "ok", detail) for name, state, detail in
             (line.split("|", 2) for line in lines if line.count("|") >= 2)]
+
+
+def require_quiet_console(path: Path | None) -> None:
+    """A kernel that reported trouble on its console (an oops, a lockup, a hung task, out of memory) makes
+    the labs' results doubtful even where every check passes."""
+    note = console_note(path) if path else ""
+    if "in trouble" in note:
+        raise LabError(f"{note}\nThe VM still answers, but its kernel is not sound: `invoke lab.halt` then "
+                       "`invoke lab.up` restart it (the console log starts afresh).")
 
 
 def require_healthy(rows) -> None:

@@ -176,6 +176,7 @@ class Outcome:
     folder: Path
     record: dict
     lines: list = field(default_factory=list)
+    console_note: str = ""  # a lost connection: what the machine's console shows
 
 
 def print_lines(lines: list[str]) -> None:
@@ -275,7 +276,8 @@ class ProgramRun:
                 self.supervise(None, facts is None)
         record = self.record(facts or self.facts, started_at)
         (self.folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-        return Outcome(self.folder, record, self.lines)
+        lost = record["stopped"] == "connection-lost"
+        return Outcome(self.folder, record, self.lines, self.host.console_note() if lost else "")
 
     def supervise(self, files: sync.Tree | None, facts: bool) -> None:
         """One start of the supervisor on the run's connection, streamed to its end."""
@@ -402,7 +404,8 @@ def verdict(outcome: Outcome) -> LabError | None:
     if status is None:
         return LabError(f"The connection to the lab VM ended before {lab} reported its status (the VM "
                         f"stopped or the network dropped). The output so far is kept in {outcome.folder}. "
-                        "`invoke lab.status` tells whether the VM still runs; `invoke lab.up` starts it.")
+                        "`invoke lab.status` tells whether the VM still runs; `invoke lab.up` starts it. "
+                        + outcome.console_note)
     if stopped == "never-attached":
         return LabError(f"{lab} attached no BPF program to a kprobe, tracepoint or raw tracepoint within "
                         f"{COMPILE_ALLOWANCE} s, so it was stopped. Check that it attaches (attach_kprobe, or "
@@ -473,7 +476,7 @@ def verify(host: Host, connection: Connection, root: Path, names: list[str], sec
             except LabError:
                 skipped = labs[len(rows):]
                 rows += [verify_row(other, [f"not run: {host.name} stopped answering SSH"], {}) for other in skipped]
-                say(f"  {host.name} stopped answering SSH; {len(skipped)} lab(s) not run")
+                say(f"  {host.name} stopped answering SSH; {len(skipped)} lab(s) not run. {host.console_note()}")
                 break
     return rows
 

@@ -20,6 +20,39 @@ from .console import say, step, warn
 from .errors import LabError
 from .vagrant import SETUP_HINT, Endpoint, Status
 
+# What a guest kernel prints when it is in trouble: an oops or panic, a lockup or stall, a task
+# hung, memory gone.
+KERNEL_TROUBLE = re.compile(r"Oops|BUG:|Kernel panic|general protection fault|soft lockup|hard LOCKUP|"
+                            r"rcu.*(stall|self-detected)|blocked for more than|hung_task|Out of memory|oom-kill|"
+                            r"invoked oom-killer|sysrq: Trigger a crash|Call Trace:|RIP: ")
+CONSOLE_TAIL_BYTES = 256 * 1024
+KERNEL_TIMESTAMP = re.compile(r"^[^\[]*(?=\[\s*\d+\.\d+\])")
+
+
+def console_trouble(path: Path, most: int = 12) -> list[str]:
+    """The last lines of kernel trouble in a VM's console log (its end is read, not the whole);
+    OSError when it cannot be read (libvirt writes it as root, mode 0600)."""
+    with path.open("rb") as log:
+        log.seek(max(0, log.seek(0, os.SEEK_END) - CONSOLE_TAIL_BYTES))
+        text = log.read().decode(errors="replace")
+    # A kernel line may follow a login prompt that ended without a newline: keep it from its timestamp.
+    lines = [KERNEL_TIMESTAMP.sub("", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", line)).rstrip()
+             for line in text.splitlines()]
+    return [line for line in lines if KERNEL_TROUBLE.search(line)][-most:]
+
+
+def console_note(path: Path) -> str:
+    """For a message about a VM that stopped answering: what its console shows, and where it is."""
+    if not path.exists():
+        return ""
+    try:
+        trouble = console_trouble(path)
+    except OSError as error:
+        return f"Its console log {path} may tell why, but cannot be read here ({error.strerror}): `sudo tail` it."
+    if not trouble:
+        return f"Its console log {path} shows no kernel trouble (no oops, lockup, hung task or out-of-memory)."
+    return f"Its console log {path} shows the kernel in trouble:\n" + "\n".join(f"    {line}" for line in trouble)
+
 
 def hardware_virtualization(cpuinfo: str, machine: str, kvm_usable: bool) -> bool:
     """KVM works only with real CPU support; a /dev/kvm node alone proves nothing."""
@@ -155,6 +188,7 @@ class LabVM:
         self.root = config.root
         self.state = MachineState(self.root / ".vagrant" / "bpflab" / self.machine)
         self.logs = self.root / "logs" / self.machine
+        self.console_log = self.logs / "console.log"  # the guest's serial console (the Vagrantfile's)
 
     @property
     def state_dir(self) -> Path:
@@ -322,9 +356,13 @@ def bring_up(vms: list[LabVM]) -> None:
         accel = group[0].remembered("acceleration") or "-"
         with step(f"Starting {what} ({provider}, {accel}; a few minutes under software emulation)",
                   f"{what[0].upper()}{what[1:]} {'is' if len(group) == 1 else 'are'} up") as current:
-            group[0].vagrant("up", *(vm.machine for vm in group), f"--provider={provider}", current=current,
-                             fix=f"See the full log in {group[0].state_dir / 'vagrant.log'}; `invoke lab.destroy` "
-                                 "and `invoke lab.up` start again from scratch.")
+            try:
+                group[0].vagrant("up", *(vm.machine for vm in group), f"--provider={provider}", current=current,
+                                 fix=f"See the full log in {group[0].state_dir / 'vagrant.log'}; `invoke lab.destroy` "
+                                     "and `invoke lab.up` start again from scratch.")
+            except LabError as error:  # a guest that never answered may say why on its console
+                notes = [note for vm in group if (note := console_note(vm.console_log))]
+                raise LabError("\n".join([str(error), *notes]), error.code) from None
 
 
 def halt_all(vms: list[LabVM]) -> None:

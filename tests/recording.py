@@ -66,6 +66,9 @@ class RecordingHost:
     def connect(self):
         return self.later.pop(0) if self.later else self.connection
 
+    def console_note(self):
+        return ""  # no serial console: an inventory host's kind
+
 
 class RecordingChannel:
     """A session channel: its command's scripted output arrives in one block, then the end."""
