@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+COPIES: list[Path] = []  # every project copy of this run: their VMs' console logs explain a failure
+CONSOLE_TAIL_LINES = 40
 PROJECT_FILES = ["Vagrantfile", "lab.yaml", "tasks.py", "bpflab", "labs", "bpf", "ansible"]
 
 
@@ -23,10 +25,11 @@ class Project:
         self.path = path
         self.cleanups = []  # run after its VMs are destroyed
 
-    def invoke(self, *args, timeout=1800, check=True):
+    def invoke(self, *args, timeout=1800, check=True, env=None):
         result = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=self.path, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(self.path)})
+                                stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONPATH": str(self.path), **(env or {})})
         print(f"$ invoke {' '.join(args)}  -> {result.returncode}\n{result.stdout}")
         if check:
             assert result.returncode == 0, result.stdout
@@ -40,6 +43,7 @@ class Project:
 
 
 def copy_project(path: Path) -> Project:
+    COPIES.append(path)
     for name in PROJECT_FILES:
         source = ROOT / name
         if source.is_dir():
@@ -56,3 +60,17 @@ def project(tmp_path_factory):
     copy.invoke("lab.destroy", check=False)
     for cleanup in copy.cleanups:
         cleanup()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A VM test that failed (a time limit too) carries the end of each VM's serial console: a guest
+    that hung says why there, and the CI log then holds it."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or item.get_closest_marker("vm") is None:
+        return
+    for copy in COPIES:
+        for log in sorted(copy.glob("logs/*/console.log")):
+            lines = log.read_text(errors="replace").splitlines()[-CONSOLE_TAIL_LINES:]
+            report.sections.append((f"console of {log.parent.name} ({log})", "\n".join(lines)))

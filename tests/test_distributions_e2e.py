@@ -1,7 +1,8 @@
-"""A second kernel generation and a ready box, for real: the host set up and a Debian 13 box built
-here once (the Vagrantfile valid, a missing VM explained); a VM of it (kernel 6.12, BCC 0.31,
-bpftrace 0.23) set up by one `lab.setup` passes a lab of each kind; then `box.package` packs it, and
-a seat's VM from that ready box has nothing to provision."""
+"""A second kernel generation and ready seats, for real: the host set up and a Debian 13 box built
+here once, as a ready seat (the Vagrantfile valid, a missing VM explained); a VM of it (kernel 6.12,
+BCC 0.31, bpftrace 0.23) has nothing to provision and passes a lab of each kind; a package added to
+lab.yaml since is installed by Fabric; `box.package` packs the VM, and a seat's VM from that box has
+nothing to provision; last, a kernel that crashes is explained from the VM's serial console."""
 
 import json
 import os
@@ -49,12 +50,29 @@ def test_the_box_is_built_once_and_a_missing_vm_says_what_to_do(trixie):
     assert missing.returncode == 1 and "invoke lab.up" in missing.stdout and "Traceback" not in missing.stdout
 
 
-def test_a_debian_13_vm_is_set_up_from_a_box_built_here(trixie):
+@pytest.mark.timeout(1200)
+def test_a_debian_13_vm_from_the_ready_box_built_here_has_nothing_to_provision(trixie):
     setup = trixie.invoke("lab.setup").stdout
     assert re.search(r"Box: bpflab/debian-13-[0-9a-f]{12} \(built here from the debian-13 archive\)", setup)
     assert re.search(r"VM: debian-13 amd64, kernel 6\.12\.\S+; BCC: package", setup), setup
+    assert "Provisioning: nothing to do, the VM was up to date." in setup and "Installing" not in setup
     assert "is ready and the labs are in it" in setup
-    assert trixie.invoke("lab.setup").stdout.count("nothing to do, the VM was up to date") == 1
+    assert "missing" not in trixie.invoke("lab.doctor").stdout
+
+
+def test_a_package_added_to_lab_yaml_since_the_box_is_installed(trixie):
+    """The ready seat was made for lab.yaml as it was: provisioning notices the change and closes the gap."""
+    original = (trixie.path / "lab.yaml").read_text()
+    trixie.edit_lab_yaml("packages: [python3, arping, netperf, iperf, bpftrace, bpftool]\n"
+                         "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19",
+                         "packages: [python3, arping, netperf, iperf, bpftrace, bpftool, tree]\n"
+                         "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19")
+    try:
+        changed = trixie.invoke("lab.provision").stdout
+    finally:
+        (trixie.path / "lab.yaml").write_text(original)
+    assert "comes from a ready box made on" in changed and "Installing 1 packages" in changed
+    assert vm_shell(trixie, "command -v tree") == "/usr/bin/tree"
 
 
 # One lab of each kind the kernel and BCC must carry: a kprobe and the trace pipe, a hash map,
@@ -69,7 +87,8 @@ def test_a_lab_of_each_kind_passes_verify_on_debian_13(trixie):
     assert all(row["result"] == "PASS" for row in summary), summary
 
 
-def test_a_seat_from_the_ready_box_has_nothing_to_provision(trixie, tmp_path_factory):
+@pytest.mark.timeout(1200)
+def test_a_seat_from_a_packaged_box_has_nothing_to_provision(trixie, tmp_path_factory):
     source_machine_id = vm_shell(trixie, "cat /etc/machine-id")
     ready = tmp_path_factory.mktemp("ready") / "seat.box"
     packed = trixie.invoke("box.package", "--output", str(ready)).stdout
@@ -92,11 +111,19 @@ def test_a_seat_from_the_ready_box_has_nothing_to_provision(trixie, tmp_path_fac
     assert vm_shell(trixie, "cat /etc/machine-id") not in ("", source_machine_id)
     assert vm_shell(trixie, "ls /var/lib/apt/lists | grep -c _Packages || true") == "0"
 
-    # A lab.yaml changed since the box was made: provisioning says so and closes the gap.
-    trixie.edit_lab_yaml("packages: [python3, arping, netperf, iperf, bpftrace, bpftool]\n"
-                            "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19",
-                    "packages: [python3, arping, netperf, iperf, bpftrace, bpftool, tree]\n"
-                    "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19")
-    changed = trixie.invoke("lab.provision").stdout
-    assert "comes from a ready box made on" in changed and "Installing 1 packages" in changed
-    assert vm_shell(trixie, "command -v tree") == "/usr/bin/tree"
+
+def test_a_kernel_that_crashes_is_explained_from_the_vms_console(trixie):
+    """A real panic (sysrq) in the middle of a run: the run keeps its output and its message shows
+    the kernel's last words from logs/lab/console.log; so does every later command that needs SSH."""
+    crash = "sudo sh -c 'echo c > /proc/sysrq-trigger'"
+    result = trixie.invoke("lab.run", "hello", "--duration", "60", "--trigger", crash, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stdout
+    assert "reported its status" in result.stdout
+    folder = sorted((trixie.path / "runs").glob("*-hello"))[-1]
+    assert json.loads((folder / "run.json").read_text())["stopped"] == "connection-lost"
+    assert (folder / "output.log").exists()
+    console = trixie.path / "logs" / "lab" / "console.log"
+    assert f"Its console log {console} shows the kernel in trouble:" in result.stdout
+    assert "Kernel panic - not syncing: sysrq triggered crash" in result.stdout
+    doctor = trixie.invoke("lab.doctor", check=False)
+    assert doctor.returncode == 1 and "sysrq triggered crash" in doctor.stdout and "Traceback" not in doctor.stdout
