@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import arch, vagrant
+from . import arch, buildroot, vagrant
+from .artifacts import INSTALLED_FILES, STAMP, Artifact, build_on_host, build_settings
 from .commands import run
 from .config import Config, digest_of
 from .console import say, step, warn
@@ -116,6 +117,7 @@ class Recipe:
     seat_packages: tuple = ()
     seat_optional: tuple = ()  # installed where the archive has them
     seat_files: tuple = ()
+    seat_bcc: tuple = ()  # BCC's build settings where it comes from source: built on this host, then installed
 
     @classmethod
     def from_config(cls, config: Config, archive_release: str, kernel: str = "") -> Recipe:
@@ -123,7 +125,7 @@ class Recipe:
         archive = config.local_box.archives[distribution]
         image = kernel_package(distribution, architecture)
         packages = (*PACKAGES, *BOOT_PACKAGES[architecture], image)
-        seat = seat_contents(config, distribution, image) if config.local_box.ready else ((), (), ())
+        seat = seat_contents(config, distribution, image) if config.local_box.ready else ((), (), (), ())
         return cls(distribution, archive["mirror"], archive["suite"], tuple(archive["components"]),
                    archive["keyring"], archive_release, kernel, config.local_box.disk_gb, packages,
                    tuple(sorted(GUEST_FILES.items())), f"console={CONSOLES[architecture]} {KERNEL_OPTIONS}",
@@ -156,14 +158,16 @@ class Recipe:
     @classmethod
     def from_json(cls, text: str) -> Recipe:
         fields = json.loads(text)
-        return cls(**{key: tuple(map(tuple, value)) if key in ("guest_files", "early_files", "seat_files") else
+        pairs = ("guest_files", "early_files", "seat_files", "seat_bcc")  # tuples of (key, value)
+        return cls(**{key: tuple(map(tuple, value)) if key in pairs else
                       tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
-    def bootstrap_command(self, rootfs: Path) -> list[str]:
-        """The mmdebstrap call: minimal system, this archive only, checked with its keyring."""
+    def bootstrap_command(self, rootfs: Path, runtime_packages: tuple = ()) -> list[str]:
+        """The mmdebstrap call: minimal system, this archive only, checked with its keyring;
+        `runtime_packages`: what a BCC build installed into the seat needs."""
         return ["mmdebstrap", "--variant=minbase", f"--architectures={self.architecture}",
                 f"--components={','.join(self.components)}",
                 f"--keyring={self.keyring}", "--include=" + ",".join(self.packages),
@@ -171,16 +175,16 @@ class Recipe:
                 *(f"--setup-hook=mkdir -p \"$1/{os.path.dirname(path)}\" && printf '%s' '{content}' > \"$1/{path}\""
                   for path, content in self.early_files),
                 "--customize-hook=chroot \"$1\" useradd --create-home --shell /bin/bash vagrant",
-                *self.seat_hooks(), self.suite, str(rootfs), self.mirror]
+                *self.seat_hooks(runtime_packages), self.suite, str(rootfs), self.mirror]
 
-    def seat_hooks(self) -> list[str]:
+    def seat_hooks(self, runtime_packages: tuple) -> list[str]:
         """A ready seat's own steps, while the archive's package lists are still in the root: its
         packages, the optional ones the archive has (the others are named in SEAT_UNAVAILABLE for
         provisioning), python as python3."""
         if not self.ready:
             return []
         optional = " ".join(self.seat_optional)
-        return ["--include=" + ",".join(self.seat_packages),
+        return ["--include=" + ",".join(dict.fromkeys([*self.seat_packages, *runtime_packages])),
                 f"--customize-hook=mkdir -p \"$1/{os.path.dirname(SEAT_UNAVAILABLE)}\" && "
                 f"chroot \"$1\" bash -s {optional} < {shlex.quote(str(APT_UNAVAILABLE))} > \"$1/{SEAT_UNAVAILABLE}\"",
                 f"--customize-hook=chroot \"$1\" sh -c 'wanted=; for name in {optional}; do "
@@ -189,17 +193,21 @@ class Recipe:
                 "--customize-hook=ln -sfn python3 \"$1/usr/bin/python\""]
 
 
-def seat_contents(config: Config, distribution: str, kernel_image: str) -> tuple[tuple, tuple, tuple]:
+def seat_contents(config: Config, distribution: str, kernel_image: str) -> tuple[tuple, tuple, tuple, tuple]:
     """What provisioning would put in a VM of this box for lab.yaml's settings, as (packages,
-    optional packages, files): the book's packages, the kernel's headers, BCC where it is the
-    distribution's package (a source build still reaches the VM as an artifact), and sshd's keepalive."""
+    optional packages, files, BCC's build settings): the book's packages, the kernel's headers, BCC
+    (the distribution's package, or a source build made on this host unless lab.yaml wants it
+    built in the VM), and sshd's keepalive."""
     distro = config.provision.distributions[distribution]
-    bcc = distro["bcc_package"] if config.bcc_mode(distribution) == "package" else []
-    wanted = list(dict.fromkeys([*distro["packages"], *bcc]))
+    mode, bcc = config.bcc_mode(distribution), config.provision.bcc
+    wanted = list(dict.fromkeys([*distro["packages"], *(distro["bcc_package"] if mode == "package" else [])]))
     headers = kernel_image.replace("linux-image-", "linux-headers-")
+    source = mode == "source" and bcc["build_on"] != "vm"
     return (tuple([name for name in wanted if name not in distro["optional"]] + [headers]),
             tuple(name for name in wanted if name in distro["optional"]),
-            ((SSHD_KEEPALIVE_PATH, (SCRIPTS / "sshd-keepalive.conf").read_text()),))
+            ((SSHD_KEEPALIVE_PATH, (SCRIPTS / "sshd-keepalive.conf").read_text()),),
+            tuple(build_settings(config, distribution).items()) if source else ())
+
 
 
 def family(distribution: str) -> str:
@@ -377,6 +385,18 @@ def write_guest_files(rootfs: Path, root_uuid: str, public_key: str, kernel_cmdl
     (ssh_dir / "authorized_keys").chmod(0o600)
 
 
+def install_bcc(rootfs: Path, recipe: Recipe, artifact: Artifact, log: Path) -> None:
+    """A BCC build unpacked into the seat, recorded as provisioning records one built on the host."""
+    run(["tar", "-C", str(rootfs), "-xzf", str(artifact.tarball)], log=log)
+    listing = run(["tar", "-tzf", str(artifact.tarball)], log=log).stdout.splitlines()
+    (rootfs / INSTALLED_FILES.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (rootfs / INSTALLED_FILES.lstrip("/")).write_text("".join(f"/{name.rstrip('/')}\n" for name in listing))
+    stamp = {"built": dict(recipe.seat_bcc), "via": "host", "distribution": recipe.distribution,
+             "arch": recipe.architecture}
+    (rootfs / STAMP.lstrip("/")).write_text(json.dumps(stamp, sort_keys=True) + "\n")
+    run(["chroot", str(rootfs), "ldconfig"], log=log)
+
+
 def write_seat(rootfs: Path, recipe: Recipe, provision_digest: str) -> None:
     """A ready seat's files, and what it is: the provisioning settings it was made for, when, and
     the optional packages its archive lacked (the seat has no package lists to ask)."""
@@ -465,9 +485,11 @@ def uefi_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, 
     root_file_system(disk, rootfs, root_uuid, root_start, root_sectors, current, log)
 
 
-def build_file(recipe: Recipe, workdir: Path, log: Path, provision_digest: str = "") -> None:
+def build_file(recipe: Recipe, workdir: Path, log: Path, provision_digest: str = "",
+               artifact: Artifact | None = None) -> None:
     """Build the .box file in `workdir` (mmdebstrap needs root; the disk steps do not); a ready
-    seat records `provision_digest`, lab.yaml's provisioning settings it was made for."""
+    seat records `provision_digest`, lab.yaml's provisioning settings it was made for, and gets
+    `artifact`, the BCC build its recipe asks for."""
     for tool in ("mmdebstrap", "mkfs.ext4", "sfdisk", "grub-mkimage", "qemu-img"):
         require_tool(tool)
     emulated = recipe.architecture != arch.debian()
@@ -485,12 +507,15 @@ def build_file(recipe: Recipe, workdir: Path, log: Path, provision_digest: str =
         "the base system; provisioning installs the rest in the VM"
     with step(f"{recipe.distribution} {recipe.architecture} ({recipe.suite}) root file system, {what} "
               f"(mmdebstrap, {how_long})") as current:
-        run(recipe.bootstrap_command(rootfs), current=current, log=log,
+        run(recipe.bootstrap_command(rootfs, tuple(artifact.runtime_packages) if artifact else ()),
+            current=current, log=log,
             fix=f"Check that the archive in lab.yaml (local_box.archives.{recipe.distribution}) answers, and that "
                 f"it has the packages of provision.distributions.{recipe.distribution}.")
         write_guest_files(rootfs, root_uuid, public_key, recipe.kernel_cmdline)
         if recipe.ready:
             write_seat(rootfs, recipe, provision_digest)
+        if artifact:
+            install_bcc(rootfs, recipe, artifact, log)
         run((["chroot", str(rootfs), "chown", "-R", "vagrant:vagrant", "/home/vagrant"]), log=log)
     with step(f"Bootable {recipe.disk_gb} GB disk (ext4 + GRUB for {'UEFI' if recipe.uefi else 'BIOS'})") as current:
         run(["truncate", "--size", str(recipe.disk_gb * 1024**3), str(disk)], log=log)
@@ -503,6 +528,20 @@ def build_file(recipe: Recipe, workdir: Path, log: Path, provision_digest: str =
         with tarfile.open(workdir / "bpflab.box", "w") as box:
             for name in ("metadata.json", "Vagrantfile", "box.img"):
                 box.add(workdir / name, arcname=name)
+
+
+def seat_bcc(config: Config, recipe: Recipe, log: Path) -> Artifact | None:
+    """The BCC build a ready seat's recipe asks for: exported already, or built now on this host."""
+    if not recipe.seat_bcc:
+        return None
+    built = dict(recipe.seat_bcc)
+    unable = buildroot.unable_reason(recipe.architecture)
+    if unable:
+        raise LabError(f"The ready seat needs BCC {built['version']} built from source on this host "
+                       f"(provision.bcc.install: source), but {unable}. Set provision.bcc.build_on to vm (provisioning "
+                       "then builds it in the VM), or local_box.ready to false, in lab.yaml.")
+    return Artifact.built_with(config.bcc_artifacts, built, recipe.distribution, recipe.architecture) or \
+        build_on_host(config, recipe.distribution, recipe.architecture, built, log)
 
 
 def build(config: Config) -> Recipe:
@@ -521,9 +560,10 @@ def build(config: Config) -> Recipe:
         log = recipe.box_file.parent / "build.log"
         log.unlink(missing_ok=True)
         say(f"Building the local box {recipe.box_name} (log: {log})")
+        artifact = seat_bcc(config, recipe, log)
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=recipe.box_file.parent))
         try:
-            build_file(recipe, workdir, log, config.provision_digest)
+            build_file(recipe, workdir, log, config.provision_digest, artifact)
             (recipe.box_file.parent / "recipe.json").write_text(recipe.to_json())
             (workdir / "bpflab.box").rename(recipe.box_file)
         finally:

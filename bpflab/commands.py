@@ -24,6 +24,8 @@ from fabric import Connection
 from .console import TAIL_LINES, Step
 from .errors import LabError
 
+# bpflab's shell scripts, shared with the Ansible role.
+SCRIPTS = Path(__file__).parent / "scripts"
 # What a dropped or refused SSH connection surfaces as.
 UNREACHABLE = (OSError, EOFError, socket.timeout, paramiko.SSHException)
 # Before a command line, this runs all of the rest as root; a keeper (keeper.py) runs the rest
@@ -219,3 +221,12 @@ def signals_as_interrupts():
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def with_variables(text: str, variables: dict) -> str:
+    return "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in variables.items()) + text
+
+
+def script(name: str, **environment: str) -> str:
+    """A shell script from bpflab/scripts (shared with the Ansible role), with its variables set first."""
+    return with_variables((SCRIPTS / name).read_text(), environment)

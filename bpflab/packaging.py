@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import libvirt, provision
 from .box import BOX_VAGRANTFILE
-from .commands import remote_run, run
+from .commands import remote_run, run, script
 from .config import Config, digest_of
 from .console import say, step
 from .errors import LabError
@@ -83,7 +83,7 @@ def package(vm: LabVM, output: str = "") -> Path:
         provision.require_healthy(provision.doctor(connection))
         about = description(vm.config, facts, vm.remembered("box") or "-")
         with step(f"Cleaning {vm.title} for packaging (apt lists, logs, host keys, machine-id), then powering off"):
-            remote_run(connection, provision.script("box-clean.sh", DESCRIPTION=json.dumps(about, sort_keys=True)),
+            remote_run(connection, script("box-clean.sh", DESCRIPTION=json.dumps(about, sort_keys=True)),
                        sudo=True, log=log, what="cleaning the VM for packaging",
                        fix="Run `invoke box.package` again on a running VM.")
     vm.state.forget("ssh-config")

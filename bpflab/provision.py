@@ -9,34 +9,37 @@ simply run again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import shlex
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabric import Connection
 
 from . import arch, buildroot
-from .commands import remote_run, run
+from .artifacts import (
+    INSTALLED_FILES,
+    STAMP,
+    Artifact,
+    build_on_host,
+    build_phases,
+    build_script,
+    build_settings,
+    make_jobs,
+    save_artifact,
+)
+from .commands import SCRIPTS, remote_run, script, with_variables
 from .config import Config
 from .console import say, step, warn
 from .errors import LabError
 from .vm import console_note
 
-SCRIPTS = Path(__file__).parent / "scripts"
 APT_UNAVAILABLE = (SCRIPTS / "apt-unavailable.sh").read_text()
-STAMP = "/var/lib/bpflab/bcc.json"
 # Keeps the doctor's slow answers in the VM, and gives them again while they stand.
 ANSWERS = (SCRIPTS / "answers.sh").read_text()
 # sshd notices a host that is gone (a dropped connection, a firewall) within about 10 s and
 # ends its session: a lab program's supervisor then stops the program and frees the lock.
-SSHD_KEEPALIVE = (Path(__file__).parent / "scripts" / "sshd-keepalive.conf").read_text()
-# Every file a BCC install put in the VM (source build or artifact): what an export packs.
-INSTALLED_FILES = "/var/lib/bpflab/bcc-files.txt"
+SSHD_KEEPALIVE = (SCRIPTS / "sshd-keepalive.conf").read_text()
 # A VM's hardware stays as it is, so its initramfs needs only the modules it uses: with Debian's
 # default (MODULES=most) a new kernel's initramfs takes over ten minutes under emulation.
 SMALL_INITRAMFS = "/etc/initramfs-tools/conf.d/bpflab.conf"
@@ -158,16 +161,16 @@ def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
     distro = distributions[facts.distribution]
     bcc = config.provision.bcc
     mode = config.bcc_mode(facts.distribution)
-    build_settings = {"repository": bcc["repository"], "version": bcc["version"], "llvm_dir": distro["llvm_dir"]}
+    settings = build_settings(config, facts.distribution)
     built = facts.stamp.get("built", {})
     artifact = None
     if mode == "artifact" and built.get("version") != bcc["version"]:
         artifact = Artifact.find(config.bcc_artifacts, bcc["version"], facts.distribution, facts.arch)
-    build_bcc = mode == "source" and built != build_settings
+    build_bcc = mode == "source" and built != settings
     # Where BCC is (or was) built decides whether the VM needs the build tools at all.
     where, why = build_place(bcc["build_on"], facts.virt, host_unable) if mode == "source" else ("vm", "")
     if build_bcc and where == "host":  # the VM gets the build as an artifact, made now unless one exists
-        artifact = Artifact.built_with(config.bcc_artifacts, build_settings, facts.distribution, facts.arch)
+        artifact = Artifact.built_with(config.bcc_artifacts, settings, facts.distribution, facts.arch)
     wanted = list(distro["packages"]) + [f"linux-headers-{facts.kernel}"]
     wanted += {"source": distro["bcc_build"] if where == "vm" else [], "package": distro["bcc_package"],
                "artifact": []}[mode] + (artifact.runtime_packages if artifact else [])
@@ -184,7 +187,7 @@ def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
         build_bcc=build_bcc and artifact is None,
         link_python=facts.python_link not in ("python3", "/usr/bin/python3"),
         sshd_keepalive=facts.sshd_keepalive != " ".join(SSHD_KEEPALIVE.split()),
-        settings=build_settings,
+        settings=settings,
         artifact=artifact,
         build_on=where,
         build_why=why,
@@ -199,11 +202,6 @@ def ready_box_note(config: Config, facts: Facts) -> str | None:
     made = facts.ready_box.get("packaged") or facts.ready_box.get("made", "?")
     return (f"This VM comes from a ready box made on {made} with other "
             "provisioning settings than lab.yaml's now: provisioning closes the difference.")
-
-
-def make_jobs(cpus: int, memory_kb: int) -> int:
-    """Parallel compile jobs: one per CPU, but at most one per 1.5 GB (cc1plus on LLVM headers)."""
-    return max(1, min(cpus, memory_kb // (1536 * 1024)))
 
 
 def apt(command: str, timeout: int) -> str:
@@ -284,30 +282,6 @@ def write_stamp(connection: Connection, built: dict, via: str, facts: Facts, log
                            f"> {STAMP}", sudo=True, log=log)
 
 
-def with_variables(text: str, variables: dict) -> str:
-    return "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in variables.items()) + text
-
-
-def script(name: str, **environment: str) -> str:
-    """A shell script from bpflab/scripts (shared with the Ansible role), with its variables set first."""
-    return with_variables((SCRIPTS / name).read_text(), environment)
-
-
-def build_phases(settings: dict, where: str) -> list[tuple[str, str, str]]:
-    """bcc-build.sh's phases, each with what it is and what to do when it fails."""
-    machine = "the VM's" if where == "vm" else "this host's"
-    return [("clone", f"git clone of BCC {settings['version']}",
-             f"Check provision.bcc.repository and version in lab.yaml, and {machine} network."),
-            ("build", "the BCC build", "Fix the cause shown above and run `invoke lab.provision` again."),
-            ("record", "listing the files BCC installed", "Run `invoke lab.provision` again.")]
-
-
-def build_script(phase: str, settings: dict, jobs: int, **extra: str) -> str:
-    return f"set -- {phase}\n" + script("bcc-build.sh", REPOSITORY=settings["repository"],
-                                         VERSION=settings["version"], LLVM_DIR=settings["llvm_dir"],
-                                         JOBS=str(jobs), **extra)
-
-
 def build_bcc(connection: Connection, facts: Facts, todo: Plan, log: Path) -> None:
     """Clone BCC at the pinned tag with its submodules, build, install and record its files in the VM; stamp."""
     settings, build_log = todo.settings, log.with_name("bcc-build.log")
@@ -318,93 +292,6 @@ def build_bcc(connection: Connection, facts: Facts, todo: Plan, log: Path) -> No
             remote_run(connection, build_script(phase, settings, jobs), sudo=True, current=current, log=build_log,
                        what=what, fix=fix)
         write_stamp(connection, settings, "source", facts, log)
-
-
-def build_on_host(config: Config, facts: Facts, todo: Plan, log: Path) -> Artifact:
-    """The same build on this host, in a root of the VM's distribution and release; its files
-    become an artifact in bcc.artifacts, exactly as an export of a build in the VM would."""
-    settings, build_log = todo.settings, log.with_name("bcc-build.log")
-    root = buildroot.BuildRoot.for_vm(config, facts.distribution,
-                                      config.provision.distributions[facts.distribution]["bcc_build"])
-    jobs = make_jobs(os.cpu_count() or 1, buildroot.memory_kb())
-    with step(f"A {facts.distribution} build root on this host ({root.path}; made once, then cached)") as current:
-        path = root.ensure(current, build_log)
-    with step(f"Building BCC {settings['version']} on this host for {facts.distribution} (make -j{jobs}; "
-              f"log: {build_log})") as current:
-        for phase, what, fix in build_phases(settings, "host"):
-            if phase == "clone":  # with the host's git and its network (and its url.insteadOf settings)
-                source = path / "opt" / "bpflab" / f"bcc-{settings['version']}"
-                run(["bash", "-c", build_script(phase, settings, jobs, SOURCE_DIR=str(source))],
-                    current=current, log=build_log, what=what, fix=fix)
-            else:
-                buildroot.run_script(path, build_script(phase, settings, jobs), current=current, log=build_log,
-                                     what=what, fix=fix)
-        output = buildroot.run_script(path, script("bcc-export.sh"), current=current, log=build_log,
-                                      what="packing BCC's files in the build root",
-                                      fix="Run `invoke lab.provision` again.")
-    packed = path / "tmp" / "bpflab-bcc.tar.gz"
-    tarball = save_artifact(config, facts, settings, output, lambda partial: shutil.move(packed, partial), "host")
-    return Artifact.load(tarball.with_suffix("").with_suffix(".json"))
-
-
-@dataclass
-class Artifact:
-    """A BCC build exported to the host: a tarball of its files and what it was built from."""
-    tarball: Path
-    built: dict
-    distribution: str
-    arch: str
-    runtime_packages: list[str]
-    sha256: str
-
-    @staticmethod
-    def stem(version: str, distribution: str, arch: str) -> str:
-        return f"bcc-{version}-{distribution}-{arch}"
-
-    @classmethod
-    def load(cls, metadata: Path) -> Artifact:
-        data = json.loads(metadata.read_text())
-        return cls(metadata.with_suffix(".tar.gz"), data["built"], data["distribution"], data["arch"],
-                   data["runtime_packages"], data["sha256"])
-
-    @classmethod
-    def built_with(cls, folder: Path, built: dict, distribution: str, arch: str) -> Artifact | None:
-        """The artifact of exactly these build settings, if one was exported and is intact."""
-        metadata = folder / f"{cls.stem(built['version'], distribution, arch)}.json"
-        if not metadata.exists():
-            return None
-        artifact = cls.load(metadata)
-        intact = artifact.tarball.exists() and file_sha256(artifact.tarball) == artifact.sha256
-        return artifact if intact and artifact.built == built else None
-
-    @classmethod
-    def find(cls, folder: Path, version: str, distribution: str, arch: str) -> Artifact:
-        """The artifact for exactly this version, distribution and architecture, checked, or a clear refusal."""
-        metadata = folder / f"{cls.stem(version, distribution, arch)}.json"
-        if not metadata.exists():
-            present = sorted(path.stem for path in folder.glob("bcc-*.json")) if folder.is_dir() else []
-            raise LabError(
-                f"bcc.install is artifact, but {folder} has no BCC {version} built for {distribution} {arch} "
-                f"({'it has: ' + ', '.join(present) if present else 'it is empty'}). A BCC build only runs on the "
-                "distribution and architecture it was built on. Build it once with `bcc.install: source` "
-                "(each build is exported there), or run `invoke lab.bcc-export` on a VM that has it.")
-        artifact = cls.load(metadata)
-        if (artifact.built.get("version"), artifact.distribution, artifact.arch) != (version, distribution, arch):
-            raise LabError(f"{metadata} describes BCC {artifact.built.get('version')} for {artifact.distribution} "
-                           f"{artifact.arch}, not what its name says. Delete it and export again "
-                           "(`invoke lab.bcc-export`).")
-        if not artifact.tarball.exists() or file_sha256(artifact.tarball) != artifact.sha256:
-            raise LabError(f"{artifact.tarball} is missing or damaged (its checksum does not match {metadata.name}). "
-                           "Delete both files and export again (`invoke lab.bcc-export`).")
-        return artifact
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_bcc(connection: Connection, config: Config, log: Path, facts: Facts | None = None,
@@ -425,30 +312,7 @@ def export_bcc(connection: Connection, config: Config, log: Path, facts: Facts |
         def fetch(partial: Path) -> None:
             connection.get("/tmp/bpflab-bcc.tar.gz", str(partial))
             remote_run(connection, "rm -f /tmp/bpflab-bcc.tar.gz /tmp/bpflab-bcc.list", sudo=True, log=log)
-        return save_artifact(config, facts, built, output.stdout, fetch, "vm")
-
-
-def save_artifact(config: Config, facts: Facts, built: dict, packed: str, fetch: Callable[[Path], object],
-                  origin: str) -> Path:
-    """Bring a packed build (bcc-export.sh's output says its checksum and runtime packages) into the
-    artifact folder with its metadata; `fetch(path)` puts the tarball at `path`."""
-    values = dict(line.split("=", 1) for line in packed.splitlines() if "=" in line)
-    folder = config.bcc_artifacts
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = Artifact.stem(built["version"], facts.distribution, facts.arch)
-    partial = folder / f"{stem}.tar.gz.partial"
-    fetch(partial)
-    if file_sha256(partial) != values["sha256"]:
-        partial.unlink()
-        raise LabError("The BCC artifact arrived damaged (checksum mismatch). Run the same command again.")
-    tarball = partial.with_name(f"{stem}.tar.gz")
-    partial.replace(tarball)
-    metadata = {"built": built, "distribution": facts.distribution, "arch": facts.arch, "built_on": origin,
-                "runtime_packages": values["runtime_packages"].split(), "sha256": values["sha256"],
-                "exported_from_kernel": facts.kernel}
-    (folder / f"{stem}.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    say(f"[green]✓[/green] BCC artifact: {tarball} ({tarball.stat().st_size // 1024} KiB)")
-    return tarball
+        return save_artifact(config, facts.distribution, facts.arch, built, output.stdout, fetch, "vm", facts.kernel)
 
 
 def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, log: Path,
@@ -492,7 +356,7 @@ def apply(connection: Connection, config: Config, log: Path) -> Outcome:
     changed = False
     built_here = todo.build_bcc and todo.build_on == "host"
     if built_here:  # first: the artifact names the packages its files need in the VM
-        artifact = build_on_host(config, facts, todo, log)
+        artifact = build_on_host(config, facts.distribution, facts.arch, todo.settings, log)
         extra = [name for name in artifact.runtime_packages
                  if name not in facts.installed and name not in todo.packages]
         todo = dataclasses.replace(todo, build_bcc=False, artifact=artifact, packages=todo.packages + extra)

@@ -143,10 +143,14 @@ def test_an_arm64_box_is_built_of_debian_only():
         box.choose(with_box("local", "ubuntu-24.04", "arm64"), "libvirt", "amd64")
 
 
+def plain(settings):
+    return dataclasses.replace(settings, local_box=dataclasses.replace(settings.local_box, ready=False))
+
+
 def test_an_arm64_box_is_its_own_box_and_amd64_boxes_keep_their_names():
-    amd64 = box.Recipe.from_config(with_box("local"), "12.15", "6.1.176-1")
-    fields = {key: value for key, value in dataclasses.asdict(amd64).items()
-              if key not in ("architecture", "early_files")}  # the fields that came with arm64 boxes
+    amd64 = box.Recipe.from_config(plain(with_box("local")), "12.15", "6.1.176-1")
+    fields = {key: value for key, value in dataclasses.asdict(amd64).items()  # less those that came later
+              if key not in ("architecture", "early_files") and not key.startswith("seat_")}
     assert amd64.digest == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     arm64 = box.Recipe.from_config(with_box("local", "debian-12", "arm64"), "12.15", "6.1.176-1")
     assert arm64.digest != amd64.digest and arm64.box_name.startswith("bpflab/debian-12-arm64-")
@@ -253,3 +257,31 @@ def test_a_ready_box_of_the_other_architecture_is_refused(tmp_path):
     settings = with_box(str(ready))
     with pytest.raises(LabError, match="ready box of an arm64 VM, but lab.yaml's vm.arch makes the VM amd64"):
         box.register_packaged(settings)
+
+
+def test_a_ready_seat_carries_what_provisioning_would_install_and_its_key_follows_them():
+    settings = with_box("local")
+    ready, bare = box.Recipe.from_config(settings, "12.15"), box.Recipe.from_config(plain(settings), "12.15")
+    assert ready.ready and not bare.ready and ready.digest != bare.digest
+    assert {"bpftrace", "bpftool", "python3-bpfcc", "bpfcc-tools", "linux-headers-amd64"} <= set(ready.seat_packages)
+    assert ready.seat_optional == ("netperf",) and "netperf" not in ready.seat_packages  # not in Debian 12's main
+    assert dict(ready.seat_files)["etc/ssh/sshd_config.d/bpflab.conf"].startswith("ClientAlive")
+    command = ready.bootstrap_command(Path("/rootfs"), ("libelf1",))
+    included = [name for part in command if part.startswith("--include=") for name in part[10:].split(",")]
+    assert {"python3-bpfcc", "linux-headers-amd64", "libelf1"} <= set(included)
+    assert any("apt-unavailable.sh" in part and "netperf" in part for part in command)
+    assert box.Recipe.from_json(ready.to_json()) == ready
+    # Another package in lab.yaml, or BCC from source: another box.
+    distributions = {**settings.provision.distributions}
+    distributions["debian-12"] = {**distributions["debian-12"],
+                                  "packages": [*distributions["debian-12"]["packages"], "tree"]}
+    more = dataclasses.replace(settings, provision=dataclasses.replace(settings.provision, distributions=distributions))
+    assert box.Recipe.from_config(more, "12.15").digest != ready.digest
+    source = dataclasses.replace(settings, provision=dataclasses.replace(
+        settings.provision, bcc={**settings.provision.bcc, "install": "source"}))
+    built = box.Recipe.from_config(source, "12.15")
+    assert dict(built.seat_bcc)["version"] == settings.provision.bcc["version"]
+    assert "python3-bpfcc" not in built.seat_packages and built.digest != ready.digest
+    in_vm = dataclasses.replace(source, provision=dataclasses.replace(
+        source.provision, bcc={**source.provision.bcc, "build_on": "vm"}))
+    assert box.Recipe.from_config(in_vm, "12.15").seat_bcc == ()

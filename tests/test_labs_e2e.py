@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bpflab import config, run
+from bpflab import box, config, run
 from bpflab.commands import remote_run
 from bpflab.hosts import PERSIST_VARIABLE, Held, Host
 from bpflab.vm import LabVM
@@ -724,10 +724,12 @@ def qemu_processes(domain):
     return found
 
 
-def test_vm_life_cycle_by_name_then_a_lowered_count(lab, seat_b):
-    """Halt of lab2 alone and its recovery from a stale domain (--vm lab2) while lab runs on;
-    then vm.count lowered to 1: lab.status warns of lab2, and lab.destroy removes lab and that
-    leftover too, leaving nothing of either."""
+@pytest.mark.timeout(1200)
+def test_vm_life_cycle_by_name_then_a_lowered_count(lab, seat_b, fake_bcc):
+    """Halt of lab2 alone and its recovery from a stale domain (--vm lab2) while lab runs on, made
+    again as a ready seat whose BCC comes from source (the stand-in's v1, built on this host
+    above): nothing to provision; then vm.count lowered to 1: lab.status warns of lab2, and
+    lab.destroy removes lab and that leftover too, leaving nothing of either."""
     settings_file = lab.path / "lab.yaml"
     settings = config.load(settings_file)
     vm, first = LabVM(settings, seat_b), LabVM(settings, "lab")
@@ -747,12 +749,20 @@ def test_vm_life_cycle_by_name_then_a_lowered_count(lab, seat_b):
 
     # Vagrant forgets the halted VM (its .vagrant/machines/ entry is gone): the next up clears the stale domain.
     shutil.rmtree(lab.path / ".vagrant" / "machines" / seat_b)
-    recovered = timed("lab.up (over a stale domain)", "lab.up", "--vm", seat_b)
+    fake_bcc("source", "v1", build_on="auto")
+    settings_file.write_text(settings_file.read_text().replace("  ready: false", "  ready: true", 1))
+    recovered = timed("lab.up (over a stale domain, a new ready seat)", "lab.up", "--vm", seat_b)
     assert f"Removing the stale libvirt domain {vm.domain}" in recovered.stdout
     assert "The lab VM lab is already running" not in recovered.stdout  # --vm lab2 leaves lab alone
-    # Made again, it comes from the box lab.yaml names now, lab's: it boots the aged kernel lab booted first.
-    aged = re.search(r"VM: debian-12 amd64, kernel (\S+); BCC: package", lab.first_setup).group(1)
-    assert vm_shell(lab, "uname -r", seat_b).strip() == aged != kernel
+    seat_recipe = box.current_recipe(config.load(settings_file))
+    lab.cleanups.append(lambda: forget_cached_box(seat_recipe))  # its recipe names a folder of this run
+    assert "Building BCC" not in recovered.stdout  # the seat took the build exported above
+    assert vm_shell(lab, "uname -r", seat_b).strip() == kernel  # Debian 12's current kernel, as before
+    provisioned = lab.invoke("lab.provision", "--vm", seat_b).stdout
+    assert "BCC: source" in provisioned and "nothing to do" in provisioned and "Installing" not in provisioned
+    stamp = json.loads(vm_shell(lab, "cat /var/lib/bpflab/bcc.json", seat_b))
+    assert stamp["built"]["version"] == "v1" and stamp["via"] == "host"
+    assert "BCC fake-v1" in lab.invoke("lab.doctor", "--vm", seat_b).stdout
 
     text = settings_file.read_text()
     settings_file.write_text(text.replace("  count: 2", "  count: 1", 1))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bpflab import config, provision
+from bpflab import artifacts, config, provision
 from bpflab.errors import LabError
 
 PACKAGE_STAMP = {}
@@ -29,7 +29,7 @@ def facts(stamp=PACKAGE_STAMP, installed=()):
 
 def export(folder, version="v0.37.0", distribution="debian-12", arch="amd64", runtime=("libelf1",), content=b"bcc"):
     folder.mkdir(exist_ok=True)
-    stem = provision.Artifact.stem(version, distribution, arch)
+    stem = artifacts.Artifact.stem(version, distribution, arch)
     (folder / f"{stem}.tar.gz").write_bytes(content)
     metadata = {"built": {**BUILT_V37, "version": version}, "distribution": distribution, "arch": arch,
                 "runtime_packages": list(runtime), "sha256": hashlib.sha256(content).hexdigest()}
