@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from .config import load_yaml
 from .errors import LabError, shorten
 
 
@@ -30,10 +32,15 @@ class Lab:
 def load_catalog(root: Path) -> dict[str, Lab]:
     path = root / "labs" / "catalog.yaml"
     try:
-        entries = yaml.safe_load(path.read_text())
+        return dict(catalog_of(path.read_text()))
     except (OSError, yaml.YAMLError) as error:
         raise LabError(f"Cannot read the lab catalog {path}: {error}") from None
-    return {name: Lab(name=name, **entry) for name, entry in entries.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def catalog_of(text: str) -> dict[str, Lab]:
+    """The labs of this catalog text, parsed once per process (a run reads the catalog more than once)."""
+    return {name: Lab(name=name, **entry) for name, entry in load_yaml(text).items()}
 
 
 def resolve(catalog: dict[str, Lab], name: str) -> Lab:

@@ -34,7 +34,7 @@ import yaml
 from fabric import Connection
 
 from .commands import UNREACHABLE, remote_run
-from .config import Config
+from .config import Config, load_yaml
 from .console import Step
 from .errors import LabError
 from .vagrant import Endpoint
@@ -389,7 +389,7 @@ def read_inventory(path: Path | str) -> list[Host]:
     """The hosts of an Ansible YAML inventory, or a message naming the file and the problem."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except OSError as error:
         raise LabError(f"Cannot read the inventory {path}: {error.strerror}. Give the path of an Ansible "
                        "YAML inventory (hosts with ansible_host, ansible_port, ansible_user).") from None
