@@ -28,8 +28,8 @@ def remove_box(name: str) -> None:
 class BackportsKernelRecipe(box.Recipe):
     """A Debian box whose kernel comes from the suite's backports, which its apt sources then lack."""
 
-    def bootstrap_command(self, rootfs):
-        *options, suite, target, mirror = super().bootstrap_command(rootfs)
+    def bootstrap_command(self, rootfs, runtime_packages=()):
+        *options, suite, target, mirror = super().bootstrap_command(rootfs, runtime_packages)
         return [*options, "--customize-hook=sed -i /-backports/d \"$1/etc/apt/sources.list\"", suite, target,
                 mirror, f"deb {self.mirror} {self.suite}-backports {' '.join(self.components)}"]
 

@@ -285,3 +285,14 @@ def test_a_ready_seat_carries_what_provisioning_would_install_and_its_key_follow
     in_vm = dataclasses.replace(source, provision=dataclasses.replace(
         source.provision, bcc={**source.provision.bcc, "build_on": "vm"}))
     assert box.Recipe.from_config(in_vm, "12.15").seat_bcc == ()
+
+
+def test_the_aged_kernel_box_of_the_tests_is_a_plain_box_from_backports():
+    """The e2e tests' box whose kernel has aged: its command is the plain box's, with backports."""
+    from boxes import BackportsKernelRecipe
+
+    recipe = box.Recipe.from_config(plain(with_box("local")), "12.15", "6.1.176-1")
+    aged = BackportsKernelRecipe(**dataclasses.asdict(recipe))
+    command = aged.bootstrap_command(Path("/rootfs"))
+    assert command[-1] == f"deb {recipe.mirror} bookworm-backports main"
+    assert command[-4:-1] == ["bookworm", "/rootfs", recipe.mirror] and any("/-backports/d" in part for part in command)
