@@ -54,6 +54,7 @@ def set_bcc(project, install, build_on, artifacts):
     text = re.sub(r"install: \w+", f"install: {install}", text, count=1)
     text = re.sub(r"build_on: \w+", f"build_on: {build_on}", text, count=1)
     text = re.sub(r"artifacts: \S+", f"artifacts: {artifacts}", text, count=1)
+    text = text.replace("  ready: true", "  ready: false", 1)  # a plain box: BCC comes by provisioning, timed
     path.write_text(text)
 
 
