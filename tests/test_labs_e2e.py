@@ -379,8 +379,11 @@ def end_the_run(project, process, how):
     """End the run; return the firewall rules to remove afterwards."""
     if how == "connection dropped (firewall, kept connection)":
         address = lab_host(project).endpoint.host
-        assert process.pid not in ssh_clients(address), "the run connected on its own, not through the keeper"
-        return drop_ssh_connection(kept(project).pid(), address)
+        clients = ssh_clients(address)
+        assert process.pid not in clients, "the run connected on its own, not through the keeper"
+        # Every connection of this host to the VM, as a failing network drops them: whichever keeper
+        # serves the run (one that a command before left may still be ending), its connection goes.
+        return [rule for pid in clients for rule in drop_ssh_connection(pid, address)]
     if how == "connection dropped (sshd child killed)":
         vm_shell(project, "p=$(cat /run/bpflab-lab.pid); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
                           "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
@@ -424,6 +427,8 @@ def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exi
                 time.sleep(0.5)
     finally:
         restore(rules)
+        if process.poll() is None:  # failed: its end stops the program in the VM, so later tests find it free
+            process.kill()
     assert "Traceback" not in rest and nothing_left_in_vm(lab)
     folder = sorted((lab.path / "runs").glob("*-quiet_events"))[-1]
     assert "sync called" in (folder / "output.log").read_text()
