@@ -30,6 +30,11 @@ STAMP = "/var/lib/bpflab/bcc.json"
 INSTALLED_FILES = "/var/lib/bpflab/bcc-files.txt"
 
 
+def stamp_text(built: dict, via: str, distribution: str, arch: str) -> str:
+    """The stamp that says which BCC build a machine has and how it came (source, artifact, host)."""
+    return json.dumps({"built": built, "via": via, "distribution": distribution, "arch": arch}, sort_keys=True)
+
+
 def build_settings(config: Config, distribution: str) -> dict:
     """What a BCC build for `distribution` is made from: a build is redone when this changes."""
     bcc = config.provision.bcc

@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import arch, buildroot, vagrant
-from .artifacts import INSTALLED_FILES, STAMP, Artifact, build_on_host, build_settings
-from .commands import run
+from .artifacts import INSTALLED_FILES, STAMP, Artifact, build_on_host, build_settings, stamp_text
+from .commands import SCRIPTS, run
 from .config import Config, digest_of
 from .console import say, step, warn
 from .errors import LabError
@@ -95,7 +95,6 @@ LEAN_DPKG = ("--dpkgopt=force-unsafe-io", "--dpkgopt=path-exclude=/usr/share/doc
              "--dpkgopt=path-exclude=/usr/share/info/*", "--dpkgopt=path-exclude=/usr/share/locale/*")
 # Bump when the build steps below change in a way the recipe fields do not show.
 BUILD_REVISION = 4
-SCRIPTS = Path(__file__).parent / "scripts"
 APT_UNAVAILABLE = SCRIPTS / "apt-unavailable.sh"
 SSHD_KEEPALIVE_PATH = "etc/ssh/sshd_config.d/bpflab.conf"
 # A ready seat says what it is here, as a box that box.package made does; provisioning reads it.
@@ -401,9 +400,8 @@ def install_bcc(rootfs: Path, recipe: Recipe, artifact: Artifact, log: Path) -> 
     listing = run(["tar", "-tzf", str(artifact.tarball)], log=log).stdout.splitlines()
     (rootfs / INSTALLED_FILES.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (rootfs / INSTALLED_FILES.lstrip("/")).write_text("".join(f"/{name.rstrip('/')}\n" for name in listing))
-    stamp = {"built": dict(recipe.seat_bcc), "via": "host", "distribution": recipe.distribution,
-             "arch": recipe.architecture}
-    (rootfs / STAMP.lstrip("/")).write_text(json.dumps(stamp, sort_keys=True) + "\n")
+    stamp = stamp_text(dict(recipe.seat_bcc), "host", recipe.distribution, recipe.architecture)
+    (rootfs / STAMP.lstrip("/")).write_text(stamp + "\n")
     run(["chroot", str(rootfs), "ldconfig"], log=log)
 
 

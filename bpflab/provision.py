@@ -27,6 +27,7 @@ from .artifacts import (
     build_settings,
     make_jobs,
     save_artifact,
+    stamp_text,
 )
 from .commands import SCRIPTS, remote_run, script, with_variables
 from .config import Config
@@ -277,9 +278,8 @@ def current_kernel(connection: Connection, facts: Facts, log: Path) -> tuple[str
 
 
 def write_stamp(connection: Connection, built: dict, via: str, facts: Facts, log: Path) -> None:
-    stamp = {"built": built, "via": via, "distribution": facts.distribution, "arch": facts.arch}
-    remote_run(connection, f"mkdir -p {Path(STAMP).parent} && echo {shlex.quote(json.dumps(stamp, sort_keys=True))} "
-                           f"> {STAMP}", sudo=True, log=log)
+    stamp = stamp_text(built, via, facts.distribution, facts.arch)
+    remote_run(connection, f"mkdir -p {Path(STAMP).parent} && echo {shlex.quote(stamp)} > {STAMP}", sudo=True, log=log)
 
 
 def build_bcc(connection: Connection, facts: Facts, todo: Plan, log: Path) -> None:
