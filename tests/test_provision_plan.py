@@ -163,3 +163,12 @@ def test_a_vm_whose_bcc_was_built_on_the_host_is_left_as_it_is(tmp_path):
     have = [*lab.provision.distributions["debian-12"]["packages"], "linux-headers-6.1.0-28-amd64"]
     todo = provision.plan(lab, emulated(stamp={"built": BUILT_V37, "via": "host"}, installed=have), host_unable=None)
     assert not todo.build_bcc and todo.artifact is None and todo.packages == [] and todo.build_on == "host"
+
+
+def test_a_stamp_as_a_ready_seat_or_provisioning_writes_it_satisfies_the_plan(tmp_path):
+    """The box and provisioning write one stamp format; a seat whose box has the build needs none."""
+    lab = settings(tmp_path, "artifact")
+    stamp = json.loads(artifacts.stamp_text(BUILT_V37, "host", "debian-12", "amd64"))
+    assert stamp == {"built": BUILT_V37, "via": "host", "distribution": "debian-12", "arch": "amd64"}
+    todo = provision.plan(lab, facts(stamp=stamp))
+    assert todo.artifact is None and not todo.build_bcc
