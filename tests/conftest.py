@@ -35,6 +35,17 @@ class Project:
             assert result.returncode == 0, result.stdout
         return result
 
+    def shell(self, command: str, machine: str | None = None) -> str:
+        """`command` run as root in one of the copy's lab VMs (default: lab): its output."""
+        from bpflab import config
+        from bpflab.commands import remote_run
+        from bpflab.hosts import Host
+        from bpflab.vm import LabVM
+
+        vm = LabVM(config.load(self.path / "lab.yaml"), machine)
+        with Host.of_vm(vm).connect() as connection:  # closed: the tests poll, and sshd sessions add up
+            return remote_run(connection, command, sudo=True, check=False).stdout
+
     def edit_lab_yaml(self, old: str, new: str) -> None:
         """Change one setting in the copy's lab.yaml, as a user would."""
         path = self.path / "lab.yaml"

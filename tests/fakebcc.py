@@ -55,3 +55,20 @@ def use_fake_bcc(settings, original, install, version, artifacts, build_on="vm",
     build = text.index("      bcc_build:", debian)
     end = text.index("      bcc_package:", build)
     settings.write_text(text[:build] + "      bcc_build: [cmake, make, gcc, libc6-dev, zlib1g-dev, git]\n" + text[end:])
+
+
+def stand_in_settings(settings, folder):
+    """`use(install, version, build_on)`: writes lab.yaml (`settings`) to take BCC from a stand-in made
+    in `folder`, with its own artifact folder; `use.restore()` writes lab.yaml back as it was. A build
+    in the VM clones from its /srv (`use.repository`, the tarball to unpack there), a build on the host
+    from `folder`."""
+    original = settings.read_text()
+
+    def use(install, version, build_on="vm"):
+        repository = f"file://{folder / 'fake-bcc.git'}" if build_on != "vm" else "file:///srv/fake-bcc.git"
+        use_fake_bcc(settings, original, install, version, folder / "artifacts", build_on, repository)
+
+    use.artifacts = folder / "artifacts"
+    use.repository = fake_repository_tarball(folder)
+    use.restore = lambda: settings.write_text(original)
+    return use

@@ -12,20 +12,10 @@ import tarfile
 
 import pytest
 
-from bpflab import config
-from bpflab.commands import remote_run
-from bpflab.hosts import Host
-from bpflab.vm import LabVM
-
 from boxes import remove_box
 from conftest import copy_project
 
 pytestmark = pytest.mark.vm
-
-
-def vm_shell(project, command):
-    with Host.of_vm(LabVM(config.load(project.path / "lab.yaml"))).connect() as connection:
-        return remote_run(connection, command, sudo=True, check=False).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +62,7 @@ def test_a_package_added_to_lab_yaml_since_the_box_is_installed(trixie):
     finally:
         (trixie.path / "lab.yaml").write_text(original)
     assert "comes from a ready box made on" in changed and "Installing 1 packages" in changed
-    assert vm_shell(trixie, "command -v tree") == "/usr/bin/tree"
+    assert trixie.shell("command -v tree").strip() == "/usr/bin/tree"
 
 
 # One lab of each kind the kernel and BCC must carry: a kprobe and the trace pipe, a hash map,
@@ -89,7 +79,7 @@ def test_a_lab_of_each_kind_passes_verify_on_debian_13(trixie):
 
 @pytest.mark.timeout(1200)
 def test_a_seat_from_a_packaged_box_has_nothing_to_provision(trixie, tmp_path_factory):
-    source_machine_id = vm_shell(trixie, "cat /etc/machine-id")
+    source_machine_id = trixie.shell("cat /etc/machine-id").strip()
     ready = tmp_path_factory.mktemp("ready") / "seat.box"
     packed = trixie.invoke("box.package", "--output", str(ready)).stdout
     assert f"Ready box: {ready}" in packed and "is halted" in packed
@@ -108,8 +98,8 @@ def test_a_seat_from_a_packaged_box_has_nothing_to_provision(trixie, tmp_path_fa
     assert "missing" not in trixie.invoke("lab.doctor").stdout
     assert "PASS" in trixie.invoke("lab.verify", "--names", "hello", "--seconds", "5").stdout
     # The seat is its own machine, and nothing of the build or the source VM's logs came along.
-    assert vm_shell(trixie, "cat /etc/machine-id") not in ("", source_machine_id)
-    assert vm_shell(trixie, "ls /var/lib/apt/lists | grep -c _Packages || true") == "0"
+    assert trixie.shell("cat /etc/machine-id").strip() not in ("", source_machine_id)
+    assert trixie.shell("ls /var/lib/apt/lists | grep -c _Packages || true").strip() == "0"
 
 
 def test_a_kernel_that_crashes_is_explained_from_the_vms_console(trixie):
