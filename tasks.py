@@ -230,10 +230,10 @@ def write_report(c):
             "arm64": "only the arm64 VM's tests, which the suite leaves out (9-16 minutes under emulation)"})
 def test(c, fast=False, arm64=False):
     """Run the test suite; without --fast this includes the real-VM and browser tests, in two
-    processes a file each at a time (most of a VM test is one emulated vCPU at work: the host's
-    second core takes the next file's VM meanwhile)."""
+    processes a file each at a time, in the order tests/conftest.py gives (most of a VM test is
+    one emulated vCPU at work: the host's second core takes another file's VM meanwhile)."""
     selection = ["-m", "not vm and not browser"] if fast else ["-m", "arm64"] if arm64 else \
-        ["-n", "2", "--dist", "loadfile"]
+        ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
     code = subprocess.run([sys.executable, "-m", "pytest", *selection]).returncode
     if code == 5:
         say("pytest collected no tests.")

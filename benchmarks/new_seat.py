@@ -1,6 +1,6 @@
 """A new seat, today's path and the ready seat side by side in one run (issue: seats ready at native speed).
 
-    sudo .venv/bin/python benchmarks/new_seat.py [--distribution debian-12]
+    sudo .venv/bin/python benchmarks/new_seat.py [--distribution debian-12] [--arch arm64] [--ways ready]
 
 In a private copy of the project (its VMs are its own, never your lab VM) and a box cache of its
 own, with the boxes removed from Vagrant and libvirt's pool first (nothing cached), for each way:
@@ -9,8 +9,11 @@ own, with the boxes removed from Vagrant and libvirt's pool first (nothing cache
 - ready: `local_box.ready: true`, box.build installs it all at native speed;
 it times README command 1 after host.setup (`lab.setup`, then `lab.run hello --duration 10`),
 split into the box, the rest of the setup and the first lab; then a second seat from the cached
-box (`lab.destroy`, `lab.setup`, `lab.run`). Prints a table, writes
-benchmarks/results/new_seat-<distribution>.json, destroys the VMs and removes the boxes it made.
+box (`lab.destroy`, `lab.setup`, `lab.run`). `--arch arm64` takes an arm64 seat (on an x86_64
+host: boxes built through qemu-user, VMs under emulation); `--ways ready` only the ready seat,
+beside a figure of the plain way measured before. Prints a table, writes
+benchmarks/results/new_seat-<distribution>[-<arch>].json, destroys the VMs and removes the boxes
+it made.
 """
 
 import argparse
@@ -60,27 +63,34 @@ def seat(project: Path, cache: Path, way: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--distribution", default="debian-12")
+    parser.add_argument("--arch", default="auto", help="vm.arch: auto (the host's), amd64 or arm64")
+    parser.add_argument("--ways", default=",".join(WAYS), help="plain, ready or both (plain,ready)")
     options = parser.parse_args()
+    ways = [way for way in options.ways.split(",") if way]
+    if not ways or set(ways) - set(WAYS):
+        parser.error(f"--ways takes plain, ready or both, not {options.ways!r}")
     work = Path(tempfile.mkdtemp(prefix="bench-seat-"))
     project = copy_project(work / "project")
     settings = project / "lab.yaml"
     distribution = f"distribution: {options.distribution}"
-    settings.write_text(settings.read_text().replace("distribution: debian-12", distribution))
+    settings.write_text(settings.read_text().replace("distribution: debian-12", distribution)
+                        .replace("arch: auto", f"arch: {options.arch}"))
     figures = {}
     try:
-        for way in WAYS:
+        for way in ways:
             for what, seconds in seat(project, work / f"cache-{way}", way).items():
                 figures[f"{way}: {what}"] = seconds
             destroy_vms(project)
     finally:
         destroy_vms(project)
-        for way in WAYS:
+        for way in ways:
             os.environ["XDG_CACHE_HOME"] = str(work / f"cache-{way}")
             seat_settings = config.load(settings)
             for recipe in box.cached_recipes():
                 if recipe.distribution == seat_settings.vm.distribution:
                     remove_box(recipe.box_name)
-    report(figures, f"new_seat-{options.distribution}")
+    suffix = "" if options.arch == "auto" else f"-{options.arch}"
+    report(figures, f"new_seat-{options.distribution}{suffix}")
 
 
 if __name__ == "__main__":

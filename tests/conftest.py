@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 COPIES: list[Path] = []  # every project copy of this run: their VMs' console logs explain a failure
 CONSOLE_TAIL_LINES = 40
 PROJECT_FILES = ["Vagrantfile", "lab.yaml", "tasks.py", "bpflab", "labs", "bpf", "ansible"]
+# `invoke test` runs two files at a time in this order (pytest-xdist, loadfile, not reordered):
+# the longest VM file and the next start at once, the fast files fill in, the room file comes last,
+# after the Debian 13 file, on that worker.
+FIRST_FILES, LAST_FILES = ["test_labs_e2e.py", "test_distributions_e2e.py"], ["test_room_e2e.py"]
 
 
 class Project:
@@ -71,6 +75,15 @@ def project(tmp_path_factory):
     copy.invoke("lab.destroy", check=False)
     for cleanup in copy.cleanups:
         cleanup()
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        if name in FIRST_FILES:
+            return FIRST_FILES.index(name)
+        return len(FIRST_FILES) + (LAST_FILES.index(name) + 1 if name in LAST_FILES else 0)
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 @pytest.hookimpl(hookwrapper=True)
