@@ -42,7 +42,7 @@ def lab(project):
     recipe = cache_box_with_a_kernel_without_headers(config.load(project.path / "lab.yaml"))
     project.cleanups.append(lambda: forget_cached_box(recipe))
     project.first_setup = project.invoke("lab.setup").stdout
-    assert "The lab VM lab is ready" in project.first_setup
+    assert "The lab VM is ready" in project.first_setup
     yield project
     project.invoke("lab.destroy", check=False)
 
@@ -75,7 +75,7 @@ def test_setup_moved_the_vm_to_a_kernel_with_headers(lab):
     first = re.search(r"VM: debian-12 amd64, kernel (\S+); BCC: package", setup)
     assert first and not first.group(1).startswith("6.1.0-"), setup  # bookworm-backports: 6.12
     assert f"The running kernel {first.group(1)} has no headers in the package sources any more" in setup
-    target = re.search(r"Restarting the lab VM lab into kernel (6\.1\.0-\S+-amd64)", setup)
+    target = re.search(r"Restarting the lab VM into kernel (6\.1\.0-\S+-amd64)", setup)
     assert target and f"VM: debian-12 amd64, kernel {target.group(1)}; BCC: package" in setup, setup
     assert lab.shell("uname -r").strip() == target.group(1)
     assert lab.shell(f"ls /boot | grep -cF {first.group(1)} || true").strip() == "0"
