@@ -15,7 +15,8 @@ from bpflab import box, catalog, config, console, host, orchestrate, provision, 
 from bpflab.console import say
 from bpflab.counts import newest_counting_run
 from bpflab.errors import LabTask
-from bpflab.hosts import choose, choose_one, release_all, save_inventory
+from bpflab.held import release_all
+from bpflab.inventory import choose, choose_one, save_inventory
 from bpflab.packaging import package
 from bpflab.runs import list_runs
 from bpflab.sync import push

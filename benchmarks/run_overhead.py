@@ -45,7 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 from bpflab import config  # noqa: E402
 from bpflab.catalog import load_catalog  # noqa: E402
-from bpflab.hosts import PERSIST_VARIABLE, Host, save_inventory  # noqa: E402
+from bpflab.held import PERSIST_VARIABLE  # noqa: E402
+from bpflab.hosts import Host  # noqa: E402
+from bpflab.inventory import save_inventory  # noqa: E402
 from bpflab.run import READY  # noqa: E402
 from bpflab.sync import REMOTE_ROOT  # noqa: E402
 from bpflab.vm import LabVM, statuses  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from bpflab import config  # noqa: E402
 from bpflab.commands import remote_run  # noqa: E402
-from bpflab.hosts import Held, Host  # noqa: E402
+from bpflab.hosts import Host  # noqa: E402
 from bpflab.vm import LabVM  # noqa: E402
 
 from benchkit import report  # noqa: E402
@@ -89,7 +89,7 @@ def seconds_until_gone(lab: Lab, way: str, ending: str, cap: float) -> float | N
     if ending == "sshd killed":
         lab.kill_sshd_of("cat /run/bpflab-lab.pid" if way == "lab.run" else "pgrep -f -o '[q]uiet_events'")
     elif ending == "firewall":  # the connection a run goes through: the keeper's, if one holds the VM
-        keeper = Held.of(lab.host).pid() if way == "lab.run" else None
+        keeper = lab.host.held.pid() if way == "lab.run" else None
         rules = drop_ssh_connection(keeper or process.pid, lab.host.endpoint.host)
     else:
         process.send_signal(getattr(signal, ending))

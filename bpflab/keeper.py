@@ -27,13 +27,13 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 import paramiko
 
 from .commands import ANSWER_SECONDS, AS_ROOT, UNREACHABLE
-from .hosts import CONNECT_TIMEOUT, Held, Host, local_transport
-from .vagrant import Endpoint
+from .errors import LabError
+from .held import CONNECT_TIMEOUT, Held, local_transport
+from .hosts import Host
 
 BLOCK = 1 << 16
 # As run.Supervisor does: after a small block, let the next one gather (fewer, larger packets).
@@ -135,7 +135,7 @@ class Keeper:
         return False
 
     def serve(self) -> None:
-        self.upstream = self.host.open().client.get_transport()
+        self.upstream = self.host.connect(kept=False).client.get_transport()
         self.shells = ReadyShells(self.upstream)
         for kind in READY_SHELLS:
             self.shells.prepare_later(kind)
@@ -274,9 +274,8 @@ def relay(command: paramiko.Channel, upstream: paramiko.Channel, then) -> None:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
-    host = Host(spec["name"], Endpoint(**spec["endpoint"]), spec["known_hosts"] and Path(spec["known_hosts"]),
-                spec["title"])
-    held = Held.of(host)
+    host = Host.of_spec(spec)
+    held = host.held
     held.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         lock = (held.folder / "lock").open("w")
@@ -295,7 +294,7 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, stop)
         try:
             keeper.serve()
-        except UNREACHABLE as error:
+        except (LabError, *UNREACHABLE) as error:
             print(f"keeper of {host.where}: {error or type(error).__name__}", file=sys.stderr)
             return 1
         finally:

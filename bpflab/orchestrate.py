@@ -24,7 +24,8 @@ from .commands import in_background, signals_as_interrupts, wait_for
 from .config import Config
 from .console import Board, escape, for_host, say, step, warn
 from .errors import LabError
-from .hosts import Host, choose
+from .hosts import Host
+from .inventory import choose
 from .runs import write_summary
 
 

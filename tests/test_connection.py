@@ -6,7 +6,8 @@ from dataclasses import asdict
 import pytest
 
 from bpflab.errors import LabError
-from bpflab.hosts import PERSIST_DEFAULT, PERSIST_VARIABLE, Held, Host, persist_seconds
+from bpflab.held import PERSIST_DEFAULT, PERSIST_VARIABLE, Held, persist_seconds
+from bpflab.hosts import Host
 from bpflab.vagrant import Endpoint, parse_ssh_config
 
 VAGRANT_SSH_CONFIG = """\
@@ -48,13 +49,13 @@ def a_host(known_hosts=None, identity="/keys/lab"):
 def test_a_keeper_serves_only_the_endpoint_and_checks_it_was_started_for(tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text("192.168.121.9 ssh-ed25519 AAAA1\n")
-    checked = Held.of(a_host(known)).folder
-    assert Held.of(a_host(known)).folder == checked
-    assert Held.of(a_host()).folder != checked  # the same machine, its key unchecked
-    assert Held.of(a_host(known, "/keys/other")).folder != checked
+    checked = a_host(known).held.folder
+    assert a_host(known).held.folder == checked
+    assert a_host().held.folder != checked  # the same machine, its key unchecked
+    assert a_host(known, "/keys/other").held.folder != checked
     known.write_text("192.168.121.9 ssh-ed25519 AAAA2\n")  # the recorded key changed
-    assert Held.of(a_host(known)).folder != checked
-    assert Held.of(a_host()).folder.name.startswith("vagrant@192.168.121.9-22-")
+    assert a_host(known).held.folder != checked
+    assert a_host().held.folder.name.startswith("vagrant@192.168.121.9-22-")
 
 
 @pytest.mark.parametrize("value, seconds", [(None, PERSIST_DEFAULT), ("0", 0), ("30", 30)])

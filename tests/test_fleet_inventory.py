@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bpflab import console, hosts, orchestrate
+from bpflab import console, inventory, orchestrate
 from bpflab.errors import LabError
+from bpflab.hosts import Host
 from bpflab.vagrant import Endpoint
 
 ROOM = """
@@ -37,7 +38,7 @@ all:
 def room(tmp_path, text=ROOM):
     path = tmp_path / "room.yml"
     path.write_text(text)
-    return {host.name: host for host in hosts.read_inventory(path)}
+    return {host.name: host for host in inventory.read_inventory(path)}
 
 
 def test_group_variables_flow_down_and_hosts_override_them(tmp_path):
@@ -52,7 +53,7 @@ def test_group_variables_flow_down_and_hosts_override_them(tmp_path):
 
 def test_host_keys_are_checked_unless_the_inventory_turns_it_off(tmp_path):
     found = room(tmp_path)
-    assert found["seat1"].known_hosts == hosts.DEFAULT_KNOWN_HOSTS
+    assert found["seat1"].known_hosts == inventory.DEFAULT_KNOWN_HOSTS
     assert found["vm"].known_hosts is None  # not checked
     assert found["checked"].known_hosts == Path("~/room/known_hosts").expanduser()
 
@@ -70,7 +71,7 @@ def test_a_bad_inventory_is_one_message(tmp_path, text, message):
 
 def test_a_missing_inventory_says_what_to_give(tmp_path):
     with pytest.raises(LabError, match="Cannot read the inventory"):
-        hosts.read_inventory(tmp_path / "nowhere.yml")
+        inventory.read_inventory(tmp_path / "nowhere.yml")
 
 
 def test_verify_matrix_marks_failed_cells_and_hosts_without_results():
@@ -85,11 +86,11 @@ def test_verify_matrix_marks_failed_cells_and_hosts_without_results():
 
 def test_an_inventory_written_for_vms_reads_back_as_the_same_hosts(tmp_path):
     """lab.inventory writes local VMs (host keys not checked); reading it gives the same endpoints."""
-    vms = [hosts.Host(name, Endpoint(f"192.168.121.{number}", 22, "vagrant", f"/keys/{name}"), None, name)
+    vms = [Host(name, Endpoint(f"192.168.121.{number}", 22, "vagrant", f"/keys/{name}"), None, name)
            for number, name in ((10, "lab"), (11, "lab2"))]
-    path = hosts.save_inventory(vms, tmp_path / "vms.yml")
-    again = hosts.read_inventory(path)
+    path = inventory.save_inventory(vms, tmp_path / "vms.yml")
+    again = inventory.read_inventory(path)
     assert [(host.name, host.endpoint, host.known_hosts) for host in again] == \
         [(host.name, host.endpoint, None) for host in vms]
     written = yaml.safe_load(path.read_text())["all"]["hosts"]["lab"]["ansible_ssh_common_args"]
-    assert hosts.ssh_options(written)["serveraliveinterval"] == "5"  # a reboot's dead connection ends
+    assert inventory.ssh_options(written)["serveraliveinterval"] == "5"  # a reboot's dead connection ends

@@ -21,7 +21,8 @@ import pytest
 
 from bpflab import config, run
 from bpflab.commands import remote_run
-from bpflab.hosts import PERSIST_VARIABLE, Held, Host
+from bpflab.held import PERSIST_VARIABLE
+from bpflab.hosts import Host
 from bpflab.vm import LabVM
 
 from boxes import cache_box_with_a_kernel_without_headers, forget_cached_box
@@ -252,7 +253,7 @@ def kept(project):
     """The lab VM's keeper, once the command before has left it (it starts as that command ends)
     and it serves: its pid comes before its connection, and a command finding no socket yet
     connects on its own."""
-    held = Held.of(lab_host(project))
+    held = lab_host(project).held
     deadline = time.monotonic() + 30
     while held.pid() is None or not held.socket.exists():
         assert time.monotonic() < deadline, "no keeper holds the lab VM's connection"
@@ -273,7 +274,7 @@ def test_a_kept_connection_runs_each_command_in_a_shell_that_waited_for_it(lab):
     lab.invoke("lab.sync")
     kept(lab)
     age = 'echo "$(id -un) $(ps -o etimes= -p $PPID)"; echo oops >&2; exit 3'
-    with lab_host(lab).connect() as held, lab_host(lab).open() as own:
+    with lab_host(lab).connect() as held, lab_host(lab).connect(kept=False) as own:
         for sudo, user in ((True, "root"), (False, "vagrant"), (True, "root")):
             time.sleep(3)  # a shell of each kind is ready again, and has aged
             for connection, waited in ((held, True), (own, False)):
@@ -382,7 +383,7 @@ def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exi
         rest = process.stdout.read()
         assert process.wait(timeout=60) == exit_code, "".join(seen) + rest
         if how == "connection dropped (firewall, kept connection)":
-            held = Held.of(lab_host(lab))
+            held = lab_host(lab).held
             while held.pid() is not None:
                 assert time.monotonic() - ended < 40, "the keeper of a dropped connection still runs"
                 time.sleep(0.5)
