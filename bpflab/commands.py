@@ -180,10 +180,15 @@ def wait_for(finished: threading.Event, tick=None, interrupted=None) -> None:
 
 
 def responsive(connection: Connection, timeout: float = ANSWER_SECONDS) -> bool:
-    """Whether the machine at the other end of this connection still answers: an SSH keepalive
-    request that wants a reply, so nothing is started there. A firewall that drops the
-    connection, or a VM that vanished, gives no reply and never closes the TCP connection."""
-    transport = connection.client.get_transport()
+    """Whether the machine at the other end of this connection still answers."""
+    return answers(connection.client.get_transport(), timeout)
+
+
+def answers(transport: paramiko.Transport | None, timeout: float = ANSWER_SECONDS) -> bool:
+    """Whether the machine at the other end of this SSH transport still answers: a keepalive
+    request that wants a reply, so nothing is started there (sshd refuses it, and that is an
+    answer). A firewall that drops the connection, or a VM that vanished, gives no reply and
+    never closes the TCP connection."""
     if transport is None or not transport.is_active():
         return False
     def ask():

@@ -23,6 +23,7 @@ import paramiko
 from fabric import Connection
 
 from .commands import UNREACHABLE
+from .config import digest_of
 from .errors import LabError
 from .vagrant import Endpoint
 
@@ -66,14 +67,14 @@ class Held:
     def of(cls, endpoint: Endpoint, known_hosts: Path | None) -> Held:
         """One keeper per endpoint and way of checking it: a host reached under another key, or
         checked against a known_hosts that has changed since, never uses a keeper of before."""
-        known = b""
+        known = ""
         if known_hosts is not None:
             try:
-                known = known_hosts.read_bytes()
+                known = hashlib.sha256(known_hosts.read_bytes()).hexdigest()
             except OSError:
-                known = b"unreadable"
-        checks = hashlib.sha256(json.dumps([endpoint.identity, str(known_hosts)]).encode() + known)
-        return cls(HELD_ROOT / f"{endpoint.user}@{endpoint.host}-{endpoint.port}-{checks.hexdigest()[:12]}")
+                known = "unreadable"
+        checks = digest_of({"identity": endpoint.identity, "known_hosts": str(known_hosts), "recorded": known})
+        return cls(HELD_ROOT / f"{endpoint.user}@{endpoint.host}-{endpoint.port}-{checks}")
 
     @property
     def socket(self) -> Path:

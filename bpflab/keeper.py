@@ -30,7 +30,7 @@ import time
 
 import paramiko
 
-from .commands import ANSWER_SECONDS, AS_ROOT, UNREACHABLE
+from .commands import ANSWER_SECONDS, AS_ROOT, UNREACHABLE, answers
 from .errors import LabError
 from .held import CONNECT_TIMEOUT, Held, local_transport
 from .hosts import Host
@@ -118,18 +118,7 @@ class Keeper:
 
     def answers(self) -> bool:
         """Whether the machine replies to a keepalive in time; if not, everything ends."""
-        asked = threading.Event()
-
-        def ask():  # sshd refuses the request, and that is an answer; a dead connection fails at once
-            try:
-                self.upstream.global_request("keepalive@openssh.com", wait=True)
-            except UNREACHABLE:
-                pass
-            finally:
-                asked.set()
-
-        threading.Thread(target=ask, daemon=True).start()
-        if asked.wait(ANSWER_SECONDS) and self.upstream.is_active():
+        if answers(self.upstream):
             return True
         self.ending.set()
         return False
