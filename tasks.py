@@ -11,15 +11,14 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from bpflab import box, catalog, config, console, host, orchestrate, provision, report, run
+from bpflab import box, catalog, config, console, host, orchestrate, report
 from bpflab.console import say
 from bpflab.counts import newest_counting_run
 from bpflab.errors import LabTask
 from bpflab.held import release_all
-from bpflab.inventory import choose, choose_one, save_inventory
+from bpflab.inventory import choose, save_inventory
 from bpflab.packaging import package
 from bpflab.runs import list_runs
-from bpflab.sync import push
 from bpflab.vm import bring_up, destroy_all, halt_all, select, select_one, status_rows, warn_of_leftovers
 
 
@@ -30,7 +29,6 @@ def settings():
 ONE = {"vm": "a lab VM: lab (the primary), lab2, ... as lab.yaml's vm.count makes them (default: lab)"}
 ALL = {"vm": "lab VMs: a name, names with commas, or all (default: all)"}
 ROOM = {"inventory": "an Ansible YAML inventory: do it on every host in it, at once", **ONE}
-SETUP_ALL = "`invoke lab.setup --vm all` does it for them all at once."
 
 
 @task(klass=LabTask, help={"hashicorp": "where the distribution has no vagrant package: install HashiCorp's "
@@ -92,19 +90,19 @@ def ssh(c, vm=""):
     select_one(settings(), vm, "lab.ssh", "").interactive_ssh()
 
 
-@task(klass=LabTask, name="provision", help=ONE)
-def provision_vm(c, vm=""):
+@task(klass=LabTask, name="provision", help=ROOM)
+def provision_vm(c, inventory="", vm=""):
     """Install the book's packages, BCC and bpftrace in the VM (only what is missing)."""
-    chosen = [choose_one(settings(), vm, "lab.provision", SETUP_ALL)]
-    results = orchestrate.setup(chosen, settings(), settings().root, push_labs=False)
-    orchestrate.finish_setup(results, chosen, settings(), synced=False)
+    config = settings()
+    chosen = choose(config, inventory, vm)
+    orchestrate.finish_setup(orchestrate.setup(chosen, config, config.root, push_labs=False), chosen, config,
+                             synced=False)
 
 
-@task(klass=LabTask, help=ONE)
-def bcc_export(c, vm=""):
+@task(klass=LabTask, help=ROOM)
+def bcc_export(c, inventory="", vm=""):
     """Copy the VM's source-built BCC to the host, for `bcc.install: artifact` on other VMs."""
-    chosen = choose_one(settings(), vm, "lab.bcc-export")
-    provision.export_bcc(chosen.connect(), settings(), settings().root / "logs" / chosen.name / "provision.log")
+    orchestrate.export_bcc(settings(), inventory, vm)
 
 
 @task(klass=LabTask, help={**ALL, "output": "where to write it (default: .vagrant/bpflab/inventory.yml)"})
@@ -115,14 +113,10 @@ def inventory(c, output="", vm=""):
     say(f"Wrote {path}. Provision with Ansible: ansible-playbook -i {path} ansible/site.yml")
 
 
-@task(klass=LabTask, help=ONE)
-def doctor(c, vm=""):
+@task(klass=LabTask, help=ROOM)
+def doctor(c, inventory="", vm=""):
     """Check in the VM what the labs need: kernel features, headers, BCC, bpftrace."""
-    chosen = choose_one(settings(), vm, "lab.doctor", SETUP_ALL)
-    checks = provision.doctor(chosen.connect())
-    console.doctor_table(checks)
-    provision.require_healthy(checks)
-    provision.require_quiet_console(chosen.console)
+    orchestrate.doctor(settings(), inventory, vm)
 
 
 @task(klass=LabTask, help={**ROOM, **ALL})
@@ -134,12 +128,10 @@ def setup(c, inventory="", vm=""):
     orchestrate.finish_setup(orchestrate.setup(chosen, settings(), settings().root), chosen, settings())
 
 
-@task(klass=LabTask, name="sync", help=ONE)
-def sync_labs(c, vm=""):
+@task(klass=LabTask, name="sync", help=ROOM)
+def sync_labs(c, inventory="", vm=""):
     """Copy labs/ and bpf/ into the VM (only what changed; deletions too)."""
-    difference = push(choose_one(settings(), vm, "lab.sync", SETUP_ALL).connect(), settings().root)
-    say("Labs in the VM are up to date." if difference.empty else
-        f"Synced: {len(difference.upload)} updated, {len(difference.delete)} deleted.")
+    orchestrate.sync_labs(settings(), inventory, vm)
 
 
 RUN = {"duration": "stop after this many seconds of tracing, counted from attached (default 0: until Ctrl-C)",
@@ -180,17 +172,18 @@ def new(c, name, template="hello"):
     say(f"Created {program} and its .bpf.c. Edit them, then: invoke lab.run {program}")
 
 
-@task(klass=LabTask, name="probe-args", help={"probe": "for example tracepoint:syscalls:sys_enter_openat", **ONE})
-def probe_args(c, probe, vm=""):
+@task(klass=LabTask, name="probe-args", help={"probe": "for example tracepoint:syscalls:sys_enter_openat", **ROOM})
+def probe_args(c, probe, inventory="", vm=""):
     """The arguments of a probe in the VM (bpftrace -lv)."""
-    print(run.probe_arguments(choose_one(settings(), vm, "lab.probe-args").connect(), probe), end="")
+    orchestrate.probe_arguments(settings(), probe, inventory, vm)
 
 
 @task(klass=LabTask, help={"name": "a BCC tool: execsnoop, opensnoop, ...", "duration": "stop after this many seconds",
-                           "args": "arguments for the tool, as one string", **ONE})
-def tool(c, name, duration="0", args="", vm=""):
+                           "args": "arguments for the tool, as one string", **ROOM})
+def tool(c, name, duration="0", args="", inventory="", vm=""):
     """Run a tool that BCC ships, in the VM, gathered under runs/ like a lab."""
-    orchestrate.run_and_report(settings(), name, vm=vm, duration=duration, no_trigger=True, args=args, kind="tool")
+    orchestrate.run_and_report(settings(), name, inventory=inventory, vm=vm, duration=duration, no_trigger=True,
+                               args=args, kind="tool")
 
 
 @task(klass=LabTask, name="list", help={"json": "JSON for scripts instead of a table"})

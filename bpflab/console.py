@@ -136,13 +136,45 @@ def step(title: str, done: str | None = None):
     say(f"[green]✓[/green] {escape(done or title)} [dim]({current.elapsed:.1f}s)[/dim]")
 
 
-def doctor_table(rows: list[tuple[str, bool, str]]) -> None:
-    table = Table(title="What the labs need, checked in the VM")
-    for column in ("check", "result", "detail"):
-        table.add_column(column)
-    for name, ok, detail in rows:
-        table.add_row(name, "[green]ok[/green]" if ok else "[red]missing[/red]", escape(detail))
-    console.print(table)
+def doctor_tables(checks: dict[str, list[tuple[str, bool, str]]]) -> None:
+    """The doctor's (check, ok, detail) rows of each host: one table, titled with the host in a room."""
+    for host, rows in checks.items():
+        title = "What the labs need, checked in the VM" + (f": {host}" if len(checks) > 1 else "")
+        table = Table(title=escape(title))
+        for column in ("check", "result", "detail"):
+            table.add_column(column)
+        for name, ok, detail in rows:
+            table.add_row(name, "[green]ok[/green]" if ok else "[red]missing[/red]", escape(detail))
+        console.print(table)
+
+
+def checks_found(rows: list[tuple[str, bool, str]]) -> None:
+    """A host's doctor checks as a stage finds them: the table for a lone host (a room's board
+    shows each host's verdict instead)."""
+    if _board()[0] is None:
+        doctor_tables({"": rows})
+
+
+def host_ready(changed: bool) -> None:
+    """A room's host is set up (a lone host's summary comes at the end)."""
+    if _board()[0] is not None:
+        say("ready" + (" (provisioned)" if changed else " (nothing to provision)"))
+
+
+def sync_results(differences: dict) -> None:
+    """What a sync did on each host (a sync.Difference each)."""
+    for host, difference in differences.items():
+        prefix = f"{host}: " if len(differences) > 1 else ""
+        say(prefix + ("Labs in the VM are up to date." if difference.empty else
+                      f"Synced: {len(difference.upload)} updated, {len(difference.delete)} deleted."))
+
+
+def host_texts(texts: dict[str, str]) -> None:
+    """A text that each host answered, as it is (one host) or under the host's name."""
+    for host, text in texts.items():
+        if len(texts) > 1:
+            console.print(f"[bold]{escape(host)}[/bold]")
+        print(text, end="" if text.endswith("\n") else "\n", flush=True)
 
 
 def verify_table(rows: list[dict]) -> None:

@@ -14,7 +14,7 @@ from .config import Config, load_yaml
 from .errors import LabError
 from .hosts import Host
 from .vagrant import Endpoint
-from .vm import select, select_one
+from .vm import select
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
 # What an inventory says for a host whose key is not checked (a local Vagrant VM).
@@ -31,11 +31,6 @@ def choose(config: Config, inventory: str, choice: str, everything_by_default: b
     if inventory:
         return read_inventory(inventory)
     return [Host.of_vm(vm) for vm in select(config, choice, everything_by_default)]
-
-
-def choose_one(config: Config, choice: str, task: str, for_all: str = "") -> Host:
-    """The one lab VM a single-VM task works on, as a host."""
-    return Host.of_vm(select_one(config, choice, task, for_all))
 
 
 def save_inventory(hosts: list[Host], path: Path) -> Path:

@@ -80,6 +80,55 @@ def require_all(results: dict[str, Result], problems: list[str], done: str) -> N
     say(f"[green]✓[/green] All {len(results)} hosts {done}.")
 
 
+def conclude(results: dict[str, Result], problems: dict[str, LabError], done: str) -> None:
+    """The end of a verb on a group of hosts: `problems` (host: error, besides the hosts whose job
+    failed) named, or that all went well. A group of one ends with its one error, in full."""
+    if len(results) == 1 and problems:
+        raise next(iter(problems.values()))
+    require_all(results, [f"{name}: {str(error).splitlines()[0]}" for name, error in problems.items()], done)
+
+
+def doctor(config: Config, inventory: str = "", vm: str = "") -> None:
+    """The doctor's checks on every chosen host, a table each; a host is not ready when a check
+    failed or its console shows a kernel in trouble."""
+    hosts = choose(config, inventory, vm)
+    results = each(hosts, lambda host, connection: provision.doctor(connection))
+    console.doctor_tables({name: result.value for name, result in results.items() if result.ok})
+    problems = {}
+    for host in hosts:
+        if results[host.name].ok:
+            try:
+                provision.require_healthy(results[host.name].value)
+                provision.require_quiet_console(host.console)
+            except LabError as error:
+                problems[host.name] = error
+    conclude(results, problems, "are ready for the labs")
+
+
+def sync_labs(config: Config, inventory: str = "", vm: str = "") -> None:
+    """labs/ and bpf/ into every chosen host, only what changed (deletions too)."""
+    hosts = choose(config, inventory, vm)
+    results = each(hosts, lambda host, connection: sync.push(connection, config.root))
+    console.sync_results({name: result.value for name, result in results.items() if result.ok})
+    conclude(results, {}, "hold the labs")
+
+
+def export_bcc(config: Config, inventory: str = "", vm: str = "") -> None:
+    """Each chosen host's BCC built from source, to this host's artifact folder."""
+    hosts = choose(config, inventory, vm)
+    results = each(hosts, lambda host, connection: provision.export_bcc(
+        connection, config, config.root / "logs" / host.name / "provision.log"))
+    conclude(results, {}, "exported their BCC")
+
+
+def probe_arguments(config: Config, probe: str, inventory: str = "", vm: str = "") -> None:
+    """A probe's arguments as bpftrace knows them on every chosen host."""
+    hosts = choose(config, inventory, vm)
+    results = each(hosts, lambda host, connection: run.probe_arguments(connection, probe))
+    console.host_texts({name: result.value for name, result in results.items() if result.ok})
+    conclude(results, {}, f"know {probe}")
+
+
 # provisioning --------------------------------------------------------------
 
 def setup(hosts: list[Host], config: Config, root: Path, push_labs: bool = True) -> dict[str, Result]:
@@ -103,13 +152,11 @@ def setup(hosts: list[Host], config: Config, root: Path, push_labs: bool = True)
         def finish(host: Host, connection, outcome: provision.Outcome) -> dict:
             changed, mode = outcome.changed, outcome.bcc_mode
             checks = outcome.checks or provision.doctor(connection)
-            if len(hosts) == 1:
-                console.doctor_table(checks)
+            console.checks_found(checks)
             provision.require_healthy(checks)
             if push_labs:
                 sync.push(connection, root)
-            if len(hosts) > 1:
-                say("ready" + (" (provisioned)" if changed else " (nothing to provision)"))
+            console.host_ready(changed)
             return {"changed": changed, "mode": mode}
         return job
 

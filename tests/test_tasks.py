@@ -41,3 +41,18 @@ def test_bad_run_input_is_refused_before_any_vm_is_touched():
         output = result.stdout + result.stderr
         assert result.returncode == 1 and message in output, output
         assert "Traceback" not in output and "does not exist yet" not in output and len(output) < 1500
+
+
+# Every verb that acts on hosts runs over a group of them: --vm names this checkout's VMs, --inventory a room's.
+HOST_VERBS = [["lab.setup"], ["lab.provision"], ["lab.doctor"], ["lab.sync"], ["lab.bcc-export"], ["lab.verify"],
+              ["lab.probe-args", "tracepoint:syscalls:sys_enter_openat"], ["lab.run", "hello"],
+              ["lab.trace", "BEGIN { exit(); }"], ["lab.tool", "execsnoop"]]
+
+
+def test_every_host_verb_takes_an_inventory(tmp_path):
+    """An inventory that is not there: each verb reads it (and so takes --inventory) before anything else."""
+    for verb in HOST_VERBS:
+        result = invoke(*verb, "--inventory", str(tmp_path / "room.yml"))
+        output = result.stdout + result.stderr
+        assert result.returncode == 1 and f"Cannot read the inventory {tmp_path / 'room.yml'}" in output, (verb, output)
+        assert "Traceback" not in output
