@@ -21,7 +21,7 @@ from pathlib import Path
 from . import buildroot
 from .commands import run, script
 from .config import Config
-from .console import say, step
+from .console import done, step
 from .errors import LabError
 
 # Where a BCC install (source build or artifact) records itself in a machine: what it was built from
@@ -169,5 +169,5 @@ def save_artifact(config: Config, distribution: str, arch: str, built: dict, pac
                 "runtime_packages": values["runtime_packages"].split(), "sha256": values["sha256"],
                 "exported_from_kernel": kernel}
     (folder / f"{stem}.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    say(f"[green]✓[/green] BCC artifact: {tarball} ({tarball.stat().st_size // 1024} KiB)")
+    done(f"BCC artifact: {tarball} ({tarball.stat().st_size // 1024} KiB)")
     return tarball

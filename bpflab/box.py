@@ -34,7 +34,7 @@ from . import arch, buildroot, vagrant
 from .artifacts import INSTALLED_FILES, STAMP, Artifact, build_on_host, build_settings, stamp_text
 from .commands import SCRIPTS, run
 from .config import Config, digest_of
-from .console import say, step, warn
+from .console import done, say, step, warn
 from .errors import LabError
 from .host import cache_dir, foreign_binaries, require_tool
 
@@ -562,7 +562,7 @@ def build(config: Config) -> Recipe:
                        f"set vm.box to catalog and vm.distribution to {CATALOG_DISTRIBUTION} in lab.yaml.")
     recipe = current_recipe(config)
     if recipe.box_file.exists():
-        say(f"[green]✓[/green] Box {recipe.box_name} is cached: {recipe.box_file}")
+        done(f"Box {recipe.box_name} is cached: {recipe.box_file}")
     else:
         recipe.box_file.parent.mkdir(parents=True, exist_ok=True)
         log = recipe.box_file.parent / "build.log"
@@ -577,7 +577,7 @@ def build(config: Config) -> Recipe:
         finally:
             run((["rm", "-rf", "--one-file-system", str(workdir)]), check=False)
     if (recipe.box_name, "libvirt") in vagrant.installed_boxes():
-        say(f"[green]✓[/green] Box {recipe.box_name} is registered with Vagrant")
+        done(f"Box {recipe.box_name} is registered with Vagrant")
     else:
         with step(f"Registering {recipe.box_name} with Vagrant") as current:
             vagrant.add_box(recipe.box_name, recipe.box_file, current)

@@ -1,18 +1,23 @@
-"""Everything bpflab shows: progress for long steps, one line per host, and the tables.
+"""Everything bpflab shows, decided here alone.
 
-Stages return results and report progress through `say`, `warn` and `step`; this
-module decides how that looks: a live status line or board on a terminal, plain
-start/finish lines (prefixed with the host) in CI logs. Stages never build
-tables themselves: they hand their rows to the functions at the end.
+Stages emit typed events (a message, a long step's progress, a program's output lines, a
+host's end) and return typed results; this module renders them: for one host, live lines
+and a status line on a terminal, plain start/finish lines in logs; for a room (hosts at
+work in parallel, each in its own thread), a board with one line per host and every
+lasting line prefixed with its host. Tables are built here too, from the rows stages
+return. `recording()` keeps the events, for tests of what a stage says.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.live import Live
@@ -24,12 +29,91 @@ console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty(
 TAIL_LINES = 15
 
 
+@dataclass(frozen=True)
+class Message:
+    """A line for the user. `kind`: info, done (a step or fact in place), note (a detail), warning."""
+    text: str
+    kind: str = "info"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A long step: `state` started, update (its latest `detail`), finished or failed (after `seconds`)."""
+    title: str
+    state: str
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Output:
+    """Lines that a program printed, in the order it printed them."""
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostEnd:
+    """A room's host finished its job, or failed (`error`: why)."""
+    error: str = ""
+
+
+Event = Message | Progress | Output | HostEnd
+MARKS = {"info": "{}", "done": "[green]✓[/green] {}", "note": "[dim]{}[/dim]", "warning": "[yellow]![/yellow] {}"}
+
+
+def styled(message: Message) -> str:
+    return MARKS[message.kind].format(escape(message.text))
+
+
+def write_lines(lines: list[str]) -> None:
+    try:
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+        sys.stdout.flush()
+    except OSError:  # the terminal was closed (SIGHUP): a run's log still gets every line
+        pass
+
+
+class Lone:
+    """One host at work in the foreground: its lines as they are, a status line for a long step on a
+    terminal, and `… step` then `✓ step (Ns)` lines in logs."""
+
+    def __init__(self):
+        self.status = None
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, Message):
+            console.print(styled(event))
+        elif isinstance(event, Output):
+            write_lines(list(event.lines))
+        elif isinstance(event, Progress):
+            self.progress(event)
+
+    def progress(self, event: Progress) -> None:
+        title = escape(event.title)
+        if event.state == "started":
+            if console.is_terminal:
+                self.status = console.status(title)
+                self.status.start()
+            else:
+                console.print(f"… {title}")
+        elif event.state == "update" and self.status is not None:
+            self.status.update(f"{title} [dim]{event.seconds:.0f}s  {escape(event.detail)}[/dim]")
+        elif event.state in ("finished", "failed"):
+            if self.status is not None:
+                self.status.stop()
+                self.status = None
+            mark = "[green]✓[/green]" if event.state == "finished" else "[red]✗[/red]"
+            console.print(f"{mark} {title} [dim]({event.seconds:.1f}s)[/dim]")
+
+
 class Board:
-    """One progress line per host while hosts work in parallel: a live table on a
-    terminal, `host: ...` lines in logs. Threads find it through `for_host`."""
+    """One progress line per host while hosts work in parallel: a live table on a terminal,
+    `host: ...` lines in logs; a program's lines go to stdout as `host | line`. Threads find it
+    through `for_host`."""
 
     def __init__(self, hosts: list[str]):
         self.rows = {host: "[dim]waiting[/dim]" for host in hosts}
+        self.width = max(len(host) for host in hosts)
         self.lock = threading.Lock()
         self.live = Live(self.render(), console=console, refresh_per_second=4) if console.is_terminal else None
 
@@ -40,7 +124,7 @@ class Board:
         return table
 
     def __enter__(self):
-        if self.live:
+        if self.live and not JSON_EVENTS:
             self.live.start()
         return self
 
@@ -48,7 +132,28 @@ class Board:
         if self.live:
             self.live.stop()
 
-    def show(self, host: str, text: str) -> None:
+    def show(self, host: str, event: Event) -> None:
+        if isinstance(event, Message):
+            self.note(host, styled(event))
+        elif isinstance(event, Output):
+            with self.lock:
+                write_lines([f"{host:<{self.width}} | {line}" for line in event.lines])
+        elif isinstance(event, HostEnd):
+            self.line(host, f"[red]failed[/red] {escape(event.error.splitlines()[0][:100])}" if event.error
+                      else "[green]done[/green]")
+        elif isinstance(event, Progress):
+            title = escape(event.title)
+            if event.state == "started":
+                self.line(host, f"… {title}")
+                if not console.is_terminal:
+                    self.note(host, f"… {title}")
+            elif event.state == "update":
+                self.line(host, f"{title} [dim]{event.seconds:.0f}s  {escape(event.detail)}[/dim]")
+            else:
+                mark = "[green]✓[/green]" if event.state == "finished" else "[red]✗[/red]"
+                self.note(host, f"{mark} {title} [dim]({event.seconds:.1f}s)[/dim]")
+
+    def line(self, host: str, text: str) -> None:
         """Replace the host's live line (terminal only: logs get the notes)."""
         with self.lock:
             self.rows[host] = text
@@ -60,12 +165,22 @@ class Board:
         console.print(f"[bold]{escape(host)}[/bold]: {text}")
 
 
+def as_json(host: str | None, event: Event) -> str:
+    """One event as a JSON line: {"host": ..., "event": "message" | "progress" | "output" | "host_end", ...}."""
+    kind = {Message: "message", Progress: "progress", Output: "output", HostEnd: "host_end"}[type(event)]
+    return json.dumps({"host": host, "event": kind, **dataclasses.asdict(event)}, ensure_ascii=False)
+
+
 _thread = threading.local()
+_lone = Lone()
+# BPFLAB_OUTPUT=json: every event as a JSON line on stdout (for scripts), nothing else shown.
+JSON_EVENTS = os.environ.get("BPFLAB_OUTPUT") == "json"
+_recordings: list[list[tuple[str | None, Event]]] = []
 
 
 @contextmanager
 def for_host(host: str, board: Board):
-    """In this thread, send say/warn/step output to the host's line on the board."""
+    """In this thread, events are the host's: they go to its line on the board."""
     _thread.host, _thread.board = host, board
     try:
         yield
@@ -73,67 +188,80 @@ def for_host(host: str, board: Board):
         _thread.host = _thread.board = None
 
 
-def _board():
-    return getattr(_thread, "board", None), getattr(_thread, "host", None)
+@contextmanager
+def recording():
+    """Keep every event emitted meanwhile, as (host, event) pairs (host None: a lone host)."""
+    events: list[tuple[str | None, Event]] = []
+    _recordings.append(events)
+    try:
+        yield events
+    finally:
+        _recordings.remove(events)
 
 
-def say(message: str) -> None:
-    board, host = _board()
-    if board:
-        board.note(host, message)
+def emit(event: Event) -> None:
+    board, host = getattr(_thread, "board", None), getattr(_thread, "host", None)
+    for events in _recordings:
+        events.append((host, event))
+    if JSON_EVENTS:
+        print(as_json(host, event), flush=True)
+    elif board is not None:
+        board.show(host, event)
     else:
-        console.print(message)
+        _lone.show(event)
 
 
-def warn(message: str) -> None:
-    say(f"[yellow]![/yellow] {escape(message)}")
+def in_room() -> bool:
+    """Whether this thread works for one host of a room (several hosts at once)."""
+    return getattr(_thread, "board", None) is not None
+
+
+def say(text: str) -> None:
+    emit(Message(text))
+
+
+def done(text: str) -> None:
+    emit(Message(text, "done"))
+
+
+def note(text: str) -> None:
+    emit(Message(text, "note"))
+
+
+def warn(text: str) -> None:
+    emit(Message(text, "warning"))
+
+
+def output(lines: list[str]) -> None:
+    emit(Output(tuple(lines)))
 
 
 class Step:
-    """A named long step: shows elapsed time and the latest line of its output."""
+    """A named long step in progress: `update` shows its latest line of output."""
 
     def __init__(self, title: str):
         self.title = title
         self.started = time.monotonic()
-        self.status = None
-        self.board, self.host = _board()
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def update(self, detail: str) -> None:
-        detail = escape(detail.strip()[:100])
-        line = f"{escape(self.title)} [dim]{self.elapsed:.0f}s  {detail}[/dim]"
-        if self.board:
-            self.board.show(self.host, line)
-        elif self.status is not None:
-            self.status.update(line)
+        emit(Progress(self.title, "update", self.elapsed, detail.strip()[:100]))
 
 
 @contextmanager
 def step(title: str, done: str | None = None):
-    """Run a block as a visible step; print how long it took or that it failed."""
+    """Run a block as a visible step; show how long it took (as `done`) or that it failed."""
     current = Step(title)
-    if current.board:
-        current.board.show(current.host, f"… {escape(title)}")
-        if not console.is_terminal:
-            current.board.note(current.host, f"… {escape(title)}")
-    elif console.is_terminal:
-        current.status = console.status(escape(title))
-        current.status.start()
-    else:
-        console.print(f"… {escape(title)}")
+    emit(Progress(title, "started"))
     try:
         yield current
     except BaseException:
-        if current.status:
-            current.status.stop()
-        say(f"[red]✗[/red] {escape(title)} [dim]({current.elapsed:.1f}s)[/dim]")
+        emit(Progress(title, "failed", current.elapsed))
         raise
-    if current.status:
-        current.status.stop()
-    say(f"[green]✓[/green] {escape(done or title)} [dim]({current.elapsed:.1f}s)[/dim]")
+    emit(Progress(done or title, "finished", current.elapsed))
 
 
 def doctor_tables(checks: dict[str, list[tuple[str, bool, str]]]) -> None:
@@ -151,13 +279,13 @@ def doctor_tables(checks: dict[str, list[tuple[str, bool, str]]]) -> None:
 def checks_found(rows: list[tuple[str, bool, str]]) -> None:
     """A host's doctor checks as a stage finds them: the table for a lone host (a room's board
     shows each host's verdict instead)."""
-    if _board()[0] is None:
+    if not in_room():
         doctor_tables({"": rows})
 
 
 def host_ready(changed: bool) -> None:
     """A room's host is set up (a lone host's summary comes at the end)."""
-    if _board()[0] is not None:
+    if in_room():
         say("ready" + (" (provisioned)" if changed else " (nothing to provision)"))
 
 
@@ -165,8 +293,8 @@ def sync_results(differences: dict) -> None:
     """What a sync did on each host (a sync.Difference each)."""
     for host, difference in differences.items():
         prefix = f"{host}: " if len(differences) > 1 else ""
-        say(prefix + ("Labs in the VM are up to date." if difference.empty else
-                      f"Synced: {len(difference.upload)} updated, {len(difference.delete)} deleted."))
+        console.print(escape(prefix + ("Labs in the VM are up to date." if difference.empty else
+                                       f"Synced: {len(difference.upload)} updated, {len(difference.delete)} deleted.")))
 
 
 def host_texts(texts: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import arch, libvirt
 from .commands import run
-from .console import say, step
+from .console import done, say, step
 from .errors import LabError
 
 HOST_PACKAGES = [
@@ -209,7 +209,7 @@ def ensure_kvm_device_group() -> None:
     if info.st_gid != kvm_gid or info.st_mode & 0o060 != 0o060:
         run(privileged(["chgrp", "kvm", str(device)]))
         run(privileged(["chmod", "0660", str(device)]))
-        say("[green]✓[/green] /dev/kvm set to root:kvm 0660 (what udev does on a stock host)")
+        done("/dev/kvm set to root:kvm 0660 (what udev does on a stock host)")
 
 
 def foreign_binaries(architecture: str) -> None:
@@ -267,14 +267,14 @@ def setup(hashicorp: bool = False, vm_arch: str = "auto") -> None:
             run(privileged(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]),
                 current=current, env=env, fix="Install them by hand and run `invoke host.setup` again.")
     else:
-        say("[green]✓[/green] Host packages already installed")
+        done("Host packages already installed")
     if vagrant_from_hashicorp and hashicorp:
         run_vagrant_steps(vagrant_from_hashicorp)
     elif vagrant_from_hashicorp:
         raise LabError(vagrant_advice(vagrant_from_hashicorp))
     ensure_kvm_device_group()
     if libvirt.answers():
-        say(f"[green]✓[/green] libvirtd answers on {libvirt.URI}")
+        done(f"libvirtd answers on {libvirt.URI}")
     else:
         with step("Starting virtlogd and libvirtd"):
             start_daemons()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from . import console, provision, report, run, sync
 from .catalog import load_catalog, resolve
 from .commands import in_background, signals_as_interrupts, wait_for
 from .config import Config
-from .console import Board, escape, for_host, say, step, warn
+from .console import Board, HostEnd, done, emit, for_host, note, say, step, warn
 from .errors import LabError
 from .hosts import Host
 from .inventory import choose
@@ -53,13 +52,13 @@ def each(hosts: list[Host], job, interrupted=None, room: list[Host] | None = Non
             try:
                 with host.connect() as connection:
                     results[host.name] = Result(host.name, True, job(host, connection))
-                board.show(host.name, "[green]done[/green]")
+                emit(HostEnd())
             except LabError as error:
                 results[host.name] = Result(host.name, False, error=str(error))
-                board.show(host.name, f"[red]failed[/red] {escape(str(error).splitlines()[0][:100])}")
+                emit(HostEnd(str(error)))
             except Exception as error:  # a dropped connection mid-way surfaces as many exception types
                 results[host.name] = Result(host.name, False, error=f"{type(error).__name__}: {error}")
-                board.show(host.name, f"[red]failed[/red] {escape(type(error).__name__)}")
+                emit(HostEnd(type(error).__name__))
 
     threads = [threading.Thread(target=work, args=(host,), daemon=True) for host in hosts]
     with board:
@@ -69,7 +68,7 @@ def each(hosts: list[Host], job, interrupted=None, room: list[Host] | None = Non
     return {host.name: results[host.name] for host in hosts}
 
 
-def require_all(results: dict[str, Result], problems: list[str], done: str) -> None:
+def require_all(results: dict[str, Result], problems: list[str], what: str) -> None:
     """Name every host (or cell) that failed and why, or say that all went well."""
     problems = [f"{name}: {result.error.splitlines()[0]}" for name, result in results.items()
                 if not result.ok] + problems
@@ -77,7 +76,7 @@ def require_all(results: dict[str, Result], problems: list[str], done: str) -> N
         listing = "\n".join(f"  {line}" for line in problems)
         raise LabError(f"{len(problems)} problem(s) across {len(results)} hosts:\n{listing}\nThe other hosts "
                        "finished. Fix these and run the same command again.")
-    say(f"[green]✓[/green] All {len(results)} hosts {done}.")
+    done(f"All {len(results)} hosts {what}.")
 
 
 def conclude(results: dict[str, Result], problems: dict[str, LabError], done: str) -> None:
@@ -194,7 +193,7 @@ def finish_setup(results: dict[str, Result], hosts: list[Host], config: Config, 
     say("Provisioning changed the VM." if changed else "Provisioning: nothing to do, the VM was up to date.")
     if synced:
         hint = f" --vm {hosts[0].name}" if config.vm.count > 1 and hosts[0].name in config.machines else ""
-        say(f"[green]✓[/green] {hosts[0].subject} is ready and the labs are in it. Try `invoke lab.run hello{hint}`.")
+        done(f"{hosts[0].subject} is ready and the labs are in it. Try `invoke lab.run hello{hint}`.")
 
 
 # running ---------------------------------------------------------------------
@@ -210,21 +209,13 @@ def run_lab(hosts: list[Host], root: Path, what: str, seconds: int = 0, trigger:
     started = datetime.now(timezone.utc)
     fleet = run.free_folder(root / "runs", f"{name}-fleet", started) if len(hosts) > 1 else None
     stop = threading.Event()
-    printing = threading.Lock()
-    width = max(len(host.name) for host in hosts)
 
     def job(host: Host, connection) -> run.Outcome:
         target = (run.tool_target(connection, what) if kind == "tool" else run.one_liner_target(what)
                   if kind == "one-liner" else run.prepare(root, what, catalog))
-        echo = run.print_lines
-        if fleet:
-            def echo(lines: list[str]) -> None:
-                with printing:
-                    sys.stdout.write("".join(f"{host.name:<{width}} | {line}\n" for line in lines))
-                    sys.stdout.flush()
         folder = fleet / host.name if fleet else run.free_folder(root / "runs", target.name, started)
         workload = trigger if trigger is not None else (target.lab.trigger if target.lab else None)
-        program = run.ProgramRun(host, target, folder, duration=seconds, args=tuple(shlex.split(args)), echo=echo,
+        program = run.ProgramRun(host, target, folder, duration=seconds, args=tuple(shlex.split(args)),
                                  trigger=workload or None, stop=stop)
         return program.execute(connection)
 
@@ -281,8 +272,8 @@ def finish_run(results: dict[str, Result], what: str, received: list[int]) -> No
             continue
         record, outcome = result.value.record, result.value
         prefix = f"{name}: " if len(results) > 1 else f"{record['lab']}: "
-        say(f"[dim]{prefix}{record['stopped']}, exit {record['exit_status']}, {record['lines']} lines, "
-            f"{record['duration_s']}s. Saved in {outcome.folder}[/dim]")
+        note(f"{prefix}{record['stopped']}, exit {record['exit_status']}, {record['lines']} lines, "
+            f"{record['duration_s']}s. Saved in {outcome.folder}")
         error = run.verdict(outcome)
         if error:
             errors.append((name, error))

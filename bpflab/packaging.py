@@ -22,7 +22,7 @@ from . import libvirt, provision
 from .box import BOX_VAGRANTFILE
 from .commands import remote_run, run, script
 from .config import Config, digest_of
-from .console import say, step
+from .console import done, say, step
 from .errors import LabError
 from .host import cache_dir, require_tool
 from .hosts import Host
@@ -113,7 +113,7 @@ def package(vm: LabVM, output: str = "") -> Path:
             partial.replace(target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    say(f"[green]✓[/green] Ready box: {target} ({target.stat().st_size // 1024**2} MiB; {about['distribution']}, "
+    done(f"Ready box: {target} ({target.stat().st_size // 1024**2} MiB; {about['distribution']}, "
         f"kernel {about['kernel']})")
     say(f"On each seat: set `vm.box: {target}` in lab.yaml, then `invoke lab.setup`. "
         f"{vm.subject} is halted; `invoke lab.up` starts it again.")

@@ -31,7 +31,7 @@ from .artifacts import (
 )
 from .commands import SCRIPTS, remote_run, script, with_variables
 from .config import Config
-from .console import say, step, warn
+from .console import done, say, step, warn
 from .errors import LabError
 from .vm import console_note
 
@@ -373,16 +373,16 @@ def apply(connection: Connection, config: Config, log: Path) -> Outcome:
             return Outcome(True, todo.bcc_mode, new_kernel)
         changed = True
     else:
-        say("[green]✓[/green] Packages: all installed")
+        done("Packages: all installed")
     if todo.sshd_keepalive:
         remote_run(connection, f"printf %s {shlex.quote(SSHD_KEEPALIVE)} > /etc/ssh/sshd_config.d/bpflab.conf && "
                                "{ systemctl reload ssh || service ssh reload || true; } 2>/dev/null",
                    sudo=True, log=log, what="setting sshd's keepalive")
-        say("[green]✓[/green] sshd ends sessions whose host is gone (ClientAliveInterval 2)")
+        done("sshd ends sessions whose host is gone (ClientAliveInterval 2)")
         changed = True
     if todo.link_python:
         remote_run(connection, "ln -sfn python3 /usr/bin/python", sudo=True, log=log)
-        say("[green]✓[/green] /usr/bin/python -> python3")
+        done("/usr/bin/python -> python3")
         changed = True
     if todo.build_bcc:
         build_bcc(connection, facts, todo, log)
@@ -395,7 +395,7 @@ def apply(connection: Connection, config: Config, log: Path) -> Outcome:
         install_artifact(connection, facts, todo.artifact, log, via="host" if built_here else "artifact")
         changed = True
     elif todo.bcc_mode in ("source", "artifact"):
-        say(f"[green]✓[/green] BCC {todo.settings['version']}: installed already")
+        done(f"BCC {todo.settings['version']}: installed already")
     return Outcome(changed, todo.bcc_mode, checks=[] if changed else facts.checks)
 
 

@@ -14,7 +14,6 @@ import codecs
 import json
 import re
 import shlex
-import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -28,7 +27,7 @@ from fabric import Connection
 from . import sync
 from .catalog import Lab, load_catalog, resolve
 from .commands import LineSink, in_background, open_channel, remote_run, responsive, wait_for
-from .console import say, warn
+from .console import note, output, say, warn
 from .errors import LabError, shorten
 from .hosts import Host
 from .provision import ANSWERS
@@ -179,14 +178,6 @@ class Outcome:
     console_note: str = ""  # a lost connection: what the machine's console shows
 
 
-def print_lines(lines: list[str]) -> None:
-    try:
-        sys.stdout.write("".join(f"{line}\n" for line in lines))
-        sys.stdout.flush()
-    except OSError:  # the terminal was closed (SIGHUP): the log still gets every line
-        pass
-
-
 class Supervisor:
     """The supervisor of one run, seen from the host: the SSH channel it runs on, whose output
     arrives in large blocks and whose stdin takes requests (stop, kill, duration, attached).
@@ -241,13 +232,13 @@ class Supervisor:
 class ProgramRun:
     """One program running in one machine: what runs, what it printed, how it stands.
 
-    `echo` shows each line (None: silent); `stop`, set from another thread, stops
+    `echo`: show each line (False: silent); `stop`, set from another thread, stops
     the program as Ctrl-C does. Output goes to output.log as it arrives and
     run.json is always written, so nothing gathered is lost however it ends.
     """
 
     def __init__(self, host: Host, target: Target, folder: Path, *, duration: int = 0, trigger: str | None = None,
-                 args: tuple = (), echo=print_lines, stop: threading.Event | None = None):
+                 args: tuple = (), echo: bool = True, stop: threading.Event | None = None):
         self.host, self.target, self.folder = host, target, folder
         self.duration, self.trigger, self.echo, self.args = duration, trigger, echo, args
         self.stop = stop or threading.Event()
@@ -308,7 +299,7 @@ class ProgramRun:
             self.log.write("".join(f"{line}\n" for line in shown))
             self.log.flush()
             if self.echo:
-                self.echo(shown)
+                output(shown)
 
     def on_mark(self, line: str) -> None:
         """The supervisor's own lines: attached, never attached, facts, stopped."""
@@ -320,8 +311,8 @@ class ProgramRun:
         elif line == f"{MARK}attached" and self.ready_at is None:
             self.attached()
             if self.echo:  # the program itself said nothing: say it for it
-                say(f"[dim]{self.target.name}: attached ({self.ready_at - self.started:.1f}s); "
-                    "tracing until Ctrl-C or --duration[/dim]")
+                note(f"{self.target.name}: attached ({self.ready_at - self.started:.1f}s); "
+                    "tracing until Ctrl-C or --duration")
 
     def attached(self) -> None:
         self.ready_at = self.heard_at
@@ -459,11 +450,11 @@ def verify(host: Host, connection: Connection, root: Path, names: list[str], sec
     facts, rows = vm_facts(connection), []  # read once: importing bcc takes seconds under emulation
     with ExitStack() as reconnections:
         for lab in labs:
-            say(f"[bold]{lab.name}[/bold] …")
+            say(f"{lab.name} …")
             folder = free_folder(runs, lab.name, datetime.now(timezone.utc))
             try:
                 outcome = ProgramRun(host, lab_target(lab), folder, duration=seconds, trigger=lab.trigger,
-                                     echo=None).execute(connection, facts)
+                                     echo=False).execute(connection, facts)
                 problems, record = check_expectations(lab, outcome), outcome.record
             except LabError as error:
                 problems, record = [str(error).splitlines()[0]], {}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import arch, box, libvirt, vagrant
 from .config import Config
-from .console import say, step, warn
+from .console import done, say, step, warn
 from .errors import LabError
 from .vagrant import SETUP_HINT, Endpoint, Status
 
@@ -239,7 +239,7 @@ class LabVM:
         (`boxes`: the box per provider, chosen once for all the VMs being created)."""
         self.state.forget("ssh-config")
         if status.running:
-            say(f"[green]✓[/green] {self.subject} is already running ({status.provider})")
+            done(f"{self.subject} is already running ({status.provider})")
             return None
         if status.created:
             return status.provider

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bpflab import config, provision, run, sync
+from bpflab import config, console, provision, run, sync
 from bpflab.errors import LabError
 
 from recording import RecordingConnection, RecordingHost
@@ -123,9 +123,10 @@ def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
     """One remote start: the supervisor, which also reports the kernel and BCC version."""
     connection = RecordingConnection([("supervisor", SUPERVISOR_OUTPUT), ("true", "")])
     target = run.Target("hello", "/home/vagrant/bpflab/labs", "hello.py")
-    shown = []
-    outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", trigger="true",
-                             echo=shown.extend).execute(connection)
+    with console.recording() as events:
+        outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", trigger="true").execute(
+            connection)
+    shown = [line for _, event in events if isinstance(event, console.Output) for line in event.lines]
     record = json.loads((tmp_path / "hello" / "run.json").read_text())
     assert record == outcome.record
     assert (record["stopped"], record["exit_status"], record["leaked_probes"]) == ("duration", 0, 0)
