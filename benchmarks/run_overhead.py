@@ -49,6 +49,7 @@ from bpflab.held import PERSIST_VARIABLE  # noqa: E402
 from bpflab.hosts import Host  # noqa: E402
 from bpflab.inventory import save_inventory  # noqa: E402
 from bpflab.run import READY  # noqa: E402
+from bpflab.runs import verify_rows  # noqa: E402
 from bpflab.sync import REMOTE_ROOT  # noqa: E402
 from bpflab.vm import LabVM, statuses  # noqa: E402
 
@@ -102,15 +103,17 @@ def median_sample(samples):
     return sorted(samples)[len(samples) // 2]
 
 
-def newest_summary():
-    return json.loads(sorted((ROOT / "runs").glob("*-verify*/summary.json"))[-1].read_text())
+def newest_rows():
+    """The rows of the newest verify, of its one host."""
+    (rows,) = verify_rows(sorted((ROOT / "runs").glob("*-verify*/summary.json"))[-1]).values()
+    return rows
 
 
 def verify_figures(labs, seconds):
     """Per lab, bpflab's own time in its run; and what a verify costs besides its runs."""
     names = [word for name in labs for word in ("--names", name)]
     wall = timed(INVOKE + ["lab.verify", *names, "--seconds", str(seconds)], capture_output=True)
-    rows = newest_summary()
+    rows = newest_rows()
     exits = [row["exit_after_stop_s"] or 0 for row in rows]
     own = [row["duration_s"] - row["time_to_attach_s"] - seconds - exit for row, exit in zip(rows, exits, strict=True)]
     return {"labs": labs, "seconds_each": seconds, "wall_s": round(wall, 2),

@@ -305,6 +305,14 @@ def host_texts(texts: dict[str, str]) -> None:
         print(text, end="" if text.endswith("\n") else "\n", flush=True)
 
 
+def verify_results(matrix: dict[str, list[dict] | None]) -> None:
+    """A verify's rows per host (None: the host gave none): a lone host's table, a room's matrix."""
+    if len(matrix) == 1 and None not in matrix.values():
+        verify_table(next(iter(matrix.values())))
+    else:
+        verify_matrix(matrix)
+
+
 def verify_table(rows: list[dict]) -> None:
     """One host's verify rows: lab, PASS/FAIL, timings, why."""
     table = Table(title="lab.verify")

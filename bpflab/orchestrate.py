@@ -76,15 +76,15 @@ def require_all(results: dict[str, Result], problems: list[str], what: str) -> N
         listing = "\n".join(f"  {line}" for line in problems)
         raise LabError(f"{len(problems)} problem(s) across {len(results)} hosts:\n{listing}\nThe other hosts "
                        "finished. Fix these and run the same command again.")
-    done(f"All {len(results)} hosts {what}.")
+    done(f"All {len(results)} hosts {what}." if len(results) > 1 else f"{next(iter(results))}: {what}.")
 
 
-def conclude(results: dict[str, Result], problems: dict[str, LabError], done: str) -> None:
+def conclude(results: dict[str, Result], problems: dict[str, LabError], what: str) -> None:
     """The end of a verb on a group of hosts: `problems` (host: error, besides the hosts whose job
     failed) named, or that all went well. A group of one ends with its one error, in full."""
     if len(results) == 1 and problems:
         raise next(iter(problems.values()))
-    require_all(results, [f"{name}: {str(error).splitlines()[0]}" for name, error in problems.items()], done)
+    require_all(results, [f"{name}: {str(error).splitlines()[0]}" for name, error in problems.items()], what)
 
 
 def doctor(config: Config, inventory: str = "", vm: str = "") -> None:
@@ -294,33 +294,28 @@ def finish_run(results: dict[str, Result], what: str, received: list[int]) -> No
 
 def verify(config: Config, names: list[str], seconds: str | int, inventory: str = "", vm: str = "") -> None:
     """Every lab (or `names`) on every chosen host, checked against the catalog: a table, a
-    summary under runs/, and an error naming each failure. Input is checked first."""
+    summary under runs/, and an error naming each host that failed a lab. Input is checked first.
+    A lone host's lab runs go straight under runs/; a room's in the verify's folder, one
+    subfolder per host (as with lab.run)."""
     root = config.root
     seconds = check_verify(root, names, seconds)
     hosts = choose(config, inventory, vm)
-    now = datetime.now(timezone.utc)
-    if len(hosts) == 1:
-        rows = each(hosts, lambda host, connection: run.verify(host, connection, root, names, seconds,
-                                                                root / "runs"))[hosts[0].name].value
-        console.verify_table(rows)
-        summary = write_summary(run.free_folder(root / "runs", "verify", now), rows)
-        failed = [row["lab"] for row in rows if row["result"] == "FAIL"]
-        if failed:
-            raise LabError(f"{len(failed)} of {len(rows)} labs failed: {', '.join(failed)}. Summary: {summary}")
-        say(f"All {len(rows)} labs passed. Summary: {summary}")
-        return
-    folder = run.free_folder(root / "runs", "verify-fleet", now)
+    room = len(hosts) > 1
+    folder = run.free_folder(root / "runs", "verify-fleet" if room else "verify", datetime.now(timezone.utc))
+    runs_of = {host.name: folder / host.name if room else root / "runs" for host in hosts}
     results = each(hosts, lambda host, connection: run.verify(host, connection, root, names, seconds,
-                                                              folder / host.name))
+                                                              runs_of[host.name]))
     matrix = {name: result.value if result.ok else None for name, result in results.items()}
-    summary = write_summary(folder, {"hosts": {name: {row["lab"]: row for row in rows}
-                                               for name, rows in matrix.items() if rows is not None},
-                                     "failed_hosts": {name: r.error for name, r in results.items() if not r.ok}})
-    console.verify_matrix(matrix)
-    require_all(results, failed_cells(matrix), f"passed every lab (summary: {summary})")
-
-
-def failed_cells(matrix: dict[str, list[dict] | None]) -> list[str]:
-    """`lab on host: why` for every failed cell of a lab x host matrix."""
-    return [f"{row['lab']} on {name}: {'; '.join(row['problems'])}"
-            for name, rows in matrix.items() for row in rows or [] if row["result"] != "PASS"]
+    summary = write_summary(folder, {
+        "hosts": {name: {"runs": runs_of[name].relative_to(root / "runs").as_posix(),
+                         "labs": {row["lab"]: row for row in rows}}
+                  for name, rows in matrix.items() if rows is not None},
+        "failed_hosts": {name: result.error for name, result in results.items() if not result.ok}})
+    console.verify_results(matrix)
+    problems = {}
+    for name, rows in matrix.items():
+        failed = [row["lab"] for row in rows or [] if row["result"] != "PASS"]
+        if failed:
+            problems[name] = LabError(f"{len(failed)} of {len(rows)} labs failed ({', '.join(failed)}). "
+                                      f"Summary: {summary}")
+    conclude(results, problems, f"passed every lab (summary: {summary})")

@@ -84,32 +84,38 @@ def log_link(runs: Path, *parts: str | None) -> str | None:
 
 
 def verify_section(runs: Path) -> str:
-    """The newest lab.verify: one host's table, or a room's host x lab matrix."""
+    """The newest lab.verify: a lone host's table, or a room's lab x host matrix."""
     summaries = sorted(runs.glob("*-verify*/summary.json"), key=lambda path: path.parent.name)
     if not summaries:
         return "<p class='none'>No lab.verify yet: run <code>invoke lab.verify</code>.</p>"
     newest = summaries[-1]
     data = json.loads(newest.read_text())
     title = f"<p><small>{html.escape(newest.parent.name)}</small></p>"
-    if isinstance(data, list):
-        rows = [f"<tr>{cell(row['lab'])}{cell(row['result'], row['result'], log_link(runs, row.get('folder')))}"
+    if not isinstance(data, dict) or not all("labs" in entry for entry in data.get("hosts", {}).values()):
+        return title + "<p class='none'>Written by an older bpflab: run <code>invoke lab.verify</code> again.</p>"
+    hosts, failed_hosts = data["hosts"], data["failed_hosts"]
+    if len(hosts) == 1 and not failed_hosts:
+        (entry,) = hosts.values()
+        rows = [f"<tr>{cell(row['lab'])}"
+                f"{cell(row['result'], row['result'], log_link(runs, entry['runs'], row['folder']))}"
                 f"{cell(row['time_to_attach_s'])}{cell(row['time_to_first_event_s'])}{cell(row['duration_s'])}"
-                f"{cell('; '.join(row['problems']))}</tr>" for row in data]
+                f"{cell('; '.join(row['problems']))}</tr>" for row in entry["labs"].values()]
         return title + table(["lab", "result", "attach s", "first event s", "total s", "why"], rows)
-    hosts = list(data["hosts"]) + list(data["failed_hosts"])
-    labs = list(dict.fromkeys(lab for per_host in data["hosts"].values() for lab in per_host))
+    names = list(hosts) + list(failed_hosts)
+    labs = list(dict.fromkeys(lab for entry in hosts.values() for lab in entry["labs"]))
     rows = []
     for lab in labs:
         cells = []
-        for host in hosts:
-            row = data["hosts"].get(host, {}).get(lab)
-            link = log_link(runs, newest.parent.name, host, row.get("folder")) if row else None
+        for host in names:
+            entry = hosts.get(host)
+            row = entry["labs"].get(lab) if entry else None
+            link = log_link(runs, entry["runs"], row.get("folder")) if row else None
             cells.append(cell("–", "none") if row is None else
                          cell(row["result"], row["result"], link, "; ".join(row["problems"])))
         rows.append(f"<tr>{cell(lab)}{''.join(cells)}</tr>")
     failed = "".join(f"<li>{html.escape(host)}: {html.escape(why.splitlines()[0])}</li>"
-                     for host, why in data["failed_hosts"].items())
-    return title + table(["lab \\ host", *hosts], rows) + (f"<ul>{failed}</ul>" if failed else "")
+                     for host, why in failed_hosts.items())
+    return title + table(["lab \\ host", *names], rows) + (f"<ul>{failed}</ul>" if failed else "")
 
 
 def runs_section(runs: Path, limit: int) -> str:

@@ -18,6 +18,11 @@ def list_runs(runs: Path) -> list[dict]:
     return found
 
 
+def verify_rows(summary: Path) -> dict[str, list[dict]]:
+    """A verify summary's rows (one per lab), per host that gave any."""
+    return {host: list(entry["labs"].values()) for host, entry in json.loads(summary.read_text())["hosts"].items()}
+
+
 def write_summary(folder: Path, summary) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "summary.json"

@@ -45,11 +45,11 @@ def runs(tmp_path):
     fleet = runs / "20261125T080200Z-verify-fleet"
     hosts = {}
     for host, results in (("seat-a", ("PASS", "PASS")), ("seat-b", ("PASS", "FAIL"))):
-        hosts[host] = {}
+        hosts[host] = {"runs": f"{fleet.name}/{host}", "labs": {}}
         for index, (lab, result) in enumerate(zip(("hello", "hello-map"), results, strict=True)):
             name = f"20261125T08020{index}Z-{lab}"
             gathered(fleet / host / name, lab)
-            hosts[host][lab] = {"lab": lab, "result": result, "folder": name, "duration_s": 12.0,
+            hosts[host]["labs"][lab] = {"lab": lab, "result": result, "folder": name, "duration_s": 12.0,
                                 "problems": [] if result == "PASS" else ["no line matched 'ID 0: \\\\d+'"],
                                 "time_to_attach_s": 5.0, "time_to_first_event_s": 0.1}
     (fleet / "summary.json").write_text(json.dumps({"hosts": hosts, "failed_hosts": {"seat-c": "does not answer"}}))
