@@ -1,7 +1,8 @@
-"""Vagrant's command line: the only thing that creates, starts and stops the VMs.
+"""The Vagrant engine: the VM life cycle (status, up, halt, reload, destroy, the SSH endpoint
+and an interactive shell) through Vagrant's command line, with vagrant-libvirt or VirtualBox.
 
-Each Vagrant start costs seconds (more under emulation), so callers ask it about
-several machines at once where they can.
+Each Vagrant start costs seconds (more under emulation), so it is asked about several
+machines at once where it can. `vm.Engine` is the interface this implements.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import paramiko
 
 from .commands import run
+from .console import Step
 from .errors import LabError
 
 # Vagrant without its update check (no network here) and without colour codes in logs.
@@ -110,3 +113,59 @@ def exec_ssh(root: Path, machine: str, env: dict) -> None:
     """Replace this process with `vagrant ssh`, so the shell gets the real terminal."""
     os.chdir(root)
     os.execvpe("vagrant", ["vagrant", "ssh", machine], {**os.environ, "VAGRANT_CWD": str(root), **QUIET, **env})
+
+
+class Machine(Protocol):
+    """What an engine needs to know of one lab VM (a `vm.LabVM`)."""
+    root: Path
+    machine: str
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    def environment(self) -> dict: ...
+
+
+class Vagrant:
+    """Vagrant as the engine of one checkout's VMs (the Vagrantfile's machines)."""
+    name = "vagrant"
+
+    def command(self, vm: Machine, *args: str, current: Step | None = None, check: bool = True,
+                fix: str = "") -> subprocess.CompletedProcess:
+        return command(vm.root, *args, env=vm.environment(), log=vm.state_dir / "vagrant.log", current=current,
+                       check=check, fix=fix)
+
+    def statuses(self, vms: list[Machine]) -> dict[str, Status]:
+        return statuses(vms[0].root, [vm.machine for vm in vms], {vm.machine: vm.title for vm in vms},
+                        vms[0].environment(), vms[0].state_dir / "vagrant.log")
+
+    def up(self, vms: list[Machine], provider: str, current: Step) -> None:
+        """Create or start these machines with one `vagrant up` (vagrant-libvirt starts several in parallel)."""
+        self.command(vms[0], "up", *(vm.machine for vm in vms), f"--provider={provider}", current=current,
+                     fix=f"See the full log in {vms[0].state_dir / 'vagrant.log'}; `invoke lab.destroy` and "
+                         "`invoke lab.up` start again from scratch.")
+
+    def halt(self, vm: Machine, current: Step) -> None:
+        self.command(vm, "halt", vm.machine, current=current)
+
+    def reload(self, vm: Machine, current: Step | None) -> None:
+        self.command(vm, "reload", vm.machine, current=current,
+                     fix=f"See {vm.state_dir / 'vagrant.log'}; `invoke lab.up` starts it if it stayed down.")
+
+    def destroy(self, vm: Machine, current: Step) -> None:
+        self.command(vm, "destroy", "--force", vm.machine, current=current)
+
+    def forget(self, vm: Machine) -> None:
+        """Drop what Vagrant remembers of a machine that lab.yaml no longer defines."""
+        shutil.rmtree(vm.root / ".vagrant" / "machines" / vm.machine, ignore_errors=True)
+
+    def endpoint(self, vm: Machine) -> tuple[Endpoint, str]:
+        """The machine's SSH endpoint, and the ssh_config text it came from (to keep)."""
+        text = self.command(vm, "ssh-config", vm.machine, fix="`invoke lab.status` tells the VM's state.").stdout
+        return parse_ssh_config(text, vm.machine), text
+
+    def interactive_ssh(self, vm: Machine) -> None:
+        exec_ssh(vm.root, vm.machine, vm.environment())

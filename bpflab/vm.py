@@ -2,7 +2,9 @@
 
 lab.yaml's `vm.count` asks for one VM (a learner's) or several (a lab server for a
 class); tasks pick them by machine name or all at once, with Vagrant's defaults:
-the life cycle covers every VM, everything else the primary one.
+the life cycle covers every VM, everything else the primary one. An engine (`Engine`)
+runs the life cycle; bpflab's side of it (the box, the acceleration, the cached
+endpoint, a stale libvirt domain, a VM left beyond vm.count) is here, the same for any.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
+from typing import Protocol
 
 from . import arch, box, libvirt, vagrant
 from .config import Config
-from .console import done, say, step, warn
+from .console import Step, done, say, step, warn
 from .errors import LabError
-from .vagrant import SETUP_HINT, Endpoint, Status
+from .vagrant import SETUP_HINT, Endpoint, Machine, Status, Vagrant
 
 # What a guest kernel prints when it is in trouble: an oops or panic, a lockup or stall, a task
 # hung, memory gone.
@@ -52,6 +54,32 @@ def console_note(path: Path) -> str:
     if not trouble:
         return f"Its console log {path} shows no kernel trouble (no oops, lockup, hung task or out-of-memory)."
     return f"Its console log {path} shows the kernel in trouble:\n" + "\n".join(f"    {line}" for line in trouble)
+
+
+class Engine(Protocol):
+    """What runs lab VMs: their states, up (create or start), halt, reload, destroy, the SSH
+    endpoint and an interactive shell. `vagrant.Vagrant` is one."""
+    name: str
+
+    def statuses(self, vms: list[Machine]) -> dict[str, Status]: ...
+
+    def up(self, vms: list[Machine], provider: str, current: Step) -> None: ...
+
+    def halt(self, vm: Machine, current: Step) -> None: ...
+
+    def reload(self, vm: Machine, current: Step | None) -> None: ...
+
+    def destroy(self, vm: Machine, current: Step) -> None: ...
+
+    def forget(self, vm: Machine) -> None: ...
+
+    def endpoint(self, vm: Machine) -> tuple[Endpoint, str]: ...
+
+    def interactive_ssh(self, vm: Machine) -> None: ...
+
+
+def engine_for(config: Config) -> Engine:
+    return Vagrant()
 
 
 def hardware_virtualization(cpuinfo: str, machine: str, kvm_usable: bool) -> bool:
@@ -189,6 +217,7 @@ class LabVM:
         self.state = MachineState(self.root / ".vagrant" / "bpflab" / self.machine)
         self.logs = self.root / "logs" / self.machine
         self.console_log = self.logs / "console.log"  # the guest's serial console (the Vagrantfile's)
+        self.engine = engine_for(config)
 
     @property
     def state_dir(self) -> Path:
@@ -219,10 +248,6 @@ class LabVM:
         if self.remembered("acceleration"):
             env["BPFLAB_LIBVIRT_DRIVER"] = "kvm" if self.remembered("acceleration") == "kvm" else "qemu"
         return env
-
-    def vagrant(self, *args: str, current=None, check=True, fix="") -> subprocess.CompletedProcess:
-        return vagrant.command(self.root, *args, env=self.environment(), log=self.state_dir / "vagrant.log",
-                               current=current, check=check, fix=fix)
 
     def require_running(self) -> Status:
         status = statuses([self])[self.machine]
@@ -267,42 +292,37 @@ class LabVM:
             say(f"{self.subject} is not running; nothing to halt.")
             return
         with step(f"Halting {self.title}", f"{self.subject} is halted") as current:
-            self.vagrant("halt", self.machine, current=current)
+            self.engine.halt(self, current)
 
     def reload(self, current=None) -> Endpoint:
-        """Restart the VM through Vagrant (so Vagrant's view of it stays right); its endpoint after."""
+        """Restart the VM through its engine (so the engine's view of it stays right); its endpoint after."""
         self.state.forget("ssh-config")
-        self.vagrant("reload", self.machine, current=current,
-                     fix=f"See {self.state_dir / 'vagrant.log'}; `invoke lab.up` starts it if it stayed down.")
+        self.engine.reload(self, current)
         return self.endpoint(refresh=True)
 
     def destroy(self) -> None:
         self.state.forget("ssh-config")
         if statuses([self])[self.machine].created:
             with step(f"Destroying {self.title}", f"{self.subject} is destroyed") as current:
-                self.vagrant("destroy", "--force", self.machine, current=current)
+                self.engine.destroy(self, current)
         else:
             say(f"{self.subject} does not exist; nothing to destroy.")
         self.state.forget("box", "acceleration", "arch")
 
-    def ssh_config(self, refresh: bool = False) -> str:
-        """Vagrant's ssh_config text for the VM, cached: Vagrant takes seconds to start.
-
-        The cache lives until the VM goes up, halts or is destroyed, or a caller
-        finds the endpoint dead and asks for a refresh.
-        """
+    def endpoint(self, refresh: bool = False) -> Endpoint:
+        """Where SSH reaches the VM, kept as an ssh_config file (`ssh -F` takes it): an engine may take
+        seconds to answer. It is asked again when the VM goes up, halts or is destroyed, or a caller
+        finds the endpoint dead and asks for a refresh."""
         if refresh or self.remembered("ssh-config") is None:
             self.require_running()
-            text = self.vagrant("ssh-config", self.machine, fix="`invoke lab.status` tells the VM's state.").stdout
+            endpoint, text = self.engine.endpoint(self)
             self.state.set("ssh-config", text)
-        return (self.state_dir / "ssh-config").read_text()
-
-    def endpoint(self, refresh: bool = False) -> Endpoint:
-        return vagrant.parse_ssh_config(self.ssh_config(refresh), self.machine)
+            return endpoint
+        return vagrant.parse_ssh_config((self.state_dir / "ssh-config").read_text(), self.machine)
 
     def interactive_ssh(self) -> None:
         self.require_running()
-        vagrant.exec_ssh(self.root, self.machine, self.environment())
+        self.engine.interactive_ssh(self)
 
 
 def select(config: Config, choice: str = "", everything_by_default: bool = False) -> list[LabVM]:
@@ -319,9 +339,8 @@ def select_one(config: Config, choice: str, task: str, for_all: str) -> LabVM:
 
 
 def statuses(vms: list[LabVM]) -> dict[str, Status]:
-    """The VMs' states from one `vagrant status`."""
-    return vagrant.statuses(vms[0].root, [vm.machine for vm in vms], {vm.machine: vm.title for vm in vms},
-                            vms[0].environment(), vms[0].state_dir / "vagrant.log")
+    """The VMs' states, from one question to their engine."""
+    return vms[0].engine.statuses(vms)
 
 
 def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
@@ -342,8 +361,8 @@ def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
 
 
 def bring_up(vms: list[LabVM]) -> None:
-    """Create or start these VMs with one `vagrant up` per provider: vagrant-libvirt
-    then brings several up in parallel."""
+    """Create or start these VMs, one call to their engine per provider: vagrant-libvirt then
+    brings several up in parallel."""
     waiting: dict[str, list[LabVM]] = {}
     boxes: dict[str, str] = {}
     current = statuses(vms)
@@ -357,9 +376,7 @@ def bring_up(vms: list[LabVM]) -> None:
         with step(f"Starting {what} ({provider}, {accel}; a few minutes under software emulation)",
                   f"{what[0].upper()}{what[1:]} {'is' if len(group) == 1 else 'are'} up") as current:
             try:
-                group[0].vagrant("up", *(vm.machine for vm in group), f"--provider={provider}", current=current,
-                                 fix=f"See the full log in {group[0].state_dir / 'vagrant.log'}; `invoke lab.destroy` "
-                                     "and `invoke lab.up` start again from scratch.")
+                group[0].engine.up(group, provider, current)
             except LabError as error:  # a guest that never answered may say why on its console
                 notes = [note for vm in group if (note := console_note(vm.console_log))]
                 raise LabError("\n".join([str(error), *notes]), error.code) from None
@@ -402,5 +419,5 @@ def warn_of_leftovers(config: Config) -> None:
 def remove_leftovers(config: Config) -> None:
     for vm in leftovers(config):
         vm.clear_stale_libvirt()
-        shutil.rmtree(vm.root / ".vagrant" / "machines" / vm.machine, ignore_errors=True)
+        vm.engine.forget(vm)
         shutil.rmtree(vm.state_dir, ignore_errors=True)

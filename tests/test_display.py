@@ -74,7 +74,8 @@ def test_stages_emit_events_with_the_host_they_work_for(shown):
         stage()
         with console.for_host("seat-a", console.Board(["seat-a"])):
             stage()
-    kinds = [(host, type(event).__name__, getattr(event, "state", getattr(event, "kind", ""))) for host, event in events]
+    kinds = [(host, type(event).__name__, getattr(event, "state", getattr(event, "kind", "")))
+             for host, event in events]
     assert kinds == [(None, "Progress", "started"), (None, "Message", "done"), (None, "Progress", "finished"),
                      ("seat-a", "Progress", "started"), ("seat-a", "Message", "done"),
                      ("seat-a", "Progress", "finished")]
