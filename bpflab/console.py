@@ -75,10 +75,11 @@ def write_lines(lines: list[str]) -> None:
 
 class Lone:
     """One host at work in the foreground: its lines as they are, a status line for a long step on a
-    terminal, and `… step` then `✓ step (Ns)` lines in logs."""
+    terminal (an inner step's while it lasts), and `… step` then `✓ step (Ns)` lines in logs."""
 
     def __init__(self):
         self.status = None
+        self.steps: list[str] = []
 
     def show(self, event: Event) -> None:
         if isinstance(event, Message):
@@ -91,19 +92,28 @@ class Lone:
     def progress(self, event: Progress) -> None:
         title = escape(event.title)
         if event.state == "started":
+            self.steps.append(title)
             if console.is_terminal:
-                self.status = console.status(title)
-                self.status.start()
+                self.status_line(title)
             else:
                 console.print(f"… {title}")
         elif event.state == "update" and self.status is not None:
             self.status.update(f"{title} [dim]{event.seconds:.0f}s  {escape(event.detail)}[/dim]")
         elif event.state in ("finished", "failed"):
-            if self.status is not None:
-                self.status.stop()
-                self.status = None
+            if self.steps:
+                self.steps.pop()
+            self.status_line(self.steps[-1] if self.steps and console.is_terminal else None)
             mark = "[green]✓[/green]" if event.state == "finished" else "[red]✗[/red]"
             console.print(f"{mark} {title} [dim]({event.seconds:.1f}s)[/dim]")
+
+    def status_line(self, title: str | None) -> None:
+        """The terminal's one status line: `title`'s, or none."""
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        if title is not None:
+            self.status = console.status(title)
+            self.status.start()
 
 
 class Board:

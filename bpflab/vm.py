@@ -349,7 +349,7 @@ def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
     blocks = []
     for vm in vms:
         now = current[vm.machine]
-        rows = [("machine", vm.machine), ("state", now.state), ("provider", now.provider),
+        rows = [("machine", vm.machine), ("state", now.state), ("engine", vm.engine.name), ("provider", now.provider),
                 ("arch", vm.remembered("arch") or "-"), ("acceleration", vm.remembered("acceleration") or "-"),
                 ("box", vm.remembered("box") or "-"),
                 ("libvirt domain", vm.domain)]
