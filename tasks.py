@@ -16,7 +16,7 @@ from bpflab.console import say
 from bpflab.counts import newest_counting_run
 from bpflab.errors import LabTask
 from bpflab.held import release_all
-from bpflab.inventory import choose, save_inventory
+from bpflab.inventory import write_for_ansible
 from bpflab.packaging import package
 from bpflab.runs import list_runs
 from bpflab.vm import bring_up, destroy_all, halt_all, select, select_one, status_rows, warn_of_leftovers
@@ -93,10 +93,7 @@ def ssh(c, vm=""):
 @task(klass=LabTask, name="provision", help=ROOM)
 def provision_vm(c, inventory="", vm=""):
     """Install the book's packages, BCC and bpftrace in the VM (only what is missing)."""
-    config = settings()
-    chosen = choose(config, inventory, vm)
-    orchestrate.finish_setup(orchestrate.setup(chosen, config, config.root, push_labs=False), chosen, config,
-                             synced=False)
+    orchestrate.set_up(settings(), inventory, vm, bring=False)
 
 
 @task(klass=LabTask, help=ROOM)
@@ -108,8 +105,7 @@ def bcc_export(c, inventory="", vm=""):
 @task(klass=LabTask, help={**ALL, "output": "where to write it (default: .vagrant/bpflab/inventory.yml)"})
 def inventory(c, output="", vm=""):
     """Write the lab VMs as an Ansible inventory, for `ansible-playbook -i FILE ansible/site.yml`."""
-    path = save_inventory(choose(settings(), "", vm, everything_by_default=True),
-                          Path(output) if output else settings().root / ".vagrant" / "bpflab" / "inventory.yml")
+    path = write_for_ansible(settings(), vm, output)
     say(f"Wrote {path}. Provision with Ansible: ansible-playbook -i {path} ansible/site.yml")
 
 
@@ -122,10 +118,7 @@ def doctor(c, inventory="", vm=""):
 @task(klass=LabTask, help={**ROOM, **ALL})
 def setup(c, inventory="", vm=""):
     """Everything a learner needs: bring the lab VMs up, provision them, sync the labs."""
-    if not inventory:
-        bring_up(select(settings(), vm, everything_by_default=True))
-    chosen = choose(settings(), inventory, vm, everything_by_default=True)
-    orchestrate.finish_setup(orchestrate.setup(chosen, settings(), settings().root), chosen, settings())
+    orchestrate.set_up(settings(), inventory, vm)
 
 
 @task(klass=LabTask, name="sync", help=ROOM)

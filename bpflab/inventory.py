@@ -33,6 +33,12 @@ def choose(config: Config, inventory: str, choice: str, everything_by_default: b
     return [Host.of_vm(vm) for vm in select(config, choice, everything_by_default)]
 
 
+def write_for_ansible(config: Config, vm: str, output: str) -> Path:
+    """lab.inventory: the lab VMs that --vm names (all by default) as an inventory file."""
+    return save_inventory(choose(config, "", vm, everything_by_default=True),
+                          Path(output) if output else config.root / ".vagrant" / "bpflab" / "inventory.yml")
+
+
 def save_inventory(hosts: list[Host], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(write_inventory(hosts), sort_keys=False))

@@ -26,6 +26,7 @@ from .errors import LabError
 from .hosts import Host
 from .inventory import choose
 from .runs import write_summary
+from .vm import bring_up, select
 
 
 @dataclass
@@ -194,6 +195,15 @@ def finish_setup(results: dict[str, Result], hosts: list[Host], config: Config, 
     if synced:
         hint = f" --vm {hosts[0].name}" if config.vm.count > 1 and hosts[0].name in config.machines else ""
         done(f"{hosts[0].subject} is ready and the labs are in it. Try `invoke lab.run hello{hint}`.")
+
+
+def set_up(config: Config, inventory: str = "", vm: str = "", bring: bool = True) -> None:
+    """lab.setup (`bring`: this checkout's VMs up first, then provisioned, checked and synced) and
+    lab.provision (provisioned and checked only) on every chosen host."""
+    if bring and not inventory:
+        bring_up(select(config, vm, everything_by_default=True))
+    hosts = choose(config, inventory, vm, everything_by_default=bring)
+    finish_setup(setup(hosts, config, config.root, push_labs=bring), hosts, config, synced=bring)
 
 
 # running ---------------------------------------------------------------------
