@@ -191,8 +191,8 @@ def list_labs(c, json=False):
 def gathered_runs(c, json=False):
     """The gathered runs, newest first."""
     header = ["folder", "lab", "vm", "stopped", "exit_status", "lines", "duration_s"]
-    console.listing("Gathered runs", header, [tuple(record.get(name) for name in header)
-                                              for record in list_runs(settings().root / "runs")], json)
+    console.listing("Gathered runs", header, [(folder, *(getattr(record, name) for name in header[1:]))
+                                              for folder, record in list_runs(settings().root / "runs")], json)
 
 
 @task(klass=LabTask, help={"run": "a folder under runs/ (default: the newest run of a counting lab)",

@@ -8,13 +8,13 @@ own copy of a counting lab is read by the same line shapes.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Lab
 from .errors import LabError
+from .runs import RunRecord
 
 # (shape of one count, whether each line holds one entry of a sample rather than a whole sample)
 SHAPES = [
@@ -82,31 +82,31 @@ def entries_per_line(lines: list[str], shape: re.Pattern) -> list[dict[str, int]
 def series_of(folder: Path, catalog: dict[str, Lab]) -> Series:
     """The counts of a gathered run, or a message that says why there are none."""
     try:
-        record = json.loads((folder / "run.json").read_text())
+        record = RunRecord.read(folder)
         lines = (folder / "output.log").read_text(errors="replace").splitlines()
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, TypeError):
         raise LabError(f"{folder} is not a gathered run (no readable run.json and output.log). "
                        "`invoke lab.runs` lists the runs.") from None
-    lab = catalog.get(record["lab"])
+    lab = catalog.get(record.lab)
     settings = lab.plot if lab and lab.plot else GUESS
     found = samples(lines, settings.get("lines"))
     if not found:
         counting = ", ".join(name for name, entry in catalog.items() if entry.plot)
-        raise LabError(f"{folder.name} has nothing to plot: {record['lab']} printed no counts "
+        raise LabError(f"{folder.name} has nothing to plot: {record.lab} printed no counts "
                        f"({len(lines)} lines; counting labs print theirs every 2 s, so run one for at least "
                        f"4 s). Counting labs: {counting}.")
-    return Series(record["lab"], found, settings["every"], settings["counts"] == "cumulative",
+    return Series(record.lab, found, settings["every"], settings["counts"] == "cumulative",
                   settings["what"], settings["key"])
 
 
 def newest_counting_run(runs: Path, catalog: dict[str, Lab]) -> Path:
     """The newest gathered run of a counting lab (verify runs included)."""
     counting = {name for name, lab in catalog.items() if lab.plot}
-    for record in sorted(runs.glob("**/run.json"), key=lambda path: path.parent.name, reverse=True):
+    for path in sorted(runs.glob("**/run.json"), key=lambda path: path.parent.name, reverse=True):
         try:
-            if json.loads(record.read_text())["lab"] in counting:
-                return record.parent
-        except (OSError, json.JSONDecodeError, KeyError):
+            if RunRecord.read(path.parent).lab in counting:
+                return path.parent
+        except (OSError, ValueError, TypeError):
             continue
     raise LabError(f"No run of a counting lab in {runs}. Run one first, for example "
                    "`invoke lab.run hello-map --duration 10`, then `invoke lab.plot`.")

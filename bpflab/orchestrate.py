@@ -281,9 +281,9 @@ def finish_run(results: dict[str, Result], what: str, received: list[int]) -> No
         if not result.ok:
             continue
         record, outcome = result.value.record, result.value
-        prefix = f"{name}: " if len(results) > 1 else f"{record['lab']}: "
-        note(f"{prefix}{record['stopped']}, exit {record['exit_status']}, {record['lines']} lines, "
-            f"{record['duration_s']}s. Saved in {outcome.folder}")
+        prefix = f"{name}: " if len(results) > 1 else f"{record.lab}: "
+        note(f"{prefix}{record.stopped}, exit {record.exit_status}, {record.lines} lines, "
+             f"{record.duration_s}s. Saved in {outcome.folder}")
         error = run.verdict(outcome)
         if error:
             errors.append((name, error))

@@ -122,10 +122,10 @@ def runs_section(runs: Path, limit: int) -> str:
     records = list_runs(runs)[:limit]
     if not records:
         return "<p class='none'>No runs yet.</p>"
-    rows = [f"<tr>{cell(record['folder'][:16])}{cell(record['lab'], link=log_link(runs, record['folder']))}"
-            f"{cell(record.get('vm', ''))}{cell(record['stopped'])}{cell(record['exit_status'])}"
-            f"{cell(record['lines'])}{cell(record['duration_s'])}{cell(record.get('kernel', ''))}"
-            f"{cell(record.get('bcc', ''))}</tr>" for record in records]
+    rows = [f"<tr>{cell(folder[:16])}{cell(record.lab, link=log_link(runs, folder))}"
+            f"{cell(record.vm or '')}{cell(record.stopped)}{cell(record.exit_status)}"
+            f"{cell(record.lines)}{cell(record.duration_s)}{cell(record.kernel or '')}"
+            f"{cell(record.bcc or '')}</tr>" for folder, record in records]
     return table(["started (UTC)", "lab", "VM", "stopped", "exit", "lines", "seconds", "kernel", "BCC"], rows)
 
 
@@ -133,15 +133,14 @@ def plots_section(runs: Path, catalog: dict[str, Lab]) -> str:
     """The newest run of each counting lab, drawn (inline SVG, so the file stands alone)."""
     figures = []
     for name in (name for name, lab in catalog.items() if lab.plot):
-        for record in list_runs(runs):
-            if record["lab"] == name:
-                folder = runs / record["folder"]
+        for folder, record in list_runs(runs):
+            if record.lab == name:
                 try:
-                    svg = plot_run(folder, catalog)[1].read_text()
+                    svg = plot_run(runs / folder, catalog)[1].read_text()
                 except LabError:
                     continue
                 figures.append(f"<figure>{svg[svg.index('<svg'):]}<figcaption><small>{html.escape(name)}, "
-                               f"{html.escape(record['folder'])}</small></figcaption></figure>")
+                               f"{html.escape(folder)}</small></figcaption></figure>")
                 break
     return "".join(figures) or "<p class='none'>No run of a counting lab yet (hello-map, syscall-count, ...).</p>"
 

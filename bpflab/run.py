@@ -11,7 +11,6 @@ SSH does not forward Ctrl-C.
 from __future__ import annotations
 
 import codecs
-import json
 import re
 import shlex
 import threading
@@ -31,6 +30,7 @@ from .console import note, output, say, warn
 from .errors import LabError, shorten
 from .hosts import Host
 from .provision import ANSWERS
+from .runs import RunRecord
 
 READY = re.compile(r"Hit Ctrl-C to end")
 MARK = "@@bpflab-"
@@ -173,7 +173,7 @@ def vm_facts(connection: Connection) -> dict:
 @dataclass
 class Outcome:
     folder: Path
-    record: dict
+    record: RunRecord
     lines: list = field(default_factory=list)
     console_note: str = ""  # a lost connection: what the machine's console shows
 
@@ -266,8 +266,8 @@ class ProgramRun:
                 sync.mirror(connection, self.target.files, sync.unsynced_listing(self.unsynced))
                 self.supervise(None, facts is None)
         record = self.record(facts or self.facts, started_at)
-        (self.folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-        lost = record["stopped"] == "connection-lost"
+        record.write(self.folder)
+        lost = record.stopped == "connection-lost"
         return Outcome(self.folder, record, self.lines, self.host.console_note() if lost else "")
 
     def supervise(self, files: sync.Tree | None, facts: bool) -> None:
@@ -347,21 +347,18 @@ class ProgramRun:
         say(f"\nStopping {self.target.name} in the VM ({'SIGINT' if what == 'stop' else 'SIGKILL'})...")
         self.supervisor.request(what, again=True)
 
-    def record(self, facts: dict, started_at: datetime) -> dict:
+    def record(self, facts: dict, started_at: datetime) -> RunRecord:
         """run.json; no status line from the supervisor means the SSH channel ended under it."""
         reason, status, leaked, exit_seconds = self.stopped or ("connection-lost", None, None, None)
-        return {
-            "lab": self.target.name, "program": self.target.program, "kind": self.target.kind,
-            "vm": self.host.name, "kernel": facts.get("kernel"), "bcc": facts.get("bcc"),
-            "start": started_at.isoformat(timespec="seconds"),
-            "end": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "duration_s": round(time.monotonic() - self.started, 2), "stopped": reason, "exit_status": status,
-            "lines": len(self.lines), "leaked_probes": leaked, "exit_after_stop_s": exit_seconds,
-            "trigger": self.trigger,
-            "trigger_error": self.trigger_error,
-            "time_to_attach_s": round(self.ready_at - self.started, 2) if self.ready_at else None,
-            "time_to_first_event_s": round(self.first_event_at - self.ready_at, 2) if self.first_event_at else None,
-        }
+        return RunRecord(
+            lab=self.target.name, program=self.target.program, kind=self.target.kind, vm=self.host.name,
+            kernel=facts.get("kernel"), bcc=facts.get("bcc"), start=started_at.isoformat(timespec="seconds"),
+            end=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            duration_s=round(time.monotonic() - self.started, 2), stopped=reason, exit_status=status,
+            lines=len(self.lines), leaked_probes=leaked, exit_after_stop_s=exit_seconds, trigger=self.trigger,
+            trigger_error=self.trigger_error,
+            time_to_attach_s=round(self.ready_at - self.started, 2) if self.ready_at else None,
+            time_to_first_event_s=round(self.first_event_at - self.ready_at, 2) if self.first_event_at else None)
 
 
 COMPILER_ERROR = re.compile(r"^(/\S+?|\S+\.c):(\d+):(\d+): (error|fatal error): ")
@@ -383,14 +380,14 @@ def verdict(outcome: Outcome) -> LabError | None:
     """How a finished run ends the command: None for a clean exit, else an error whose code is
     the program's own status where it has one (128 + N for a program ended by signal N)."""
     record, log = outcome.record, outcome.folder / "output.log"
-    lab, status, stopped = record["lab"], record["exit_status"], record["stopped"]
-    if status and record.get("bcc") == "none" and record.get("kind") in ("bcc", "tool"):
+    lab, status, stopped = record.lab, record.exit_status, record.stopped
+    if status and record.bcc == "none" and record.kind in ("bcc", "tool"):
         return LabError(NO_BCC, status)
     if stopped == "busy":
         return LabError("Another lab program is running in the VM (one at a time: they share the trace pipe). "
                         "Wait for it to finish or stop it, then run again.")
-    if record["leaked_probes"]:
-        return LabError(f"{record['leaked_probes']} probe(s) of {lab} were left attached in the VM "
+    if record.leaked_probes:
+        return LabError(f"{record.leaked_probes} probe(s) of {lab} were left attached in the VM "
                         "after it stopped. `invoke lab.halt` and `invoke lab.up` clear them.")
     if status is None:
         return LabError(f"The connection to the lab VM ended before {lab} reported its status (the VM "
@@ -421,23 +418,23 @@ def check_expectations(lab: Lab, outcome: Outcome) -> list[str]:
         bad = next((line for line in outcome.lines if re.search(pattern, line)), None)
         if bad is not None:
             problems.append(f"unwanted line {bad.strip()[:60]!r} matched {pattern!r}")
-    if record["stopped"] != "duration":
-        problems.append(f"stopped: {record['stopped']}")
-    if record["exit_status"] != 0:
-        problems.append(f"exit status {record['exit_status']}")
-    if record["leaked_probes"]:
-        problems.append(f"{record['leaked_probes']} probe(s) left attached")
-    if record["trigger_error"]:
+    if record.stopped != "duration":
+        problems.append(f"stopped: {record.stopped}")
+    if record.exit_status != 0:
+        problems.append(f"exit status {record.exit_status}")
+    if record.leaked_probes:
+        problems.append(f"{record.leaked_probes} probe(s) left attached")
+    if record.trigger_error:
         problems.append("the trigger failed")
     return problems
 
 
-def verify_row(lab: Lab, problems: list[str], record: dict, folder: Path | None = None) -> dict:
+def verify_row(lab: Lab, problems: list[str], record: RunRecord | None, folder: Path | None = None) -> dict:
     """One lab's verdict; `folder`: the name of its run's folder, beside the others of this verify."""
     return {"lab": lab.name, "result": "FAIL" if problems else "PASS", "problems": problems,
-            "duration_s": record.get("duration_s"), "time_to_attach_s": record.get("time_to_attach_s"),
-            "time_to_first_event_s": record.get("time_to_first_event_s"),
-            "exit_after_stop_s": record.get("exit_after_stop_s"),
+            "duration_s": record and record.duration_s, "time_to_attach_s": record and record.time_to_attach_s,
+            "time_to_first_event_s": record and record.time_to_first_event_s,
+            "exit_after_stop_s": record and record.exit_after_stop_s,
             "folder": folder.name if folder and folder.exists() else None}
 
 
@@ -457,7 +454,7 @@ def verify(host: Host, connection: Connection, root: Path, names: list[str], sec
                                      echo=False).execute(connection, facts)
                 problems, record = check_expectations(lab, outcome), outcome.record
             except LabError as error:
-                problems, record = [str(error).splitlines()[0]], {}
+                problems, record = [str(error).splitlines()[0]], None
             rows.append(verify_row(lab, problems, record, folder))
             say(f"  {rows[-1]['result']}" + (f": {'; '.join(problems)}" if problems else ""))
             if not problems or responsive(connection):

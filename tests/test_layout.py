@@ -7,7 +7,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bpflab"
 # Helpers first (used by every stage), then the stages in the order data flows.
 ORDER = ["errors", "console", "commands", "config", "catalog", "arch", "libvirt", "host", "vagrant", "buildroot",
          "artifacts", "box", "vm", "held", "hosts",
-         "inventory", "keeper", "provision", "sync", "packaging", "run", "runs", "counts",
+         "inventory", "keeper", "provision", "sync", "packaging", "runs", "run", "counts",
          "report", "orchestrate"]
 
 

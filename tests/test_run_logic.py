@@ -8,6 +8,7 @@ import pytest
 from bpflab.catalog import Lab, load_catalog, resolve
 from bpflab.errors import LabError
 from bpflab.run import Outcome, check_expectations, compiler_errors, free_folder, parse_stop
+from bpflab.runs import RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_LABS = ["hello", "hello-file", "hello-map", "hello-buffer", "hello-file-ring-buffer", "hello-tail"]
@@ -43,8 +44,8 @@ def test_stop_line():
 
 
 def outcome(lines, **record):
-    base = {"stopped": "duration", "exit_status": 0, "leaked_probes": 0, "trigger_error": None}
-    return Outcome(Path("/tmp"), {**base, **record}, lines)
+    base = {"lab": "demo", "stopped": "duration", "exit_status": 0, "leaked_probes": 0, "trigger_error": None}
+    return Outcome(Path("/tmp"), RunRecord(**{**base, **record}), lines)
 
 
 LAB = Lab("demo", "", "", "kprobe", "true", expect=[r"Hello World!"], reject=[r"Another syscall"])

@@ -9,6 +9,7 @@ import pytest
 
 from bpflab import config, console, provision, run, sync
 from bpflab.errors import LabError
+from bpflab.runs import RunRecord
 
 from recording import RecordingConnection, RecordingHost
 
@@ -128,7 +129,7 @@ def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
             connection)
     shown = [line for _, event in events if isinstance(event, console.Output) for line in event.lines]
     record = json.loads((tmp_path / "hello" / "run.json").read_text())
-    assert record == outcome.record
+    assert RunRecord.read(tmp_path / "hello") == outcome.record
     assert (record["stopped"], record["exit_status"], record["leaked_probes"]) == ("duration", 0, 0)
     assert record["exit_after_stop_s"] == 0.25
     assert record["lines"] == 4 and record["kernel"] == "6.1.0-28-amd64" and record["bcc"] == "0.26.0"
@@ -149,7 +150,7 @@ def test_a_run_whose_files_the_vm_lacks_syncs_them_and_starts_again(tmp_path):
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", echo=None).execute(connection)
     first, second = connection.ran("supervisor")
     assert "sha256sum --quiet" in first and "sha256sum" not in second and len(connection.uploads) == 1
-    assert outcome.record["stopped"] == "duration" and outcome.lines[0] == "Compiling..."
+    assert outcome.record.stopped == "duration" and outcome.lines[0] == "Compiling..."
     assert "@@bpflab" not in (tmp_path / "hello" / "output.log").read_text()
 
 
@@ -188,7 +189,7 @@ def test_a_run_whose_channel_ends_without_a_status_is_connection_lost(tmp_path):
     connection = RecordingConnection([("supervisor", "Attached. Hit Ctrl-C to end.\n", -1)])
     target = run.Target("hello", "/home/vagrant/bpflab/labs", "hello.py")
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", echo=None).execute(connection)
-    assert outcome.record["stopped"] == "connection-lost" and outcome.record["exit_status"] is None
+    assert outcome.record.stopped == "connection-lost" and outcome.record.exit_status is None
     assert "ended before hello reported its status" in str(run.verdict(outcome))
 
 
@@ -204,7 +205,7 @@ def test_readiness_comes_from_the_kernel_and_the_status_passes_through(tmp_path)
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", duration=5, echo=None,
                              trigger="true").execute(connection)
     assert outcome.lines == ["bash-1234 [000] Hello World!"]
-    assert outcome.record["time_to_attach_s"] is not None and outcome.record["time_to_first_event_s"] is not None
+    assert outcome.record.time_to_attach_s is not None and outcome.record.time_to_first_event_s is not None
     for _ in range(50):  # the trigger runs in its own thread
         if connection.ran("bash -c true"):
             break
@@ -215,7 +216,7 @@ def test_readiness_comes_from_the_kernel_and_the_status_passes_through(tmp_path)
 
 
 def finished(stopped, status, lines=(), leaked=0):
-    record = {"lab": "demo", "stopped": stopped, "exit_status": status, "leaked_probes": leaked}
+    record = RunRecord("demo", stopped=stopped, exit_status=status, leaked_probes=leaked)
     return run.Outcome(config.PROJECT_ROOT / "runs" / "x", record, list(lines))
 
 
