@@ -251,6 +251,7 @@ class ProgramRun:
         self.interrupts = 0
         self.facts: dict = {}
         self.unsynced: str | None = None  # check_script's output, when the VM lacked the run's files
+        self.supervisor: Supervisor | None = None  # one per start (a run starts again after a sync)
 
     def execute(self, connection: Connection, facts: dict | None = None) -> Outcome:
         """Run it to the end; `facts` (kernel, BCC) may come from a caller that runs many. When
