@@ -40,9 +40,15 @@ PROGRESS = re.compile(r"^\[\s*[\d.]+s\] \[\s*(\d+)%\]")
 
 def invoke(project, *args, env=None):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=project, stdin=subprocess.DEVNULL,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(project), **(env or {})})
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=project,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(project), **(env or {})},
+    )
     if result.returncode:
         raise SystemExit(f"invoke {' '.join(args)} failed:\n{result.stdout}")
     return round(time.monotonic() - started, 1), result.stdout
@@ -76,15 +82,24 @@ def partial_vm_build(project, minutes, env):
     """Seconds to BCC ready with a build in the VM, estimated from `minutes` of it."""
     log = project / "logs" / "lab" / "bcc-build.log"
     started = time.monotonic()
-    provision = subprocess.Popen([sys.executable, "-m", "invoke", "lab.provision"], cwd=project,
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PYTHONPATH": str(project), **env}, preexec_fn=interruptible)
+    provision = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "lab.provision"],
+        cwd=project,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(project), **env},
+        preexec_fn=interruptible,
+    )
     make_started = first = None
     deadline = started + minutes * 60
     while time.monotonic() < deadline and provision.poll() is None:
         time.sleep(10)
-        done = [int(found.group(1)) for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
-                if (found := PROGRESS.match(line))]
+        done = [
+            int(found.group(1))
+            for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+            if (found := PROGRESS.match(line))
+        ]
         if done and make_started is None:
             make_started, first = time.monotonic(), done[-1]
     provision.send_signal(signal.SIGINT)
@@ -121,16 +136,23 @@ def main():
         root_path = buildroot.BuildRoot.for_vm(settings, distribution, packages).path
         cached = (root_path / ".complete").exists()
         # A whole build: an earlier run's source and objects would let make resume.
-        subprocess.run(["rm", "-rf", str(root_path / "opt" / "bpflab" / f"bcc-{settings.provision.bcc['version']}")],
-                       check=True)
+        subprocess.run(
+            ["rm", "-rf", str(root_path / "opt" / "bpflab" / f"bcc-{settings.provision.bcc['version']}")], check=True
+        )
         set_bcc(project, "source", "host", artifacts)
         seconds, output = invoke(project, "lab.provision", env=env)
         version = re.search(r"BCC (\S+)", output.split("import bcc", 1)[1]).group(1)
         root = "its build root cached" if cached else "its build root made first"
         figures[f"built on the host, BCC {version} ({root}), lab.provision"] = seconds
-        verify = subprocess.run([sys.executable, "-m", "invoke", "lab.verify", "--seconds", "8"], cwd=project,
-                                stdin=subprocess.DEVNULL, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(project)})
+        verify = subprocess.run(
+            [sys.executable, "-m", "invoke", "lab.verify", "--seconds", "8"],
+            cwd=project,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(project)},
+        )
         print(verify.stdout)
         passed = re.search(r"All (\d+) labs passed|(\d+) of (\d+) labs failed", verify.stdout)
         figures["(labs passing lab.verify with that BCC: see the table above)"] = passed.group(0) if passed else "?"

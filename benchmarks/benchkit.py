@@ -21,8 +21,13 @@ def copy_project(folder: Path) -> Path:
 
 
 def destroy_vms(project: Path) -> None:
-    subprocess.run([sys.executable, "-m", "invoke", "lab.destroy"], cwd=project, stdin=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(project)}, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "invoke", "lab.destroy"],
+        cwd=project,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(project)},
+        capture_output=True,
+    )
 
 
 def report(figures: dict, name: str) -> None:

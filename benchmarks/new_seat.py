@@ -38,8 +38,15 @@ WAYS = {"plain": "  ready: false", "ready": "  ready: true"}
 def timed(project: Path, cache: Path, *task: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(project), "XDG_CACHE_HOME": str(cache)}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "invoke", *task], cwd=project, env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", *task],
+        cwd=project,
+        env=env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     if result.returncode:
         raise SystemExit(f"invoke {' '.join(task)} failed:\n{result.stdout}")
     return round(time.monotonic() - started, 1)
@@ -73,8 +80,11 @@ def main():
     project = copy_project(work / "project")
     settings = project / "lab.yaml"
     distribution = f"distribution: {options.distribution}"
-    settings.write_text(settings.read_text().replace("distribution: debian-12", distribution)
-                        .replace("arch: auto", f"arch: {options.arch}"))
+    settings.write_text(
+        settings.read_text()
+        .replace("distribution: debian-12", distribution)
+        .replace("arch: auto", f"arch: {options.arch}")
+    )
     figures = {}
     try:
         for way in ways:

@@ -39,8 +39,15 @@ from fakebcc import fake_repository_tarball, use_fake_bcc  # noqa: E402
 
 def timed(command, cwd, env=None):
     started = time.monotonic()
-    result = subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     if result.returncode:
         raise SystemExit(f"{' '.join(map(str, command))} failed:\n{result.stdout}")
     return round(time.monotonic() - started, 1), result.stdout
@@ -51,8 +58,11 @@ def invoke(project, *args):
 
 
 def ansible_playbook(project, inventory):
-    seconds, output = timed([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
-                             "ansible/site.yml"], project, {"ANSIBLE_NOCOLOR": "1"})
+    seconds, output = timed(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), "ansible/site.yml"],
+        project,
+        {"ANSIBLE_NOCOLOR": "1"},
+    )
     return seconds, sum(int(count) for count in re.findall(r"changed=(\d+)", output))
 
 
@@ -107,8 +117,9 @@ def main():
             invoke(project, "lab.destroy")
             invoke(project, "lab.up")
         room = room_inventory(projects, work / "room.yml")
-        figures["two VMs cold, at once (lab.setup --inventory)"] = invoke(first, "lab.setup", "--inventory",
-                                                                          str(room))[0]
+        figures["two VMs cold, at once (lab.setup --inventory)"] = invoke(first, "lab.setup", "--inventory", str(room))[
+            0
+        ]
         figures["lab.setup --inventory, no-op, two VMs"] = invoke(first, "lab.setup", "--inventory", str(room))[0]
         seconds, changed = ansible_playbook(first, room)
         figures["ansible-playbook, no-op, two VMs"] = seconds

@@ -60,8 +60,15 @@ FLOOD = "import sys\nfor i in range(int(sys.argv[1])):\n    print(f'line {i:07d}
 
 def first_line_seconds(command, env=None):
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               stdin=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     for line in process.stdout:
         if "first-line" in line:
             elapsed = time.monotonic() - started
@@ -88,8 +95,11 @@ def median_of(repeat, measure):
 def flood_figures(work, ssh, lines):
     """One flood of `lines` lines through lab.run (into runs/.../output.log), then one through plain
     ssh into a file: (seconds, lines that arrived) of each."""
-    run_seconds = timed(INVOKE + ["lab.run", str(work / "flood.py"), "--no-trigger", "--args", str(lines)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_seconds = timed(
+        INVOKE + ["lab.run", str(work / "flood.py"), "--no-trigger", "--args", str(lines)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = sorted((ROOT / "runs").glob("*-flood/output.log"))[-1]
     run_lines = sum(1 for line in log.open() if line.startswith("line "))
     with (work / "ssh-flood.txt").open("w") as sink:
@@ -116,11 +126,15 @@ def verify_figures(labs, seconds):
     rows = newest_rows()
     exits = [row["exit_after_stop_s"] or 0 for row in rows]
     own = [row["duration_s"] - row["time_to_attach_s"] - seconds - exit for row, exit in zip(rows, exits, strict=True)]
-    return {"labs": labs, "seconds_each": seconds, "wall_s": round(wall, 2),
-            "compile_s": {row["lab"]: row["time_to_attach_s"] for row in rows},
-            "own_time_per_lab_s": round(statistics.mean(own), 2),
-            "program_exit_per_lab_s": round(statistics.mean(exits), 2),
-            "fixed_cost_s": round(wall - sum(row["duration_s"] for row in rows), 2)}
+    return {
+        "labs": labs,
+        "seconds_each": seconds,
+        "wall_s": round(wall, 2),
+        "compile_s": {row["lab"]: row["time_to_attach_s"] for row in rows},
+        "own_time_per_lab_s": round(statistics.mean(own), 2),
+        "program_exit_per_lab_s": round(statistics.mean(exits), 2),
+        "fixed_cost_s": round(wall - sum(row["duration_s"] for row in rows), 2),
+    }
 
 
 def ssh_lab_seconds(settings, machine, lab, seconds):
@@ -128,15 +142,23 @@ def ssh_lab_seconds(settings, machine, lab, seconds):
     is attached, its trigger from a second ssh, `seconds` more, then Ctrl-C; seconds to its exit."""
     ssh = ["ssh", "-F", str(LabVM(settings, machine).state_dir / "ssh-config")]
     started = time.monotonic()
-    program = subprocess.Popen(ssh + ["-tt", machine, f"cd {REMOTE_ROOT}/labs && sudo python3 -u {lab}.py"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    program = subprocess.Popen(
+        ssh + ["-tt", machine, f"cd {REMOTE_ROOT}/labs && sudo python3 -u {lab}.py"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     for line in program.stdout:
         if READY.search(line.decode(errors="replace")):
             break
     else:
         raise SystemExit(f"{lab} on {machine} ended before it was attached")
-    trigger = subprocess.Popen(ssh + [machine, load_catalog(ROOT)[lab].trigger], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    trigger = subprocess.Popen(
+        ssh + [machine, load_catalog(ROOT)[lab].trigger],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     time.sleep(seconds)
     program.stdin.write(b"\x03")  # the terminal makes it SIGINT, as a learner's Ctrl-C
     program.stdin.flush()
@@ -170,16 +192,26 @@ def room_figures(settings, labs, seconds, machines, repeat):
     it "has the cores", and bpflab's against ssh's tells what bpflab itself costs the machine."""
     names = [word for name in labs for word in ("--names", name)]
     rooms = Path(tempfile.mkdtemp(prefix="bench-room-"))
-    inventories = {count: save_inventory([Host.of_vm(LabVM(settings, machine)) for machine in machines[:count]],
-                                         rooms / f"{count}-hosts.yml") for count in (1, 2)}
+    inventories = {
+        count: save_inventory(
+            [Host.of_vm(LabVM(settings, machine)) for machine in machines[:count]], rooms / f"{count}-hosts.yml"
+        )
+        for count in (1, 2)
+    }
 
     def verify(hosts):
-        return timed(INVOKE + ["lab.verify", "--inventory", str(inventories[len(hosts)]), *names,
-                               "--seconds", str(seconds)], capture_output=True)
+        return timed(
+            INVOKE + ["lab.verify", "--inventory", str(inventories[len(hosts)]), *names, "--seconds", str(seconds)],
+            capture_output=True,
+        )
 
     def plain(hosts):
-        return at_once([lambda machine=machine: sum(ssh_lab_seconds(settings, machine, lab, seconds) for lab in labs)
-                        for machine in hosts])
+        return at_once(
+            [
+                lambda machine=machine: sum(ssh_lab_seconds(settings, machine, lab, seconds) for lab in labs)
+                for machine in hosts
+            ]
+        )
 
     def sample(way, hosts):
         busy = busy_cpu_seconds()
@@ -187,28 +219,35 @@ def room_figures(settings, labs, seconds, machines, repeat):
         return wall, busy_cpu_seconds() - busy
 
     ways = {"lab.verify": verify, "ssh": plain}
-    rounds = [{(way, count): sample(way, machines[:count]) for way in ways for count in (1, 2)}
-              for _ in range(repeat)]
+    rounds = [{(way, count): sample(way, machines[:count]) for way in ways for count in (1, 2)} for _ in range(repeat)]
     figures = {"labs": labs, "seconds_each": seconds, "vcpus_per_vm": settings.vm.cpus, "host_cores": os.cpu_count()}
     for way in ways:
         walls, busies = ({count: [taken[way, count][part] for taken in rounds] for count in (1, 2)} for part in (0, 1))
-        figures[way] = {"hosts_1_s": round(statistics.median(walls[1]), 2),
-                        "hosts_2_s": round(statistics.median(walls[2]), 2),
-                        "ratio": round(statistics.median(map(operator.truediv, walls[2], walls[1])), 2),
-                        "busy_cpu_s_1": round(statistics.median(busies[1]), 1),
-                        "busy_cpu_s_2": round(statistics.median(busies[2]), 1),
-                        "cores_busy_2": round(statistics.median(busy / wall for busy, wall
-                                                                in zip(busies[2], walls[2], strict=True)), 2)}
+        figures[way] = {
+            "hosts_1_s": round(statistics.median(walls[1]), 2),
+            "hosts_2_s": round(statistics.median(walls[2]), 2),
+            "ratio": round(statistics.median(map(operator.truediv, walls[2], walls[1])), 2),
+            "busy_cpu_s_1": round(statistics.median(busies[1]), 1),
+            "busy_cpu_s_2": round(statistics.median(busies[2]), 1),
+            "cores_busy_2": round(
+                statistics.median(busy / wall for busy, wall in zip(busies[2], walls[2], strict=True)), 2
+            ),
+        }
     # Each round's own ratio against ssh's in the same round: the machine's drift cancels out.
-    figures["verify_ratio_vs_ssh_ratio"] = round(statistics.median(
-        (taken["lab.verify", 2][0] / taken["lab.verify", 1][0]) / (taken["ssh", 2][0] / taken["ssh", 1][0])
-        for taken in rounds), 2)
+    figures["verify_ratio_vs_ssh_ratio"] = round(
+        statistics.median(
+            (taken["lab.verify", 2][0] / taken["lab.verify", 1][0]) / (taken["ssh", 2][0] / taken["ssh", 1][0])
+            for taken in rounds
+        ),
+        2,
+    )
     return figures
 
 
 def table(figures):
-    rows = ((one_vm_rows(figures) if "verify" in figures else [])
-            + (room_rows(figures["room"]) if "room" in figures else []))
+    rows = (one_vm_rows(figures) if "verify" in figures else []) + (
+        room_rows(figures["room"]) if "room" in figures else []
+    )
     rows.insert(0, ("measure", "bpflab", "baseline", "ratio", "goal"))
     widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
     for row in rows:
@@ -218,34 +257,71 @@ def table(figures):
 def one_vm_rows(figures):
     first, flood, plain = figures["time_to_first_line_s"], figures["flood"], figures["ssh_round_trip_s"]
     held, kept_master = first["invoke lab.run"], first["ssh, its ControlMaster kept"]
-    return [("time to first line", f"{held} s", f"{first['ssh -F ssh-config']} s",
-             f"{held / first['ssh -F ssh-config']:.2f}x", "<= 1.2x"),
-            ("  without a kept connection", f"{first['invoke lab.run, no kept connection']} s", "", "", ""),
-            ("  against ssh's kept ControlMaster", f"{held} s", f"{kept_master} s", f"{held / kept_master:.2f}x", ""),
-            ("lines/s streamed into a file", flood["lab.run"]["lines_per_s"], flood["ssh"]["lines_per_s"],
-             f"{flood['throughput_ratio_lab_run_vs_ssh']}x", ">= 0.9x, 0 lost"),
-            ("lines lost", flood["lab.run"]["lines_lost"], flood["ssh"]["lines_lost"], "", "0"),
-            ("no-op lab.sync as typed", f"{figures['noop_s']['invoke lab.sync']} s", f"{plain} s (ssh true)",
-             f"{figures['noop_s']['invoke lab.sync'] / plain:.2f}x", "<= 1.2x"),
-            ("  without a kept connection", f"{figures['noop_s']['invoke lab.sync, no kept connection']} s", "", "",
-             ""),
-            ("no-op lab.provision as typed", f"{figures['noop_s']['invoke lab.provision']} s", "", "", "<= 3 s"),
-            ("lab.verify: own time per lab", f"{figures['verify']['own_time_per_lab_s']} s", "", "", "<= 0.5 s"),
-            ("  the lab's exit once stopped (not in it)", f"{figures['verify']['program_exit_per_lab_s']} s", "", "",
-             ""),
-            ("lab.verify: fixed cost", f"{figures['verify']['fixed_cost_s']} s", "", "", "")]
+    return [
+        (
+            "time to first line",
+            f"{held} s",
+            f"{first['ssh -F ssh-config']} s",
+            f"{held / first['ssh -F ssh-config']:.2f}x",
+            "<= 1.2x",
+        ),
+        ("  without a kept connection", f"{first['invoke lab.run, no kept connection']} s", "", "", ""),
+        ("  against ssh's kept ControlMaster", f"{held} s", f"{kept_master} s", f"{held / kept_master:.2f}x", ""),
+        (
+            "lines/s streamed into a file",
+            flood["lab.run"]["lines_per_s"],
+            flood["ssh"]["lines_per_s"],
+            f"{flood['throughput_ratio_lab_run_vs_ssh']}x",
+            ">= 0.9x, 0 lost",
+        ),
+        ("lines lost", flood["lab.run"]["lines_lost"], flood["ssh"]["lines_lost"], "", "0"),
+        (
+            "no-op lab.sync as typed",
+            f"{figures['noop_s']['invoke lab.sync']} s",
+            f"{plain} s (ssh true)",
+            f"{figures['noop_s']['invoke lab.sync'] / plain:.2f}x",
+            "<= 1.2x",
+        ),
+        ("  without a kept connection", f"{figures['noop_s']['invoke lab.sync, no kept connection']} s", "", "", ""),
+        ("no-op lab.provision as typed", f"{figures['noop_s']['invoke lab.provision']} s", "", "", "<= 3 s"),
+        ("lab.verify: own time per lab", f"{figures['verify']['own_time_per_lab_s']} s", "", "", "<= 0.5 s"),
+        ("  the lab's exit once stopped (not in it)", f"{figures['verify']['program_exit_per_lab_s']} s", "", "", ""),
+        ("lab.verify: fixed cost", f"{figures['verify']['fixed_cost_s']} s", "", "", ""),
+    ]
 
 
 def room_rows(room):
     verify, plain = room["lab.verify"], room["ssh"]
-    return [("lab.verify on 1 host / 2 at once", f"{verify['hosts_1_s']} s / {verify['hosts_2_s']} s",
-             f"{plain['hosts_1_s']} s / {plain['hosts_2_s']} s (ssh)", "", ""),
-            ("  2 hosts vs 1 (each round's ratio)", f"{verify['ratio']}x", f"{plain['ratio']}x (ssh)",
-             f"{room['verify_ratio_vs_ssh_ratio']:.2f}x", "about 1x"),
-            ("  machine's busy CPU-s, 1 / 2 hosts", f"{verify['busy_cpu_s_1']} / {verify['busy_cpu_s_2']}",
-             f"{plain['busy_cpu_s_1']} / {plain['busy_cpu_s_2']} (ssh)", "", ""),
-            ("  cores busy with 2 hosts", f"{verify['cores_busy_2']} of {room['host_cores']}",
-             f"{plain['cores_busy_2']} of {room['host_cores']} (ssh)", "", "")]
+    return [
+        (
+            "lab.verify on 1 host / 2 at once",
+            f"{verify['hosts_1_s']} s / {verify['hosts_2_s']} s",
+            f"{plain['hosts_1_s']} s / {plain['hosts_2_s']} s (ssh)",
+            "",
+            "",
+        ),
+        (
+            "  2 hosts vs 1 (each round's ratio)",
+            f"{verify['ratio']}x",
+            f"{plain['ratio']}x (ssh)",
+            f"{room['verify_ratio_vs_ssh_ratio']:.2f}x",
+            "about 1x",
+        ),
+        (
+            "  machine's busy CPU-s, 1 / 2 hosts",
+            f"{verify['busy_cpu_s_1']} / {verify['busy_cpu_s_2']}",
+            f"{plain['busy_cpu_s_1']} / {plain['busy_cpu_s_2']} (ssh)",
+            "",
+            "",
+        ),
+        (
+            "  cores busy with 2 hosts",
+            f"{verify['cores_busy_2']} of {room['host_cores']}",
+            f"{plain['cores_busy_2']} of {room['host_cores']} (ssh)",
+            "",
+            "",
+        ),
+    ]
 
 
 def main():
@@ -254,8 +330,11 @@ def main():
     parser.add_argument("--repeat", type=int, default=5, help="samples of each measure (medians)")
     parser.add_argument("--labs", default="hello,hello-map,hello-buffer", help="the labs lab.verify runs")
     parser.add_argument("--seconds", type=int, default=3, help="lab.verify --seconds")
-    parser.add_argument("--room-only", action="store_true",
-                        help="only the room's figures (into benchmarks/results/run_overhead_room.json)")
+    parser.add_argument(
+        "--room-only",
+        action="store_true",
+        help="only the room's figures (into benchmarks/results/run_overhead_room.json)",
+    )
     options = parser.parse_args()
 
     settings = config.load()
@@ -264,8 +343,9 @@ def main():
     others = [LabVM(settings, machine) for machine in settings.machines[1:]]
     running = [machine for machine, status in statuses(others).items() if status.running] if others else []
     if running:
-        figures["room"] = room_figures(settings, options.labs.split(",")[:1], options.seconds,
-                                       [vm.machine, running[0]], options.repeat)
+        figures["room"] = room_figures(
+            settings, options.labs.split(",")[:1], options.seconds, [vm.machine, running[0]], options.repeat
+        )
     elif options.room_only:
         raise SystemExit("The room's figures need a second lab VM running: vm.count: 2, `invoke lab.setup --vm all`.")
     results = ROOT / "benchmarks" / "results"
@@ -288,8 +368,18 @@ def one_vm_figures(options, vm):
     remote.put(str(work / "flood.py"), "/tmp/bench/flood.py")
     vagrant_env = {"VAGRANT_CWD": str(ROOT), **vm.environment()}
     ssh = ["ssh", "-F", str(ssh_config), vm.machine]
-    held_ssh = ["ssh", "-F", str(ssh_config), "-o", "ControlMaster=auto", "-o", f"ControlPath={work}/master",
-                "-o", "ControlPersist=300", vm.machine]
+    held_ssh = [
+        "ssh",
+        "-F",
+        str(ssh_config),
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        f"ControlPath={work}/master",
+        "-o",
+        "ControlPersist=300",
+        vm.machine,
+    ]
 
     run_first = INVOKE + ["lab.run", str(work / "first.py"), "--no-trigger"]
     timed(run_first, capture_output=True)  # leaves the keeper that later commands connect through
@@ -301,32 +391,46 @@ def one_vm_figures(options, vm):
         "vagrant ssh -c": (["vagrant", "ssh", vm.machine, "-c", "python3 -u /tmp/bench/first.py"], {}),
     }
     timed(held_ssh + ["true"])  # starts the ControlMaster
-    first = {name: median_of(options.repeat,
-                             lambda command=command, env=env: first_line_seconds(command, {**vagrant_env, **env}))
-             for name, (command, env) in candidates.items()}
+    first = {
+        name: median_of(
+            options.repeat, lambda command=command, env=env: first_line_seconds(command, {**vagrant_env, **env})
+        )
+        for name, (command, env) in candidates.items()
+    }
 
     timed(INVOKE + ["lab.run", str(work / "flood.py"), "--no-trigger", "--args", "10"], capture_output=True)
     floods = [flood_figures(work, ssh, options.lines) for _ in range(options.repeat)]
     run_seconds, run_lines = median_sample([run for run, _ in floods])
     ssh_seconds, ssh_lines = median_sample([plain for _, plain in floods])
-    most_lost = {"lab.run": options.lines - min(run[1] for run, _ in floods),
-                 "ssh": options.lines - min(plain[1] for _, plain in floods)}
+    most_lost = {
+        "lab.run": options.lines - min(run[1] for run, _ in floods),
+        "ssh": options.lines - min(plain[1] for _, plain in floods),
+    }
 
     timed(INVOKE + ["lab.sync"], capture_output=True)
-    noop = {task: median_of(options.repeat, lambda task=task: timed(INVOKE + [task], capture_output=True))
-            for task in ("lab.sync", "lab.provision")}
+    noop = {
+        task: median_of(options.repeat, lambda task=task: timed(INVOKE + [task], capture_output=True))
+        for task in ("lab.sync", "lab.provision")
+    }
     unkept = {**os.environ, PERSIST_VARIABLE: "0"}
     noop["lab.sync, no kept connection"] = median_of(
-        options.repeat, lambda: timed(INVOKE + ["lab.sync"], capture_output=True, env=unkept))
+        options.repeat, lambda: timed(INVOKE + ["lab.sync"], capture_output=True, env=unkept)
+    )
 
     return {
         "time_to_first_line_s": first,
         "flood": {
             "lines": options.lines,
-            "lab.run": {"seconds": round(run_seconds, 2), "lines_per_s": round(run_lines / run_seconds),
-                        "lines_lost": most_lost["lab.run"]},
-            "ssh": {"seconds": round(ssh_seconds, 2), "lines_per_s": round(ssh_lines / ssh_seconds),
-                    "lines_lost": most_lost["ssh"]},
+            "lab.run": {
+                "seconds": round(run_seconds, 2),
+                "lines_per_s": round(run_lines / run_seconds),
+                "lines_lost": most_lost["lab.run"],
+            },
+            "ssh": {
+                "seconds": round(ssh_seconds, 2),
+                "lines_per_s": round(ssh_lines / ssh_seconds),
+                "lines_lost": most_lost["ssh"],
+            },
             "throughput_ratio_lab_run_vs_ssh": round((run_lines / run_seconds) / (ssh_lines / ssh_seconds), 2),
         },
         "ssh_round_trip_s": median_of(options.repeat, lambda: timed(ssh + ["true"])),

@@ -24,9 +24,15 @@ from benchkit import copy_project, destroy_vms, report
 
 def invoke(project, *args):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=project, stdin=subprocess.DEVNULL,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(project)})
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=project,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(project)},
+    )
     if result.returncode:
         raise SystemExit(f"invoke {' '.join(args)} failed:\n{result.stdout}")
     return round(time.monotonic() - started, 1)

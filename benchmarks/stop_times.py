@@ -54,8 +54,10 @@ class Lab:
         return state.split() == ["0"]
 
     def kill_sshd_of(self, pid_command: str) -> None:
-        self.shell(f"p=$({pid_command}); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
-                   "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
+        self.shell(
+            f'p=$({pid_command}); while [ "$(ps -o comm= -p $p)" != sshd ]; do '
+            "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p"
+        )
 
 
 def start(lab: Lab, way: str) -> subprocess.Popen:
@@ -66,8 +68,15 @@ def start(lab: Lab, way: str) -> subprocess.Popen:
         with lab.host.connect() as connection:
             connection.put(str(PROGRAM), remote)
         command = ["ssh", "-F", str(lab.vm.state_dir / "ssh-config"), lab.vm.machine, f"sudo python3 -u {remote}"]
-    process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, preexec_fn=default_signals)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=default_signals,
+    )
     if way == "lab.run":  # attached, as lab.run says: a program stopped while BCC compiles stops only after it
         for line in process.stdout:
             if "quiet_events: attached (" in line:

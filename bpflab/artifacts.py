@@ -38,8 +38,11 @@ def stamp_text(built: dict, via: str, distribution: str, arch: str) -> str:
 def build_settings(config: Config, distribution: str) -> dict:
     """What a BCC build for `distribution` is made from: a build is redone when this changes."""
     bcc = config.provision.bcc
-    return {"repository": bcc["repository"], "version": bcc["version"],
-            "llvm_dir": config.provision.distributions[distribution]["llvm_dir"]}
+    return {
+        "repository": bcc["repository"],
+        "version": bcc["version"],
+        "llvm_dir": config.provision.distributions[distribution]["llvm_dir"],
+    }
 
 
 def make_jobs(cpus: int, memory_kb: int) -> int:
@@ -50,16 +53,26 @@ def make_jobs(cpus: int, memory_kb: int) -> int:
 def build_phases(settings: dict, where: str) -> list[tuple[str, str, str]]:
     """bcc-build.sh's phases, each with what it is and what to do when it fails."""
     machine = "the VM's" if where == "vm" else "this host's"
-    return [("clone", f"git clone of BCC {settings['version']}",
-             f"Check provision.bcc.repository and version in lab.yaml, and {machine} network."),
-            ("build", "the BCC build", "Fix the cause shown above and run `invoke lab.provision` again."),
-            ("record", "listing the files BCC installed", "Run `invoke lab.provision` again.")]
+    return [
+        (
+            "clone",
+            f"git clone of BCC {settings['version']}",
+            f"Check provision.bcc.repository and version in lab.yaml, and {machine} network.",
+        ),
+        ("build", "the BCC build", "Fix the cause shown above and run `invoke lab.provision` again."),
+        ("record", "listing the files BCC installed", "Run `invoke lab.provision` again."),
+    ]
 
 
 def build_script(phase: str, settings: dict, jobs: int, **extra: str) -> str:
-    return f"set -- {phase}\n" + script("bcc-build.sh", REPOSITORY=settings["repository"],
-                                         VERSION=settings["version"], LLVM_DIR=settings["llvm_dir"],
-                                         JOBS=str(jobs), **extra)
+    return f"set -- {phase}\n" + script(
+        "bcc-build.sh",
+        REPOSITORY=settings["repository"],
+        VERSION=settings["version"],
+        LLVM_DIR=settings["llvm_dir"],
+        JOBS=str(jobs),
+        **extra,
+    )
 
 
 def build_on_host(config: Config, distribution: str, arch: str, settings: dict, log: Path) -> Artifact:
@@ -70,28 +83,42 @@ def build_on_host(config: Config, distribution: str, arch: str, settings: dict, 
     jobs = make_jobs(os.cpu_count() or 1, buildroot.memory_kb())
     with step(f"A {distribution} build root on this host ({root.path}; made once, then cached)") as current:
         path = root.ensure(current, build_log)
-    with step(f"Building BCC {settings['version']} on this host for {distribution} (make -j{jobs}; "
-              f"log: {build_log})") as current:
+    with step(
+        f"Building BCC {settings['version']} on this host for {distribution} (make -j{jobs}; log: {build_log})"
+    ) as current:
         for phase, what, fix in build_phases(settings, "host"):
             if phase == "clone":  # with the host's git and its network (and its url.insteadOf settings)
                 source = path / "opt" / "bpflab" / f"bcc-{settings['version']}"
-                run(["bash", "-c", build_script(phase, settings, jobs, SOURCE_DIR=str(source))],
-                    current=current, log=build_log, what=what, fix=fix)
+                run(
+                    ["bash", "-c", build_script(phase, settings, jobs, SOURCE_DIR=str(source))],
+                    current=current,
+                    log=build_log,
+                    what=what,
+                    fix=fix,
+                )
             else:
-                buildroot.run_script(path, build_script(phase, settings, jobs), current=current, log=build_log,
-                                     what=what, fix=fix)
-        output = buildroot.run_script(path, script("bcc-export.sh"), current=current, log=build_log,
-                                      what="packing BCC's files in the build root",
-                                      fix="Run `invoke lab.provision` again.")
+                buildroot.run_script(
+                    path, build_script(phase, settings, jobs), current=current, log=build_log, what=what, fix=fix
+                )
+        output = buildroot.run_script(
+            path,
+            script("bcc-export.sh"),
+            current=current,
+            log=build_log,
+            what="packing BCC's files in the build root",
+            fix="Run `invoke lab.provision` again.",
+        )
     packed = path / "tmp" / "bpflab-bcc.tar.gz"
-    tarball = save_artifact(config, distribution, arch, settings, output, lambda partial: shutil.move(packed, partial),
-                            "host")
+    tarball = save_artifact(
+        config, distribution, arch, settings, output, lambda partial: shutil.move(packed, partial), "host"
+    )
     return Artifact.load(tarball.with_suffix("").with_suffix(".json"))
 
 
 @dataclass
 class Artifact:
     """A BCC build exported to the host: a tarball of its files and what it was built from."""
+
     tarball: Path
     built: dict
     distribution: str
@@ -106,8 +133,14 @@ class Artifact:
     @classmethod
     def load(cls, metadata: Path) -> Artifact:
         data = json.loads(metadata.read_text())
-        return cls(metadata.with_suffix(".tar.gz"), data["built"], data["distribution"], data["arch"],
-                   data["runtime_packages"], data["sha256"])
+        return cls(
+            metadata.with_suffix(".tar.gz"),
+            data["built"],
+            data["distribution"],
+            data["arch"],
+            data["runtime_packages"],
+            data["sha256"],
+        )
 
     @classmethod
     def built_with(cls, folder: Path, built: dict, distribution: str, arch: str) -> Artifact | None:
@@ -129,15 +162,20 @@ class Artifact:
                 f"bcc.install is artifact, but {folder} has no BCC {version} built for {distribution} {arch} "
                 f"({'it has: ' + ', '.join(present) if present else 'it is empty'}). A BCC build only runs on the "
                 "distribution and architecture it was built on. Build it once with `bcc.install: source` "
-                "(each build is exported there), or run `invoke lab.bcc-export` on a VM that has it.")
+                "(each build is exported there), or run `invoke lab.bcc-export` on a VM that has it."
+            )
         artifact = cls.load(metadata)
         if (artifact.built.get("version"), artifact.distribution, artifact.arch) != (version, distribution, arch):
-            raise LabError(f"{metadata} describes BCC {artifact.built.get('version')} for {artifact.distribution} "
-                           f"{artifact.arch}, not what its name says. Delete it and export again "
-                           "(`invoke lab.bcc-export`).")
+            raise LabError(
+                f"{metadata} describes BCC {artifact.built.get('version')} for {artifact.distribution} "
+                f"{artifact.arch}, not what its name says. Delete it and export again "
+                "(`invoke lab.bcc-export`)."
+            )
         if not artifact.tarball.exists() or file_sha256(artifact.tarball) != artifact.sha256:
-            raise LabError(f"{artifact.tarball} is missing or damaged (its checksum does not match {metadata.name}). "
-                           "Delete both files and export again (`invoke lab.bcc-export`).")
+            raise LabError(
+                f"{artifact.tarball} is missing or damaged (its checksum does not match {metadata.name}). "
+                "Delete both files and export again (`invoke lab.bcc-export`)."
+            )
         return artifact
 
 
@@ -149,8 +187,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_artifact(config: Config, distribution: str, arch: str, built: dict, packed: str,
-                  fetch: Callable[[Path], object], origin: str, kernel: str = "") -> Path:
+def save_artifact(
+    config: Config,
+    distribution: str,
+    arch: str,
+    built: dict,
+    packed: str,
+    fetch: Callable[[Path], object],
+    origin: str,
+    kernel: str = "",
+) -> Path:
     """Bring a packed build (bcc-export.sh's output says its checksum and runtime packages) into the
     artifact folder with its metadata; `fetch(path)` puts the tarball at `path`; `kernel`: the
     running kernel of the VM it was exported from."""
@@ -165,9 +211,15 @@ def save_artifact(config: Config, distribution: str, arch: str, built: dict, pac
         raise LabError("The BCC artifact arrived damaged (checksum mismatch). Run the same command again.")
     tarball = partial.with_name(f"{stem}.tar.gz")
     partial.replace(tarball)
-    metadata = {"built": built, "distribution": distribution, "arch": arch, "built_on": origin,
-                "runtime_packages": values["runtime_packages"].split(), "sha256": values["sha256"],
-                "exported_from_kernel": kernel}
+    metadata = {
+        "built": built,
+        "distribution": distribution,
+        "arch": arch,
+        "built_on": origin,
+        "runtime_packages": values["runtime_packages"].split(),
+        "sha256": values["sha256"],
+        "exported_from_kernel": kernel,
+    }
     (folder / f"{stem}.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     done(f"BCC artifact: {tarball} ({tarball.stat().st_size // 1024} KiB)")
     return tarball

@@ -39,13 +39,30 @@ from .errors import LabError
 from .host import cache_dir, foreign_binaries, require_tool
 
 PACKAGES = [
-    "systemd-sysv", "udev", "dbus", "ifupdown", "isc-dhcp-client",
-    "openssh-server", "openssh-sftp-server", "sudo", "python3", "ca-certificates",
-    "iproute2", "procps", "kmod", "less", "tar", "gzip", "rsync",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "ifupdown",
+    "isc-dhcp-client",
+    "openssh-server",
+    "openssh-sftp-server",
+    "sudo",
+    "python3",
+    "ca-certificates",
+    "iproute2",
+    "procps",
+    "kmod",
+    "less",
+    "tar",
+    "gzip",
+    "rsync",
 ]
 # Each family's kernel meta package: it follows the archive's current kernel.
-KERNELS = {("debian", "amd64"): "linux-image-amd64", ("debian", "arm64"): "linux-image-arm64",
-           ("ubuntu", "amd64"): "linux-image-virtual"}
+KERNELS = {
+    ("debian", "amd64"): "linux-image-amd64",
+    ("debian", "arm64"): "linux-image-arm64",
+    ("ubuntu", "amd64"): "linux-image-virtual",
+}
 # Per architecture: the serial console the kernel writes to, and what the boot loader needs in the
 # root file system (GRUB's arm64 UEFI modules exist only as an arm64 package).
 CONSOLES = {"amd64": "ttyS0", "arm64": "ttyAMA0"}
@@ -53,10 +70,13 @@ BOOT_PACKAGES = {"amd64": (), "arm64": ("grub-efi-arm64-bin",)}
 # Files in place before any package installs. arm64's root file system is made through qemu-user,
 # where mkinitramfs with every module takes minutes per run (it runs twice): its initramfs holds
 # only what a libvirt VM needs to mount its root, and kernels installed later in the VM get the same.
-EARLY_FILES = {"amd64": (), "arm64": (
-    ("etc/initramfs-tools/conf.d/bpflab", "MODULES=list\n"),
-    ("usr/share/initramfs-tools/modules.d/bpflab", "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n"),
-)}
+EARLY_FILES = {
+    "amd64": (),
+    "arm64": (
+        ("etc/initramfs-tools/conf.d/bpflab", "MODULES=list\n"),
+        ("usr/share/initramfs-tools/modules.d/bpflab", "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n"),
+    ),
+}
 # The kernel packages keep /vmlinuz and /initrd.img pointing at the newest kernel, which GRUB boots.
 KERNEL_IMG_CONF = "do_symlinks = yes\nlink_in_boot = no\n"
 CATALOG_DISTRIBUTION = "ubuntu-22.04"
@@ -68,12 +88,12 @@ GUEST_FILES = {
     "etc/sudoers.d/vagrant": "vagrant ALL=(ALL) NOPASSWD:ALL\nDefaults:vagrant !requiretty\n",
     # Ed25519 and ECDSA host keys only: an RSA key takes seconds to make under emulation, at every first boot.
     "etc/ssh/sshd_config.d/vagrant.conf": "UseDNS no\nPasswordAuthentication no\n"
-        "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+    "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
     # Each VM gets its own host keys on first boot instead of sharing the box's.
-    "etc/systemd/system/ssh.service.d/host-keys.conf":
-        "[Service]\nExecStartPre=\nExecStartPre=/bin/sh -c 'for type in ed25519 ecdsa; do "
-        "test -f /etc/ssh/ssh_host_$${type}_key || ssh-keygen -q -t $$type -N \"\" -f /etc/ssh/ssh_host_$${type}_key; "
-        "done'\nExecStartPre=/usr/sbin/sshd -t\n",
+    "etc/systemd/system/ssh.service.d/host-keys.conf": "[Service]\nExecStartPre=\n"
+    "ExecStartPre=/bin/sh -c 'for type in ed25519 ecdsa; do "
+    'test -f /etc/ssh/ssh_host_$${type}_key || ssh-keygen -q -t $$type -N "" -f /etc/ssh/ssh_host_$${type}_key; '
+    "done'\nExecStartPre=/usr/sbin/sshd -t\n",
     "etc/machine-id": "",
 }
 KERNEL_OPTIONS = "net.ifnames=0 biosdevname=0 ro quiet"
@@ -90,9 +110,14 @@ MBR_CODE_BYTES = 440  # boot code ends here; the disk signature and partition ta
 # dpkg in the box's root: no sync per file (the root is thrown away if the build fails), and no
 # documentation, manual pages or translations (minbase has no man-db; a slim image, like Debian's
 # own container images, unpacks faster and is smaller to load into libvirt's pool).
-LEAN_DPKG = ("--dpkgopt=force-unsafe-io", "--dpkgopt=path-exclude=/usr/share/doc/*",
-             "--dpkgopt=path-include=/usr/share/doc/*/copyright", "--dpkgopt=path-exclude=/usr/share/man/*",
-             "--dpkgopt=path-exclude=/usr/share/info/*", "--dpkgopt=path-exclude=/usr/share/locale/*")
+LEAN_DPKG = (
+    "--dpkgopt=force-unsafe-io",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+)
 # Bump when the build steps below change in a way the recipe fields do not show.
 BUILD_REVISION = 4
 APT_UNAVAILABLE = SCRIPTS / "apt-unavailable.sh"
@@ -105,6 +130,7 @@ SEAT_UNAVAILABLE = "etc/bpflab/unavailable"  # the build's note of optional pack
 @dataclass(frozen=True)
 class Recipe:
     """Everything a box is built from; its hash names the box."""
+
     distribution: str
     mirror: str
     suite: str
@@ -135,16 +161,35 @@ class Recipe:
         image = kernel_package(distribution, architecture)
         packages = (*PACKAGES, *BOOT_PACKAGES[architecture], image)
         seat = seat_contents(config, distribution, image) if config.local_box.ready else ((), (), (), ())
-        return cls(distribution, archive["mirror"], archive["suite"], tuple(archive["components"]),
-                   archive["keyring"], archive_release, kernel, config.local_box.disk_gb, packages,
-                   tuple(sorted(GUEST_FILES.items())), f"console={CONSOLES[architecture]} {KERNEL_OPTIONS}",
-                   BOX_VAGRANTFILE, BUILD_REVISION, architecture, EARLY_FILES[architecture], *seat)
+        return cls(
+            distribution,
+            archive["mirror"],
+            archive["suite"],
+            tuple(archive["components"]),
+            archive["keyring"],
+            archive_release,
+            kernel,
+            config.local_box.disk_gb,
+            packages,
+            tuple(sorted(GUEST_FILES.items())),
+            f"console={CONSOLES[architecture]} {KERNEL_OPTIONS}",
+            BOX_VAGRANTFILE,
+            BUILD_REVISION,
+            architecture,
+            EARLY_FILES[architecture],
+            *seat,
+        )
 
     @property
     def digest(self) -> str:
         values = asdict(self)
-        return digest_of({field.name: values[field.name] for field in dataclasses.fields(self)
-                          if field.default is dataclasses.MISSING or getattr(self, field.name) != field.default})
+        return digest_of(
+            {
+                field.name: values[field.name]
+                for field in dataclasses.fields(self)
+                if field.default is dataclasses.MISSING or getattr(self, field.name) != field.default
+            }
+        )
 
     @property
     def ready(self) -> bool:
@@ -168,8 +213,12 @@ class Recipe:
     def from_json(cls, text: str) -> Recipe:
         fields = json.loads(text)
         pairs = ("guest_files", "early_files", "seat_files", "seat_bcc")  # tuples of (key, value)
-        return cls(**{key: tuple(map(tuple, value)) if key in pairs else
-                      tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
+        return cls(
+            **{
+                key: tuple(map(tuple, value)) if key in pairs else tuple(value) if isinstance(value, list) else value
+                for key, value in fields.items()
+            }
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -177,14 +226,25 @@ class Recipe:
     def bootstrap_command(self, rootfs: Path, runtime_packages: tuple = ()) -> list[str]:
         """The mmdebstrap call: minimal system, this archive only, checked with its keyring;
         `runtime_packages`: what a BCC build installed into the seat needs."""
-        return ["mmdebstrap", "--variant=minbase", f"--architectures={self.architecture}", *LEAN_DPKG,
-                f"--components={','.join(self.components)}",
-                f"--keyring={self.keyring}", "--include=" + ",".join(self.packages),
-                f"--setup-hook=mkdir -p \"$1/etc\" && printf '{KERNEL_IMG_CONF}' > \"$1/etc/kernel-img.conf\"",
-                *(f"--setup-hook=mkdir -p \"$1/{os.path.dirname(path)}\" && printf '%s' '{content}' > \"$1/{path}\""
-                  for path, content in self.early_files),
-                "--customize-hook=chroot \"$1\" useradd --create-home --shell /bin/bash vagrant",
-                *self.seat_hooks(runtime_packages), self.suite, str(rootfs), self.mirror]
+        return [
+            "mmdebstrap",
+            "--variant=minbase",
+            f"--architectures={self.architecture}",
+            *LEAN_DPKG,
+            f"--components={','.join(self.components)}",
+            f"--keyring={self.keyring}",
+            "--include=" + ",".join(self.packages),
+            f'--setup-hook=mkdir -p "$1/etc" && printf \'{KERNEL_IMG_CONF}\' > "$1/etc/kernel-img.conf"',
+            *(
+                f"--setup-hook=mkdir -p \"$1/{os.path.dirname(path)}\" && printf '%s' '{content}' > \"$1/{path}\""
+                for path, content in self.early_files
+            ),
+            '--customize-hook=chroot "$1" useradd --create-home --shell /bin/bash vagrant',
+            *self.seat_hooks(runtime_packages),
+            self.suite,
+            str(rootfs),
+            self.mirror,
+        ]
 
     def seat_hooks(self, runtime_packages: tuple) -> list[str]:
         """A ready seat's own steps, while the archive's package lists are still in the root: its
@@ -193,13 +253,15 @@ class Recipe:
         if not self.ready:
             return []
         optional = " ".join(self.seat_optional)
-        return ["--include=" + ",".join(dict.fromkeys([*self.seat_packages, *runtime_packages])),
-                f"--customize-hook=mkdir -p \"$1/{os.path.dirname(SEAT_UNAVAILABLE)}\" && "
-                f"chroot \"$1\" bash -s {optional} < {shlex.quote(str(APT_UNAVAILABLE))} > \"$1/{SEAT_UNAVAILABLE}\"",
-                f"--customize-hook=chroot \"$1\" sh -c 'wanted=; for name in {optional}; do "
-                f"grep -qx \"$name\" /{SEAT_UNAVAILABLE} || wanted=\"$wanted $name\"; done; [ -z \"$wanted\" ] || "
-                "DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends $wanted'",
-                "--customize-hook=ln -sfn python3 \"$1/usr/bin/python\""]
+        return [
+            "--include=" + ",".join(dict.fromkeys([*self.seat_packages, *runtime_packages])),
+            f'--customize-hook=mkdir -p "$1/{os.path.dirname(SEAT_UNAVAILABLE)}" && '
+            f'chroot "$1" bash -s {optional} < {shlex.quote(str(APT_UNAVAILABLE))} > "$1/{SEAT_UNAVAILABLE}"',
+            f'--customize-hook=chroot "$1" sh -c \'wanted=; for name in {optional}; do '
+            f'grep -qx "$name" /{SEAT_UNAVAILABLE} || wanted="$wanted $name"; done; [ -z "$wanted" ] || '
+            "DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends $wanted'",
+            '--customize-hook=ln -sfn python3 "$1/usr/bin/python"',
+        ]
 
 
 def seat_contents(config: Config, distribution: str, kernel_image: str) -> tuple[tuple, tuple, tuple, tuple]:
@@ -212,11 +274,12 @@ def seat_contents(config: Config, distribution: str, kernel_image: str) -> tuple
     wanted = list(dict.fromkeys([*distro["packages"], *(distro["bcc_package"] if mode == "package" else [])]))
     headers = kernel_image.replace("linux-image-", "linux-headers-")
     source = mode == "source" and bcc["build_on"] != "vm"
-    return (tuple([name for name in wanted if name not in distro["optional"]] + [headers]),
-            tuple(name for name in wanted if name in distro["optional"]),
-            ((SSHD_KEEPALIVE_PATH, (SCRIPTS / "sshd-keepalive.conf").read_text()),),
-            tuple(build_settings(config, distribution).items()) if source else ())
-
+    return (
+        tuple([name for name in wanted if name not in distro["optional"]] + [headers]),
+        tuple(name for name in wanted if name in distro["optional"]),
+        ((SSHD_KEEPALIVE_PATH, (SCRIPTS / "sshd-keepalive.conf").read_text()),),
+        tuple(build_settings(config, distribution).items()) if source else (),
+    )
 
 
 def family(distribution: str) -> str:
@@ -227,10 +290,12 @@ def kernel_package(distribution: str, architecture: str) -> str:
     try:
         return KERNELS[family(distribution), architecture]
     except KeyError:
-        raise LabError(f"bpflab builds {architecture} boxes of Debian only, and lab.yaml asks for {distribution} "
-                       f"(vm.distribution) on {architecture} (vm.arch): Ubuntu's {architecture} packages are on "
-                       "ports.ubuntu.com, which local_box.archives does not name. Set vm.distribution to "
-                       "debian-12 or debian-13, or vm.arch to amd64.") from None
+        raise LabError(
+            f"bpflab builds {architecture} boxes of Debian only, and lab.yaml asks for {distribution} "
+            f"(vm.distribution) on {architecture} (vm.arch): Ubuntu's {architecture} packages are on "
+            "ports.ubuntu.com, which local_box.archives does not name. Set vm.distribution to "
+            "debian-12 or debian-13, or vm.arch to amd64."
+        ) from None
 
 
 def archive_release(mirror: str, suite: str, timeout: float = 10.0) -> str | None:
@@ -245,8 +310,9 @@ def archive_release(mirror: str, suite: str, timeout: float = 10.0) -> str | Non
     return (fields.get("Version") or fields.get("Date") or "").strip() or None
 
 
-def suite_kernel(mirror: str, suite: str, component: str, package: str, architecture: str = "amd64",
-                 timeout: float = 30.0) -> str | None:
+def suite_kernel(
+    mirror: str, suite: str, component: str, package: str, architecture: str = "amd64", timeout: float = 30.0
+) -> str | None:
     """The version of the kernel meta package `package` that the suite serves now (from its package
     index for `architecture`, read only as far as that package), or None when the archive does not answer."""
     wanted, decompressor, text = f"Package: {package}\n", lzma.LZMADecompressor(), ""
@@ -262,8 +328,11 @@ def suite_kernel(mirror: str, suite: str, component: str, package: str, architec
                     paragraphs, text = [text], ""
                 for paragraph in paragraphs:
                     if paragraph.startswith(wanted):
-                        return next(line.split(":", 1)[1].strip() for line in paragraph.splitlines()
-                                    if line.startswith("Version:"))
+                        return next(
+                            line.split(":", 1)[1].strip()
+                            for line in paragraph.splitlines()
+                            if line.startswith("Version:")
+                        )
                 if not chunk:
                     return None
     except (urllib.error.URLError, OSError, lzma.LZMAError, StopIteration):
@@ -289,28 +358,36 @@ def current_recipe(config: Config) -> Recipe:
     archive = config.local_box.archives[distribution]
     package = kernel_package(distribution, architecture)
     release = archive_release(archive["mirror"], archive["suite"])
-    kernel = release and suite_kernel(archive["mirror"], archive["suite"], archive["components"][0], package,
-                                      architecture)
+    kernel = release and suite_kernel(
+        archive["mirror"], archive["suite"], archive["components"][0], package, architecture
+    )
     if release and kernel:
         return Recipe.from_config(config, release, kernel)
     wanted = Recipe.from_config(config, "")
     for recipe in cached_recipes():
         if replace(recipe, archive_release="", kernel="") == wanted:
-            warn(f"{archive['mirror']} does not answer; using the cached {config.vm.distribution} box made "
-                 f"from {archive['suite']} {recipe.archive_release}.")
+            warn(
+                f"{archive['mirror']} does not answer; using the cached {config.vm.distribution} box made "
+                f"from {archive['suite']} {recipe.archive_release}."
+            )
             return recipe
-    raise LabError(f"The archive {archive['mirror']} ({archive['suite']}) does not answer, and no "
-                   f"{config.vm.distribution} box is cached. Check the network or local_box.archives."
-                   f"{config.vm.distribution}.mirror in lab.yaml, then run `invoke box.build` again.")
+    raise LabError(
+        f"The archive {archive['mirror']} ({archive['suite']}) does not answer, and no "
+        f"{config.vm.distribution} box is cached. Check the network or local_box.archives."
+        f"{config.vm.distribution}.mirror in lab.yaml, then run `invoke box.build` again."
+    )
 
 
 def insecure_public_key() -> str:
     """Vagrant's well-known key, which Vagrant swaps for a fresh one on first up."""
-    candidates = glob.glob("/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub") + \
-        glob.glob("/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub")
+    candidates = glob.glob("/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub") + glob.glob(
+        "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub"
+    )
     if not candidates:
-        raise LabError("Vagrant's insecure public key (keys/vagrant.pub) was not found: is Vagrant "
-                       "installed? Run `invoke host.setup` and then `invoke box.build`.")
+        raise LabError(
+            "Vagrant's insecure public key (keys/vagrant.pub) was not found: is Vagrant "
+            "installed? Run `invoke host.setup` and then `invoke box.build`."
+        )
     return Path(sorted(candidates)[-1]).read_text()
 
 
@@ -320,14 +397,18 @@ def choose(config: Config, provider: str, host_arch: str) -> tuple[str, str]:
     if provider != "libvirt" or host_arch != "amd64":
         if setting == "catalog":
             return "catalog", "lab.yaml asks for the catalog box"
-        raise LabError(f"vm.box is {setting!r}, but bpflab builds and packages boxes for libvirt on amd64 "
-                       f"only (this is {provider} on {host_arch}). Set vm.box to catalog (and "
-                       f"vm.distribution to {CATALOG_DISTRIBUTION}) in lab.yaml.")
+        raise LabError(
+            f"vm.box is {setting!r}, but bpflab builds and packages boxes for libvirt on amd64 "
+            f"only (this is {provider} on {host_arch}). Set vm.box to catalog (and "
+            f"vm.distribution to {CATALOG_DISTRIBUTION}) in lab.yaml."
+        )
     if setting == "catalog":
         if distribution != CATALOG_DISTRIBUTION:
-            raise LabError(f"vm.box is catalog, but the catalog boxes in lab.yaml are {CATALOG_DISTRIBUTION} "
-                           f"and vm.distribution is {distribution}. Set vm.box to local (bpflab builds "
-                           f"the {distribution} box), or vm.distribution to {CATALOG_DISTRIBUTION}.")
+            raise LabError(
+                f"vm.box is catalog, but the catalog boxes in lab.yaml are {CATALOG_DISTRIBUTION} "
+                f"and vm.distribution is {distribution}. Set vm.box to local (bpflab builds "
+                f"the {distribution} box), or vm.distribution to {CATALOG_DISTRIBUTION}."
+            )
         return "catalog", "lab.yaml asks for the catalog box"
     if setting == "local":
         architecture = arch.guest(config.vm.arch)
@@ -344,8 +425,10 @@ def ready_box_description(path: Path) -> dict:
             member = packed.extractfile("bpflab.json")
             return json.loads(member.read())
     except (OSError, KeyError, AttributeError, tarfile.TarError, ValueError):
-        raise LabError(f"{path} is not a box that `invoke box.package` made (it is missing, or has no "
-                       "bpflab.json). Check vm.box in lab.yaml, or package a provisioned VM again.") from None
+        raise LabError(
+            f"{path} is not a box that `invoke box.package` made (it is missing, or has no "
+            "bpflab.json). Check vm.box in lab.yaml, or package a provisioned VM again."
+        ) from None
 
 
 def ready_box_name(description: dict) -> str:
@@ -357,9 +440,11 @@ def register_packaged(config: Config) -> str:
     path, wanted = config.packaged_box, arch.guest(config.vm.arch)
     description = ready_box_description(path)
     if description.get("arch", "amd64") != wanted:
-        raise LabError(f"{path} is a ready box of an {description['arch']} VM, but lab.yaml's vm.arch makes the VM "
-                       f"{wanted}. Set vm.arch to {description['arch']} in lab.yaml, or use a ready box packaged "
-                       f"from an {wanted} VM.")
+        raise LabError(
+            f"{path} is a ready box of an {description['arch']} VM, but lab.yaml's vm.arch makes the VM "
+            f"{wanted}. Set vm.arch to {description['arch']} in lab.yaml, or use a ready box packaged "
+            f"from an {wanted} VM."
+        )
     name = ready_box_name(description)
     if (name, "libvirt") not in vagrant.installed_boxes():
         with step(f"Registering the ready box {path.name} as {name}") as current:
@@ -376,17 +461,23 @@ def write_guest_files(rootfs: Path, root_uuid: str, public_key: str, kernel_cmdl
     # pam_motd runs /etc/update-motd.d at the start of every SSH session, a command's too: a
     # quarter of a second under emulation, for a banner. Provisioning's apt keeps this edit.
     pam = rootfs / "etc/pam.d/sshd"
-    pam.write_text("".join(f"# {line}" if "pam_motd.so" in line and not line.lstrip().startswith("#") else line
-                           for line in pam.read_text().splitlines(keepends=True)))
+    pam.write_text(
+        "".join(
+            f"# {line}" if "pam_motd.so" in line and not line.lstrip().startswith("#") else line
+            for line in pam.read_text().splitlines(keepends=True)
+        )
+    )
     (rootfs / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
     for key in rootfs.glob("etc/ssh/ssh_host_*"):
         key.unlink()
     grub = rootfs / "boot/grub/grub.cfg"
     grub.parent.mkdir(parents=True, exist_ok=True)
-    grub.write_text(f"set timeout=0\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\n"
-                    f"menuentry 'bpflab' {{\n"
-                    f"  linux /vmlinuz root=UUID={root_uuid} {kernel_cmdline}\n"
-                    f"  initrd /initrd.img\n}}\n")
+    grub.write_text(
+        f"set timeout=0\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\n"
+        f"menuentry 'bpflab' {{\n"
+        f"  linux /vmlinuz root=UUID={root_uuid} {kernel_cmdline}\n"
+        f"  initrd /initrd.img\n}}\n"
+    )
     ssh_dir = rootfs / "home/vagrant/.ssh"
     ssh_dir.mkdir(parents=True, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(public_key)
@@ -412,8 +503,12 @@ def write_seat(rootfs: Path, recipe: Recipe, provision_digest: str) -> None:
         (rootfs / relative).parent.mkdir(parents=True, exist_ok=True)
         (rootfs / relative).write_text(content)
     unavailable = rootfs / SEAT_UNAVAILABLE
-    about = {"box": recipe.box_name, "provision": provision_digest, "unavailable": unavailable.read_text().split(),
-             "made": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    about = {
+        "box": recipe.box_name,
+        "provision": provision_digest,
+        "unavailable": unavailable.read_text().split(),
+        "made": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
     unavailable.unlink()
     (rootfs / SEAT_DESCRIPTION).write_text(json.dumps(about, sort_keys=True) + "\n")
 
@@ -428,11 +523,23 @@ def install_boot_loader(disk: Path, workdir: Path, rootfs: Path) -> None:
     modules = Path("/usr/lib/grub/i386-pc")
     if not (modules / "boot.img").exists():
         raise LabError("GRUB's BIOS files (/usr/lib/grub/i386-pc) are missing. Run `invoke host.setup`.")
-    shutil.copytree(modules, rootfs / "boot/grub/i386-pc",
-                    ignore=shutil.ignore_patterns("*.image", "*.exec", "grub-bios-setup", "*.module"))
+    shutil.copytree(
+        modules,
+        rootfs / "boot/grub/i386-pc",
+        ignore=shutil.ignore_patterns("*.image", "*.exec", "grub-bios-setup", "*.module"),
+    )
     core = workdir / "core.img"
-    run(["grub-mkimage", "--format=i386-pc", f"--output={core}", "--prefix=(hd0,msdos1)/boot/grub",
-         "biosdisk", "part_msdos", "ext2"])
+    run(
+        [
+            "grub-mkimage",
+            "--format=i386-pc",
+            f"--output={core}",
+            "--prefix=(hd0,msdos1)/boot/grub",
+            "biosdisk",
+            "part_msdos",
+            "ext2",
+        ]
+    )
     if core.stat().st_size > (PARTITION_START - 1) * 512:
         raise LabError(f"GRUB's core.img ({core.stat().st_size} bytes) does not fit before the partition.")
     with disk.open("r+b") as image:
@@ -449,16 +556,34 @@ def partition(disk: Path, layout: str) -> None:
 
 def root_file_system(disk: Path, rootfs: Path, root_uuid: str, start: int, sectors: int, current, log: Path) -> None:
     """The ext4 root partition, made from `rootfs` in place in the disk image (no loop device)."""
-    run(["mkfs.ext4", "-q", "-F", "-L", "bpflab-root", "-U", root_uuid, "-d", str(rootfs),
-         "-E", f"offset={start * 512}", str(disk), f"{sectors // 2}k"], current=current, log=log)
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "bpflab-root",
+            "-U",
+            root_uuid,
+            "-d",
+            str(rootfs),
+            "-E",
+            f"offset={start * 512}",
+            str(disk),
+            f"{sectors // 2}k",
+        ],
+        current=current,
+        log=log,
+    )
 
 
 def bios_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, log: Path) -> None:
     """MBR, GRUB for BIOS before the one partition, the root file system in it."""
     partition(disk, f"label: dos\nstart={PARTITION_START}, type=83, bootable\n")
     install_boot_loader(disk, workdir, rootfs)
-    root_file_system(disk, rootfs, root_uuid, PARTITION_START, disk.stat().st_size // 512 - PARTITION_START,
-                     current, log)
+    root_file_system(
+        disk, rootfs, root_uuid, PARTITION_START, disk.stat().st_size // 512 - PARTITION_START, current, log
+    )
 
 
 def uefi_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, log: Path) -> None:
@@ -469,20 +594,45 @@ def uefi_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, 
         require_tool(tool)
     modules = rootfs / "usr/lib/grub/arm64-efi"
     if not (modules / "linux.mod").exists():
-        raise LabError(f"GRUB's arm64 UEFI modules are missing from the root file system ({modules}): the "
-                       "package grub-efi-arm64-bin did not install. See the build log, then run `invoke box.build`.")
+        raise LabError(
+            f"GRUB's arm64 UEFI modules are missing from the root file system ({modules}): the "
+            "package grub-efi-arm64-bin did not install. See the build log, then run `invoke box.build`."
+        )
     efi_sectors = EFI_PARTITION_MIB * 2048
     root_start = PARTITION_START + efi_sectors
     root_sectors = disk.stat().st_size // 512 - root_start - PARTITION_START  # the backup GPT lives at the end
-    partition(disk, f"label: gpt\nstart={PARTITION_START}, size={efi_sectors}, type=U\n"
-                    f"start={root_start}, size={root_sectors}, type=L\n")
+    partition(
+        disk,
+        f"label: gpt\nstart={PARTITION_START}, size={efi_sectors}, type=U\n"
+        f"start={root_start}, size={root_sectors}, type=L\n",
+    )
     early = workdir / "early.cfg"
-    early.write_text(f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
-                     "set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n")
+    early.write_text(
+        f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
+        "set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n"
+    )
     grub = workdir / "BOOTAA64.EFI"
-    run(["grub-mkimage", "--format=arm64-efi", f"--directory={modules}", f"--output={grub}", f"--config={early}",
-         "--prefix=/boot/grub", "part_gpt", "ext2", "fat", "search", "search_fs_uuid", "configfile", "normal", "linux",
-         "gzio", "echo"], log=log)
+    run(
+        [
+            "grub-mkimage",
+            "--format=arm64-efi",
+            f"--directory={modules}",
+            f"--output={grub}",
+            f"--config={early}",
+            "--prefix=/boot/grub",
+            "part_gpt",
+            "ext2",
+            "fat",
+            "search",
+            "search_fs_uuid",
+            "configfile",
+            "normal",
+            "linux",
+            "gzio",
+            "echo",
+        ],
+        log=log,
+    )
     esp = workdir / "esp.img"
     run(["mkfs.vfat", "-n", "EFI", "-C", str(esp), str(EFI_PARTITION_MIB * 1024)], log=log)
     run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], log=log)
@@ -493,8 +643,9 @@ def uefi_disk(disk: Path, workdir: Path, rootfs: Path, root_uuid: str, current, 
     root_file_system(disk, rootfs, root_uuid, root_start, root_sectors, current, log)
 
 
-def build_file(recipe: Recipe, workdir: Path, log: Path, provision_digest: str = "",
-               artifact: Artifact | None = None) -> None:
+def build_file(
+    recipe: Recipe, workdir: Path, log: Path, provision_digest: str = "", artifact: Artifact | None = None
+) -> None:
     """Build the .box file in `workdir` (mmdebstrap needs root; the disk steps do not); a ready
     seat records `provision_digest`, lab.yaml's provisioning settings it was made for, and gets
     `artifact`, the BCC build its recipe asks for."""
@@ -507,18 +658,28 @@ def build_file(recipe: Recipe, workdir: Path, log: Path, provision_digest: str =
     rootfs, disk = workdir / "rootfs", workdir / "disk.raw"
     root_uuid = str(uuid.uuid4())
     if not Path(recipe.keyring).exists():
-        raise LabError(f"The {recipe.distribution} archive's keyring {recipe.keyring} is not on this host. "
-                       "Run `invoke host.setup` (it installs Debian's and Ubuntu's keyrings), or fix "
-                       f"local_box.archives.{recipe.distribution}.keyring in lab.yaml.")
+        raise LabError(
+            f"The {recipe.distribution} archive's keyring {recipe.keyring} is not on this host. "
+            "Run `invoke host.setup` (it installs Debian's and Ubuntu's keyrings), or fix "
+            f"local_box.archives.{recipe.distribution}.keyring in lab.yaml."
+        )
     how_long = "its programs emulated: about 7 minutes" if emulated else "a few minutes"
-    what = "a ready seat: the labs' packages, BCC, bpftrace and the kernel's headers" if recipe.ready else \
-        "the base system; provisioning installs the rest in the VM"
-    with step(f"{recipe.distribution} {recipe.architecture} ({recipe.suite}) root file system, {what} "
-              f"(mmdebstrap, {how_long})") as current:
-        run(recipe.bootstrap_command(rootfs, tuple(artifact.runtime_packages) if artifact else ()),
-            current=current, log=log,
+    what = (
+        "a ready seat: the labs' packages, BCC, bpftrace and the kernel's headers"
+        if recipe.ready
+        else "the base system; provisioning installs the rest in the VM"
+    )
+    with step(
+        f"{recipe.distribution} {recipe.architecture} ({recipe.suite}) root file system, {what} "
+        f"(mmdebstrap, {how_long})"
+    ) as current:
+        run(
+            recipe.bootstrap_command(rootfs, tuple(artifact.runtime_packages) if artifact else ()),
+            current=current,
+            log=log,
             fix=f"Check that the archive in lab.yaml (local_box.archives.{recipe.distribution}) answers, and that "
-                f"it has the packages of provision.distributions.{recipe.distribution}.")
+            f"it has the packages of provision.distributions.{recipe.distribution}.",
+        )
         write_guest_files(rootfs, root_uuid, public_key, recipe.kernel_cmdline)
         if recipe.ready:
             write_seat(rootfs, recipe, provision_digest)
@@ -530,8 +691,9 @@ def build_file(recipe: Recipe, workdir: Path, log: Path, provision_digest: str =
         (uefi_disk if recipe.uefi else bios_disk)(disk, workdir, rootfs, root_uuid, current, log)
     with step("Packing the box (qcow2 + metadata)") as current:
         run(["qemu-img", "convert", "-O", "qcow2", str(disk), str(workdir / "box.img")], current=current, log=log)
-        (workdir / "metadata.json").write_text(json.dumps(
-            {"provider": "libvirt", "format": "qcow2", "virtual_size": recipe.disk_gb}))
+        (workdir / "metadata.json").write_text(
+            json.dumps({"provider": "libvirt", "format": "qcow2", "virtual_size": recipe.disk_gb})
+        )
         (workdir / "Vagrantfile").write_text(BOX_VAGRANTFILE)
         with tarfile.open(workdir / "bpflab.box", "w") as box:
             for name in ("metadata.json", "Vagrantfile", "box.img"):
@@ -545,21 +707,27 @@ def seat_bcc(config: Config, recipe: Recipe, log: Path) -> Artifact | None:
     built = dict(recipe.seat_bcc)
     unable = buildroot.unable_reason(recipe.architecture)
     if unable:
-        raise LabError(f"The ready seat needs BCC {built['version']} built from source on this host "
-                       f"(provision.bcc.install: source), but {unable}. Set provision.bcc.build_on to vm (provisioning "
-                       "then builds it in the VM), or local_box.ready to false, in lab.yaml.")
-    return Artifact.built_with(config.bcc_artifacts, built, recipe.distribution, recipe.architecture) or \
-        build_on_host(config, recipe.distribution, recipe.architecture, built, log)
+        raise LabError(
+            f"The ready seat needs BCC {built['version']} built from source on this host "
+            f"(provision.bcc.install: source), but {unable}. Set provision.bcc.build_on to vm (provisioning "
+            "then builds it in the VM), or local_box.ready to false, in lab.yaml."
+        )
+    return Artifact.built_with(config.bcc_artifacts, built, recipe.distribution, recipe.architecture) or build_on_host(
+        config, recipe.distribution, recipe.architecture, built, log
+    )
 
 
 def build(config: Config) -> Recipe:
     """Make sure the local box exists in the cache and in Vagrant; build only when missing."""
     if os.geteuid() != 0:
-        raise LabError("Building the box needs root (mmdebstrap and chroot): run `sudo invoke box.build`, "
-                       "then `invoke lab.up`.")
+        raise LabError(
+            "Building the box needs root (mmdebstrap and chroot): run `sudo invoke box.build`, then `invoke lab.up`."
+        )
     if arch.debian() != "amd64":
-        raise LabError("Boxes are built for amd64 hosts only. On this host use a catalog box: "
-                       f"set vm.box to catalog and vm.distribution to {CATALOG_DISTRIBUTION} in lab.yaml.")
+        raise LabError(
+            "Boxes are built for amd64 hosts only. On this host use a catalog box: "
+            f"set vm.box to catalog and vm.distribution to {CATALOG_DISTRIBUTION} in lab.yaml."
+        )
     recipe = current_recipe(config)
     if recipe.box_file.exists():
         done(f"Box {recipe.box_name} is cached: {recipe.box_file}")
@@ -582,4 +750,3 @@ def build(config: Config) -> Recipe:
         with step(f"Registering {recipe.box_name} with Vagrant") as current:
             vagrant.add_box(recipe.box_name, recipe.box_file, current)
     return recipe
-

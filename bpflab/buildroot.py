@@ -27,6 +27,7 @@ from .host import cache_dir
 @dataclass(frozen=True)
 class BuildRoot:
     """A distribution's archive plus the packages a build needs: what a root is made from."""
+
     distribution: str
     mirror: str
     suite: str
@@ -37,8 +38,14 @@ class BuildRoot:
     @classmethod
     def for_vm(cls, config: Config, distribution: str, packages: list[str]) -> BuildRoot:
         archive = config.local_box.archives[distribution]
-        return cls(distribution, archive["mirror"], archive["suite"], tuple(archive["components"]),
-                   archive["keyring"], tuple(sorted({*packages, "ca-certificates", "python3"})))
+        return cls(
+            distribution,
+            archive["mirror"],
+            archive["suite"],
+            tuple(archive["components"]),
+            archive["keyring"],
+            tuple(sorted({*packages, "ca-certificates", "python3"})),
+        )
 
     @property
     def path(self) -> Path:
@@ -51,11 +58,23 @@ class BuildRoot:
         partial = self.path.with_name(self.path.name + ".partial")
         run(["rm", "-rf", "--one-file-system", str(partial)], log=log)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        run(["mmdebstrap", "--variant=minbase", f"--components={','.join(self.components)}",
-             f"--keyring={self.keyring}", "--include=" + ",".join(self.packages), self.suite, str(partial),
-             self.mirror], current=current, log=log, what=f"making a {self.distribution} build root (mmdebstrap)",
+        run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                f"--components={','.join(self.components)}",
+                f"--keyring={self.keyring}",
+                "--include=" + ",".join(self.packages),
+                self.suite,
+                str(partial),
+                self.mirror,
+            ],
+            current=current,
+            log=log,
+            what=f"making a {self.distribution} build root (mmdebstrap)",
             fix=f"Check that local_box.archives.{self.distribution} in lab.yaml answers and has these packages, "
-                "then run the same command again.")
+            "then run the same command again.",
+        )
         (partial / ".complete").write_text(json.dumps(asdict(self), indent=2) + "\n")
         run(["rm", "-rf", "--one-file-system", str(self.path)], log=log)
         partial.rename(self.path)
@@ -87,7 +106,14 @@ def unable_reason(vm_arch: str) -> str | None:
 def run_script(root: Path, text: str, *, current: Step | None, log: Path, what: str, fix: str) -> str:
     """A shell script as root in `root`, with /proc and /dev; its output."""
     (root / "tmp" / "bpflab-step.sh").write_text(text)
-    inside = ('mount -t proc proc "$0/proc" && mount --rbind /dev "$0/dev" && exec chroot "$0" '
-              "/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 bash /tmp/bpflab-step.sh")
-    return run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inside, str(root)],
-               current=current, log=log, what=what, fix=fix).stdout
+    inside = (
+        'mount -t proc proc "$0/proc" && mount --rbind /dev "$0/dev" && exec chroot "$0" '
+        "/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 bash /tmp/bpflab-step.sh"
+    )
+    return run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", inside, str(root)],
+        current=current,
+        log=log,
+        what=what,
+        fix=fix,
+    ).stdout

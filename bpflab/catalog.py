@@ -18,6 +18,7 @@ from .errors import LabError, shorten
 class Lab:
     """One catalog entry; `kind` bcc: labs/<name>.py with bpf/<name>.bpf.c, bpftrace: labs/<name>.bt.
     `plot`: for a lab that counts, what it counts (lab.plot and the report draw it)."""
+
     name: str
     summary: str
     note: str
@@ -48,8 +49,10 @@ def resolve(catalog: dict[str, Lab], name: str) -> Lab:
         return catalog[name]
     close = difflib.get_close_matches(name, catalog, n=1)
     hint = f" Did you mean {close[0]}?" if close else ""
-    raise LabError(f"There is no lab named {shorten(name)!r}.{hint} Labs: {', '.join(catalog)}. "
-                   "To run your own program, give its path (for example exercises/my-hello/my-hello.py).")
+    raise LabError(
+        f"There is no lab named {shorten(name)!r}.{hint} Labs: {', '.join(catalog)}. "
+        "To run your own program, give its path (for example exercises/my-hello/my-hello.py)."
+    )
 
 
 def new_exercise(root: Path, name: str, template: str, catalog: dict[str, Lab]) -> Path:
@@ -59,8 +62,9 @@ def new_exercise(root: Path, name: str, template: str, catalog: dict[str, Lab]) 
         raise LabError(f"{name!r} is not a usable program name: use letters, digits, '-' and '_'.")
     folder = root / "exercises" / name
     if folder.exists():
-        raise LabError(f"{folder} already exists: pick another name, or run it with "
-                       f"`invoke lab.run exercises/{name}/{name}.py`.")
+        raise LabError(
+            f"{folder} already exists: pick another name, or run it with `invoke lab.run exercises/{name}/{name}.py`."
+        )
     folder.mkdir(parents=True)
     program = (root / "labs" / f"{lab.name}.py").read_text()
     (folder / f"{name}.py").write_text(program.replace(f'labkit.source("{lab.name}")', f'labkit.source("{name}")'))

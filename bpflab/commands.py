@@ -92,17 +92,32 @@ def open_log(log: Path | None, command: str):
     return handle
 
 
-def run(command: list[str], *, current: Step | None = None, log: Path | None = None,
-        env: dict | None = None, cwd: Path | None = None, check: bool = True,
-        what: str | None = None, fix: str = "") -> subprocess.CompletedProcess:
+def run(
+    command: list[str],
+    *,
+    current: Step | None = None,
+    log: Path | None = None,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+    what: str | None = None,
+    fix: str = "",
+) -> subprocess.CompletedProcess:
     """Run a host command; on failure raise a LabError ending with `fix` (what to do next)."""
     handle = open_log(log, shlex.join(command))
     sink = LineSink(current, handle, stamp=True)
     lines: list[str] = []
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                   env={**os.environ, **(env or {})}, cwd=cwd)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
     except FileNotFoundError:
         if handle:
             handle.close()
@@ -125,8 +140,18 @@ def run(command: list[str], *, current: Step | None = None, log: Path | None = N
     return subprocess.CompletedProcess(command, process.returncode, "".join(lines), "")
 
 
-def remote_run(connection: Connection, command: str, *, current: Step | None = None, log: Path | None = None,
-               sudo: bool = False, check: bool = True, what: str = "", fix: str = "", on_line=None):
+def remote_run(
+    connection: Connection,
+    command: str,
+    *,
+    current: Step | None = None,
+    log: Path | None = None,
+    sudo: bool = False,
+    check: bool = True,
+    what: str = "",
+    fix: str = "",
+    on_line=None,
+):
     """Run a shell command in the lab machine, streaming its lines; on failure show the last ones.
 
     Output and errors share one stream (2>&1) so the log reads in order.
@@ -137,8 +162,10 @@ def remote_run(connection: Connection, command: str, *, current: Step | None = N
     try:
         result = connection.run(wrapped, hide=True, warn=True, out_stream=sink, in_stream=False)
     except UNREACHABLE as error:
-        raise LabError(f"The SSH connection to the lab VM dropped during: {what or command} ({error}). "
-                       "Run the same command again: it picks up where it stopped.") from None
+        raise LabError(
+            f"The SSH connection to the lab VM dropped during: {what or command} ({error}). "
+            "Run the same command again: it picks up where it stopped."
+        ) from None
     finally:
         sink.finish()
         if handle:
@@ -191,6 +218,7 @@ def answers(transport: paramiko.Transport | None, timeout: float = ANSWER_SECOND
     never closes the TCP connection."""
     if transport is None or not transport.is_active():
         return False
+
     def ask():
         with suppress(UNREACHABLE):  # the transport died while asking: no answer
             transport.global_request("keepalive@openssh.com", wait=True)

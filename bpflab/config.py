@@ -105,12 +105,15 @@ SCHEMA: dict[str, Any] = {
     "local_box": {
         "disk_gb": Integer(4, 512),
         "ready": Boolean(),
-        "archives": {name: {
-            "mirror": Text(r"https?://\S+", "an http(s) URL of the distribution's archive or a mirror of it"),
-            "suite": Text(r"[a-z]+", "a release code name such as bookworm"),
-            "components": WordList(),
-            "keyring": Text(r"/\S+", "the absolute path of the archive's keyring on the host"),
-        } for name in DISTRIBUTIONS},
+        "archives": {
+            name: {
+                "mirror": Text(r"https?://\S+", "an http(s) URL of the distribution's archive or a mirror of it"),
+                "suite": Text(r"[a-z]+", "a release code name such as bookworm"),
+                "components": WordList(),
+                "keyring": Text(r"/\S+", "the absolute path of the archive's keyring on the host"),
+            }
+            for name in DISTRIBUTIONS
+        },
     },
     "provision": {
         "in_vagrant": Choice("none", "ansible_local"),
@@ -122,11 +125,17 @@ SCHEMA: dict[str, Any] = {
             "version": Text(r"[\w.+-]+", "a release tag such as v0.37.0"),
             "artifacts": Text(r"\S+", "a folder on the host, such as ~/.cache/bpflab/bcc-artifacts"),
         },
-        "distributions": {name: {
-            "packages": PackageList(), "bcc_build": PackageList(), "bcc_package": PackageList(),
-            "bcc_conflicts": PackageList(),
-            "llvm_dir": Text(r"/\S+", "an absolute path"), "optional": PackageList(),
-        } for name in DISTRIBUTIONS},
+        "distributions": {
+            name: {
+                "packages": PackageList(),
+                "bcc_build": PackageList(),
+                "bcc_package": PackageList(),
+                "bcc_conflicts": PackageList(),
+                "llvm_dir": Text(r"/\S+", "an absolute path"),
+                "optional": PackageList(),
+            }
+            for name in DISTRIBUTIONS
+        },
     },
 }
 
@@ -253,8 +262,12 @@ def parse(text: str, path: Path) -> Config:
     if found:
         listing = "\n".join(f"  {path.name}: {line}" for line in found)
         raise LabError(f"{path} has {len(found)} problem(s):\n{listing}\nFix them and run the command again.")
-    return Config(path=path, vm=VMSettings(**data["vm"]), local_box=LocalBoxSettings(**data["local_box"]),
-                  provision=ProvisionSettings(**data["provision"]))
+    return Config(
+        path=path,
+        vm=VMSettings(**data["vm"]),
+        local_box=LocalBoxSettings(**data["local_box"]),
+        provision=ProvisionSettings(**data["provision"]),
+    )
 
 
 def load(path: Path | str = DEFAULT_PATH) -> Config:
@@ -262,8 +275,10 @@ def load(path: Path | str = DEFAULT_PATH) -> Config:
     try:
         text = path.read_text()
     except OSError as error:
-        raise LabError(f"Cannot read the lab settings {path}: {error.strerror}. "
-                       "Run invoke from a bpflab checkout, or restore lab.yaml from git.") from None
+        raise LabError(
+            f"Cannot read the lab settings {path}: {error.strerror}. "
+            "Run invoke from a bpflab checkout, or restore lab.yaml from git."
+        ) from None
     return parsed(text, path)
 
 

@@ -32,6 +32,7 @@ TAIL_LINES = 15
 @dataclass(frozen=True)
 class Message:
     """A line for the user. `kind`: info, done (a step or fact in place), note (a detail), warning."""
+
     text: str
     kind: str = "info"
 
@@ -39,6 +40,7 @@ class Message:
 @dataclass(frozen=True)
 class Progress:
     """A long step: `state` started, update (its latest `detail`), finished or failed (after `seconds`)."""
+
     title: str
     state: str
     seconds: float = 0.0
@@ -48,12 +50,14 @@ class Progress:
 @dataclass(frozen=True)
 class Output:
     """Lines that a program printed, in the order it printed them."""
+
     lines: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class HostEnd:
     """A room's host finished its job, or failed (`error`: why)."""
+
     error: str = ""
 
 
@@ -149,8 +153,12 @@ class Board:
             with self.lock:
                 write_lines([f"{host:<{self.width}} | {line}" for line in event.lines])
         elif isinstance(event, HostEnd):
-            self.line(host, f"[red]failed[/red] {escape(event.error.splitlines()[0][:100])}" if event.error
-                      else "[green]done[/green]")
+            self.line(
+                host,
+                f"[red]failed[/red] {escape(event.error.splitlines()[0][:100])}"
+                if event.error
+                else "[green]done[/green]",
+            )
         elif isinstance(event, Progress):
             title = escape(event.title)
             if event.state == "started":
@@ -303,8 +311,16 @@ def sync_results(differences: dict) -> None:
     """What a sync did on each host (a sync.Difference each)."""
     for host, difference in differences.items():
         prefix = f"{host}: " if len(differences) > 1 else ""
-        console.print(escape(prefix + ("Labs in the VM are up to date." if difference.empty else
-                                       f"Synced: {len(difference.upload)} updated, {len(difference.delete)} deleted.")))
+        console.print(
+            escape(
+                prefix
+                + (
+                    "Labs in the VM are up to date."
+                    if difference.empty
+                    else f"Synced: {len(difference.upload)} updated, {len(difference.delete)} deleted."
+                )
+            )
+        )
 
 
 def host_texts(texts: dict[str, str]) -> None:
@@ -330,8 +346,14 @@ def verify_table(rows: list[dict]) -> None:
         table.add_column(column)
     for row in rows:
         colour = "green" if row["result"] == "PASS" else "red"
-        table.add_row(row["lab"], f"[{colour}]{row['result']}[/{colour}]", str(row["time_to_attach_s"]),
-                      str(row["time_to_first_event_s"]), str(row["duration_s"]), escape("; ".join(row["problems"])))
+        table.add_row(
+            row["lab"],
+            f"[{colour}]{row['result']}[/{colour}]",
+            str(row["time_to_attach_s"]),
+            str(row["time_to_first_event_s"]),
+            str(row["duration_s"]),
+            escape("; ".join(row["problems"])),
+        )
     console.print(table)
 
 
@@ -346,8 +368,13 @@ def verify_matrix(matrix: dict[str, list[dict] | None]) -> Table:
         cells = []
         for rows in matrix.values():
             row = next((row for row in rows or [] if row["lab"] == lab), None)
-            cells.append("[red]–[/red]" if row is None else
-                         "[green]PASS[/green]" if row["result"] == "PASS" else "[red]FAIL[/red]")
+            cells.append(
+                "[red]–[/red]"
+                if row is None
+                else "[green]PASS[/green]"
+                if row["result"] == "PASS"
+                else "[red]FAIL[/red]"
+            )
         table.add_row(lab, *cells)
     console.print(table)
     return table

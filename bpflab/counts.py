@@ -29,6 +29,7 @@ GUESS = {"every": 2, "counts": "per interval", "what": "events", "key": "key"}
 @dataclass
 class Series:
     """Counts per key, one sample per report the lab printed, `every` seconds apart."""
+
     lab: str
     samples: list[dict[str, int]]
     every: float
@@ -59,8 +60,11 @@ def samples(lines: list[str], only: str | None = None) -> list[dict[str, int]]:
     `only`: a regular expression that the lines holding samples match (others are skipped)."""
     chosen = [line for line in lines if only is None or re.search(only, line)]
     for shape, entry_per_line in SHAPES:
-        found = entries_per_line(chosen, shape) if entry_per_line else [
-            {match["key"]: int(match["count"]) for match in shape.finditer(line)} for line in chosen]
+        found = (
+            entries_per_line(chosen, shape)
+            if entry_per_line
+            else [{match["key"]: int(match["count"]) for match in shape.finditer(line)} for line in chosen]
+        )
         found = [sample for sample in found if sample]
         if found:
             return found
@@ -85,18 +89,22 @@ def series_of(folder: Path, catalog: dict[str, Lab]) -> Series:
         record = RunRecord.read(folder)
         lines = (folder / "output.log").read_text(errors="replace").splitlines()
     except (OSError, ValueError, TypeError):
-        raise LabError(f"{folder} is not a gathered run (no readable run.json and output.log). "
-                       "`invoke lab.runs` lists the runs.") from None
+        raise LabError(
+            f"{folder} is not a gathered run (no readable run.json and output.log). `invoke lab.runs` lists the runs."
+        ) from None
     lab = catalog.get(record.lab)
     settings = lab.plot if lab and lab.plot else GUESS
     found = samples(lines, settings.get("lines"))
     if not found:
         counting = ", ".join(name for name, entry in catalog.items() if entry.plot)
-        raise LabError(f"{folder.name} has nothing to plot: {record.lab} printed no counts "
-                       f"({len(lines)} lines; counting labs print theirs every 2 s, so run one for at least "
-                       f"4 s). Counting labs: {counting}.")
-    return Series(record.lab, found, settings["every"], settings["counts"] == "cumulative",
-                  settings["what"], settings["key"])
+        raise LabError(
+            f"{folder.name} has nothing to plot: {record.lab} printed no counts "
+            f"({len(lines)} lines; counting labs print theirs every 2 s, so run one for at least "
+            f"4 s). Counting labs: {counting}."
+        )
+    return Series(
+        record.lab, found, settings["every"], settings["counts"] == "cumulative", settings["what"], settings["key"]
+    )
 
 
 def newest_counting_run(runs: Path, catalog: dict[str, Lab]) -> Path:
@@ -108,5 +116,7 @@ def newest_counting_run(runs: Path, catalog: dict[str, Lab]) -> Path:
                 return path.parent
         except (OSError, ValueError, TypeError):
             continue
-    raise LabError(f"No run of a counting lab in {runs}. Run one first, for example "
-                   "`invoke lab.run hello-map --duration 10`, then `invoke lab.plot`.")
+    raise LabError(
+        f"No run of a counting lab in {runs}. Run one first, for example "
+        "`invoke lab.run hello-map --duration 10`, then `invoke lab.plot`."
+    )

@@ -17,7 +17,7 @@ class LabError(Exception):
 
 def shorten(text: str, width: int = 80) -> str:
     """Long input, cut for a message."""
-    return text if len(text) <= width else f"{text[:width - 20]}… ({len(text)} characters)"
+    return text if len(text) <= width else f"{text[: width - 20]}… ({len(text)} characters)"
 
 
 class LabTask(Task):

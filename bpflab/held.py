@@ -43,8 +43,9 @@ def persist_seconds() -> int:
             return seconds
     except ValueError:
         pass
-    raise LabError(f"{PERSIST_VARIABLE}: expected a whole number of seconds (0: no kept SSH connection), "
-                   f"found {value!r}.")
+    raise LabError(
+        f"{PERSIST_VARIABLE}: expected a whole number of seconds (0: no kept SSH connection), found {value!r}."
+    )
 
 
 # A keeper's connections never leave this machine: packets far larger than over a network cost
@@ -53,14 +54,16 @@ LOCAL_PACKET_BYTES, LOCAL_WINDOW_BYTES = 1 << 18, 1 << 23
 
 
 def local_transport(sock, **options) -> paramiko.Transport:
-    return paramiko.Transport(sock, default_max_packet_size=LOCAL_PACKET_BYTES,
-                              default_window_size=LOCAL_WINDOW_BYTES, **options)
+    return paramiko.Transport(
+        sock, default_max_packet_size=LOCAL_PACKET_BYTES, default_window_size=LOCAL_WINDOW_BYTES, **options
+    )
 
 
 @dataclass
 class Held:
     """Where the keeper of one endpoint listens: its folder holds the socket, the key that both
     ends prove they hold (only the user can read it) and the keeper's pid."""
+
     folder: Path
 
     @classmethod
@@ -89,10 +92,19 @@ class Held:
         try:
             key = paramiko.ECDSAKey.from_private_key_file(str(self.folder / "key"))
             unix.connect(str(self.socket))
-            connection = Connection(endpoint.host, user=endpoint.user, port=endpoint.port,
-                                    connect_timeout=CONNECT_TIMEOUT,
-                                    connect_kwargs={"sock": unix, "pkey": key, "look_for_keys": False,
-                                                    "allow_agent": False, "transport_factory": local_transport})
+            connection = Connection(
+                endpoint.host,
+                user=endpoint.user,
+                port=endpoint.port,
+                connect_timeout=CONNECT_TIMEOUT,
+                connect_kwargs={
+                    "sock": unix,
+                    "pkey": key,
+                    "look_for_keys": False,
+                    "allow_agent": False,
+                    "transport_factory": local_transport,
+                },
+            )
             name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
             connection.client.get_host_keys().add(name, key.get_name(), key)
             connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -161,9 +173,14 @@ class Held:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             with (self.folder / "keeper.log").open("a") as log:
-                subprocess.Popen([sys.executable, "-m", "bpflab.keeper", json.dumps(spec)], stdin=subprocess.DEVNULL,
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 cwd=Path(__file__).parent.parent)
+                subprocess.Popen(
+                    [sys.executable, "-m", "bpflab.keeper", json.dumps(spec)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=Path(__file__).parent.parent,
+                )
         except OSError:  # the folder went with a keeper that just ended: the next command keeps one
             pass
 

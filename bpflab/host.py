@@ -24,16 +24,30 @@ from .console import done, say, step
 from .errors import LabError
 
 HOST_PACKAGES = [
-    "vagrant", "vagrant-libvirt", "libvirt-daemon-system", "libvirt-clients", "qemu-utils",
-    "dnsmasq-base", "iptables", "iproute2", "openssh-client", "rsync",
+    "vagrant",
+    "vagrant-libvirt",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "qemu-utils",
+    "dnsmasq-base",
+    "iptables",
+    "iproute2",
+    "openssh-client",
+    "rsync",
     # box.build: a root file system from the archive (checked with its keyring), a disk, a BIOS boot loader
-    "mmdebstrap", "debian-archive-keyring", "e2fsprogs", "fdisk", "util-linux", "grub-pc-bin",
+    "mmdebstrap",
+    "debian-archive-keyring",
+    "e2fsprogs",
+    "fdisk",
+    "util-linux",
+    "grub-pc-bin",
 ]
 # A lab VM of the other architecture (arm64 on amd64): its qemu and UEFI firmware; for box.build,
 # qemu-user to run its programs in the root file system (arch-test proves that works) and the
 # FAT tools for the EFI system partition.
-FOREIGN_PACKAGES = {"arm64": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static", "arch-test",
-                              "dosfstools", "mtools"]}
+FOREIGN_PACKAGES = {
+    "arm64": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static", "arch-test", "dosfstools", "mtools"]
+}
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 # Ubuntu boxes only: Debian has it from 13 on (Debian 12: bookworm-backports), Ubuntu always.
 UBUNTU_KEYRING = "ubuntu-keyring"
@@ -64,8 +78,9 @@ def is_debian_like(os_release: str) -> bool:
 
 def missing_packages(packages: list[str]) -> list[str]:
     """The packages dpkg does not report as installed."""
-    query = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
-                           capture_output=True, text=True)
+    query = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages], capture_output=True, text=True
+    )
     installed = {line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")}
     return [package for package in packages if package not in installed]
 
@@ -85,10 +100,16 @@ def with_candidate(packages: list[str]) -> set[str]:
 # Vagrant where the distribution has none: HashiCorp's apt repository, then the libvirt plugin
 # built against the host's libvirt. (command, whether it needs root)
 HASHICORP_STEPS = [
-    ("curl -fsSL https://apt.releases.hashicorp.com/gpg | gpg --dearmor --yes "
-     "-o /usr/share/keyrings/hashicorp-archive-keyring.gpg", True),
-    ("echo \"deb [signed-by=/usr/share/keyrings/hashicorp-archive-keyring.gpg] https://apt.releases.hashicorp.com "
-     "$(. /etc/os-release; echo $VERSION_CODENAME) main\" > /etc/apt/sources.list.d/hashicorp.list", True),
+    (
+        "curl -fsSL https://apt.releases.hashicorp.com/gpg | gpg --dearmor --yes "
+        "-o /usr/share/keyrings/hashicorp-archive-keyring.gpg",
+        True,
+    ),
+    (
+        'echo "deb [signed-by=/usr/share/keyrings/hashicorp-archive-keyring.gpg] https://apt.releases.hashicorp.com '
+        '$(. /etc/os-release; echo $VERSION_CODENAME) main" > /etc/apt/sources.list.d/hashicorp.list',
+        True,
+    ),
     ("apt-get update -q && apt-get install -y -q vagrant", True),
 ]
 PLUGIN_STEPS = [
@@ -117,11 +138,13 @@ def vagrant_advice(steps: list[tuple[str, bool]]) -> str | None:
     """The steps as a message to act on, or None when there are none."""
     if not steps:
         return None
-    what = ("This host's distribution has no vagrant package (Ubuntu dropped it from 24.04 on). Install Vagrant "
-            "from HashiCorp's apt repository, then its libvirt plugin with its build dependencies:"
-            if steps[0] in HASHICORP_STEPS else
-            "Vagrant is installed, but this host's distribution has no vagrant-libvirt package. Install the plugin "
-            "with its build dependencies:")
+    what = (
+        "This host's distribution has no vagrant package (Ubuntu dropped it from 24.04 on). Install Vagrant "
+        "from HashiCorp's apt repository, then its libvirt plugin with its build dependencies:"
+        if steps[0] in HASHICORP_STEPS
+        else "Vagrant is installed, but this host's distribution has no vagrant-libvirt package. Install the plugin "
+        "with its build dependencies:"
+    )
     listing = "".join(f"  {shown(command, root)}\n" for command, root in steps)
     return f"{what}\n{listing}Then run `invoke host.setup` again, or let `invoke host.setup --hashicorp` do all of it."
 
@@ -130,8 +153,11 @@ def run_vagrant_steps(steps: list[tuple[str, bool]]) -> None:
     for command, root in steps:
         with step(f"Vagrant from HashiCorp: {command.split(' -o ')[0][:70]}") as current:
             shell = ["sh", "-c", command]
-            run(privileged(shell) if root else shell, current=current,
-                fix="Run the remaining steps of `invoke host.setup`'s advice by hand, then `invoke host.setup`.")
+            run(
+                privileged(shell) if root else shell,
+                current=current,
+                fix="Run the remaining steps of `invoke host.setup`'s advice by hand, then `invoke host.setup`.",
+            )
 
 
 def libvirt_plugin_installed() -> bool:
@@ -168,8 +194,10 @@ def start_daemons() -> None:
         if libvirt.answers():
             return
         time.sleep(0.2)
-    raise LabError("libvirtd was started but does not answer on qemu:///system. "
-                   "Look at its log (/var/log/libvirt/libvirtd.log) and run `invoke host.setup` again.")
+    raise LabError(
+        "libvirtd was started but does not answer on qemu:///system. "
+        "Look at its log (/var/log/libvirt/libvirtd.log) and run `invoke host.setup` again."
+    )
 
 
 def read_pid(pidfile: Path) -> int | None:
@@ -219,21 +247,27 @@ def foreign_binaries(architecture: str) -> None:
     name = f"qemu-{arch.KERNEL[architecture]}"
     entry = Path(f"/usr/lib/binfmt.d/{name}.conf")
     if not entry.exists():
-        raise LabError(f"qemu-user-static is not installed, so this host cannot run {architecture} programs to "
-                       f"build the {architecture} box. Run `invoke host.setup` (vm.arch: {architecture} in lab.yaml "
-                       "makes it install the emulators), then `invoke box.build`.")
+        raise LabError(
+            f"qemu-user-static is not installed, so this host cannot run {architecture} programs to "
+            f"build the {architecture} box. Run `invoke host.setup` (vm.arch: {architecture} in lab.yaml "
+            "makes it install the emulators), then `invoke box.build`."
+        )
     if not (BINFMT / "register").exists():
-        run(privileged(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)]),
-            fix="Mount it by hand (`mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc`), then try again.")
+        run(
+            privileged(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)]),
+            fix="Mount it by hand (`mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc`), then try again.",
+        )
     try:
         if not (BINFMT / name).exists():
             (BINFMT / "register").write_text(next(line for line in entry.read_text().splitlines() if line[:1] == ":"))
         if (BINFMT / name).read_text().splitlines()[0] != "enabled":
             (BINFMT / name).write_text("1")
     except (OSError, StopIteration) as error:
-        raise LabError(f"The kernel did not take qemu-user's {architecture} interpreter ({BINFMT}: {error}). "
-                       f"Register it as root (`update-binfmts --enable {name}`, or write {entry}'s line to "
-                       f"{BINFMT}/register), then run `invoke box.build` again.") from None
+        raise LabError(
+            f"The kernel did not take qemu-user's {architecture} interpreter ({BINFMT}: {error}). "
+            f"Register it as root (`update-binfmts --enable {name}`, or write {entry}'s line to "
+            f"{BINFMT}/register), then run `invoke box.build` again."
+        ) from None
 
 
 def setup(hashicorp: bool = False, vm_arch: str = "auto") -> None:
@@ -254,18 +288,27 @@ def setup(hashicorp: bool = False, vm_arch: str = "auto") -> None:
     offered = with_candidate(missing) if missing else set()
     vagrant_from_hashicorp = vagrant_steps(missing, offered, libvirt_plugin_installed())
     if UBUNTU_KEYRING in missing and UBUNTU_KEYRING not in offered:
-        say(f"{UBUNTU_KEYRING} is not in this host's apt sources (on Debian 12 it is in bookworm-backports): "
-            "only Ubuntu boxes need it.")
-    absent = [name for name in missing if name not in offered and name not in ("vagrant", "vagrant-libvirt",
-                                                                              UBUNTU_KEYRING)]
+        say(
+            f"{UBUNTU_KEYRING} is not in this host's apt sources (on Debian 12 it is in bookworm-backports): "
+            "only Ubuntu boxes need it."
+        )
+    absent = [
+        name for name in missing if name not in offered and name not in ("vagrant", "vagrant-libvirt", UBUNTU_KEYRING)
+    ]
     if absent:
-        raise LabError(f"This host's apt sources have no {', '.join(absent)}. Enable the distribution's main "
-                       "archive (and universe on Ubuntu), run `sudo apt-get update`, then `invoke host.setup` again.")
+        raise LabError(
+            f"This host's apt sources have no {', '.join(absent)}. Enable the distribution's main "
+            "archive (and universe on Ubuntu), run `sudo apt-get update`, then `invoke host.setup` again."
+        )
     missing = [name for name in missing if name in offered]
     if missing:
         with step(f"Installing {len(missing)} host packages: {' '.join(missing)}") as current:
-            run(privileged(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]),
-                current=current, env=env, fix="Install them by hand and run `invoke host.setup` again.")
+            run(
+                privileged(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]),
+                current=current,
+                env=env,
+                fix="Install them by hand and run `invoke host.setup` again.",
+            )
     else:
         done("Host packages already installed")
     if vagrant_from_hashicorp and hashicorp:
@@ -304,5 +347,7 @@ def teardown() -> None:
 
 def require_tool(name: str) -> None:
     if shutil.which(name) is None:
-        raise LabError(f"`{name}` is not installed on this host. Run `invoke host.setup` "
-                       "(Debian/Ubuntu) or install it as the README says, then try again.")
+        raise LabError(
+            f"`{name}` is not installed on this host. Run `invoke host.setup` "
+            "(Debian/Ubuntu) or install it as the README says, then try again."
+        )

@@ -33,6 +33,7 @@ class Host:
     """One machine to reach over SSH. `known_hosts` None: its host key is not checked;
     `refresh`: how to learn its endpoint again when the one known stops answering; `reload`: how
     to restart it other than by a reboot over SSH (a local VM: through Vagrant)."""
+
     name: str
     endpoint: Endpoint
     known_hosts: Path | None
@@ -43,8 +44,15 @@ class Host:
 
     @classmethod
     def of_vm(cls, vm: LabVM) -> Host:
-        return cls(vm.machine, vm.endpoint(), None, vm.title, refresh=lambda: vm.endpoint(refresh=True),
-                   reload=vm.reload, console=vm.console_log)
+        return cls(
+            vm.machine,
+            vm.endpoint(),
+            None,
+            vm.title,
+            refresh=lambda: vm.endpoint(refresh=True),
+            reload=vm.reload,
+            console=vm.console_log,
+        )
 
     @classmethod
     def of_spec(cls, spec: dict) -> Host:
@@ -54,10 +62,17 @@ class Host:
     def spec(self) -> dict:
         """What a keeper of this host (another process) needs to know of it."""
         endpoint = self.endpoint
-        return {"name": self.name, "title": self.title,
-                "known_hosts": str(self.known_hosts) if self.known_hosts else None,
-                "endpoint": {"host": endpoint.host, "port": endpoint.port, "user": endpoint.user,
-                             "identity": endpoint.identity}}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "known_hosts": str(self.known_hosts) if self.known_hosts else None,
+            "endpoint": {
+                "host": endpoint.host,
+                "port": endpoint.port,
+                "user": endpoint.user,
+                "identity": endpoint.identity,
+            },
+        }
 
     @property
     def held(self) -> Held:
@@ -91,17 +106,22 @@ class Host:
             try:
                 connection = self.ssh()
             except UNREACHABLE as error:
-                raise LabError(f"{self.subject} is running but does not answer SSH at {self.endpoint.host}:"
-                               f"{self.endpoint.port} ({error or type(error).__name__}). Wait a minute and retry; "
-                               "if it persists, `invoke lab.halt` then `invoke lab.up`. " + self.console_note()) \
-                    from None
+                raise LabError(
+                    f"{self.subject} is running but does not answer SSH at {self.endpoint.host}:"
+                    f"{self.endpoint.port} ({error or type(error).__name__}). Wait a minute and retry; "
+                    "if it persists, `invoke lab.halt` then `invoke lab.up`. " + self.console_note()
+                ) from None
         return keep_after_exit(self, connection) if kept else connection
 
     def ssh(self) -> Connection:
         endpoint = self.endpoint
-        connection = Connection(endpoint.host, user=endpoint.user, port=endpoint.port,
-                                connect_timeout=CONNECT_TIMEOUT,
-                                connect_kwargs={"key_filename": [endpoint.identity]} if endpoint.identity else {})
+        connection = Connection(
+            endpoint.host,
+            user=endpoint.user,
+            port=endpoint.port,
+            connect_timeout=CONNECT_TIMEOUT,
+            connect_kwargs={"key_filename": [endpoint.identity]} if endpoint.identity else {},
+        )
         if self.known_hosts is not None:
             connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
             if self.known_hosts.exists():
@@ -111,16 +131,22 @@ class Host:
 
     def refused(self, error: Exception) -> LabError:
         if isinstance(error, paramiko.BadHostKeyException):
-            return LabError(f"{self.where}: its SSH host key is not the one recorded in {self.known_hosts}. If the "
-                            "machine was re-created, replace the old key (`ssh-keygen -R` then `ssh-keyscan`); "
-                            "otherwise do not connect: something may sit in between.")
+            return LabError(
+                f"{self.where}: its SSH host key is not the one recorded in {self.known_hosts}. If the "
+                "machine was re-created, replace the old key (`ssh-keygen -R` then `ssh-keyscan`); "
+                "otherwise do not connect: something may sit in between."
+            )
         if isinstance(error, paramiko.AuthenticationException):
-            return LabError(f"{self.where}: SSH login as {self.endpoint.user} was refused ({error}). Check "
-                            "ansible_user and ansible_ssh_private_key_file in the inventory.")
+            return LabError(
+                f"{self.where}: SSH login as {self.endpoint.user} was refused ({error}). Check "
+                "ansible_user and ansible_ssh_private_key_file in the inventory."
+            )
         if isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
-            return LabError(f"{self.where}: its SSH host key is not in {self.known_hosts}. Record it once after "
-                            f"checking it: ssh-keyscan -p {self.endpoint.port} {self.endpoint.host} >> "
-                            f"{self.known_hosts}")
+            return LabError(
+                f"{self.where}: its SSH host key is not in {self.known_hosts}. Record it once after "
+                f"checking it: ssh-keyscan -p {self.endpoint.port} {self.endpoint.host} >> "
+                f"{self.known_hosts}"
+            )
         return LabError(f"{self.where} does not answer SSH ({error or type(error).__name__}).")
 
     def restart(self, connection: Connection, current: Step | None = None) -> None:
@@ -144,8 +170,10 @@ class Host:
                         return
             except LabError:
                 continue
-        raise LabError(f"{self.subject} was restarted into a new kernel but does not answer SSH after "
-                       f"{REBOOT_TIMEOUT} s. Look at its console; once it is up, run the same command again.")
+        raise LabError(
+            f"{self.subject} was restarted into a new kernel but does not answer SSH after "
+            f"{REBOOT_TIMEOUT} s. Look at its console; once it is up, run the same command again."
+        )
 
 
 KEPT: dict[Path, Host] = {}

@@ -35,8 +35,10 @@ def choose(config: Config, inventory: str, choice: str, everything_by_default: b
 
 def write_for_ansible(config: Config, vm: str, output: str) -> Path:
     """lab.inventory: the lab VMs that --vm names (all by default) as an inventory file."""
-    return save_inventory(choose(config, "", vm, everything_by_default=True),
-                          Path(output) if output else config.root / ".vagrant" / "bpflab" / "inventory.yml")
+    return save_inventory(
+        choose(config, "", vm, everything_by_default=True),
+        Path(output) if output else config.root / ".vagrant" / "bpflab" / "inventory.yml",
+    )
 
 
 def save_inventory(hosts: list[Host], path: Path) -> Path:
@@ -50,8 +52,12 @@ def write_inventory(hosts: list[Host]) -> dict:
     entries = {}
     for host in hosts:
         endpoint = host.endpoint
-        entries[host.name] = {"ansible_host": endpoint.host, "ansible_port": endpoint.port,
-                              "ansible_user": endpoint.user, "ansible_ssh_private_key_file": endpoint.identity}
+        entries[host.name] = {
+            "ansible_host": endpoint.host,
+            "ansible_port": endpoint.port,
+            "ansible_user": endpoint.user,
+            "ansible_ssh_private_key_file": endpoint.identity,
+        }
         checks = UNCHECKED_HOST_KEY if host.known_hosts is None else f"-o UserKnownHostsFile={host.known_hosts}"
         entries[host.name]["ansible_ssh_common_args"] = f"{checks} {KEEPALIVE}"
     return {"all": {"hosts": entries}}
@@ -94,13 +100,17 @@ def read_inventory(path: Path | str) -> list[Host]:
     try:
         data = load_yaml(path.read_text())
     except OSError as error:
-        raise LabError(f"Cannot read the inventory {path}: {error.strerror}. Give the path of an Ansible "
-                       "YAML inventory (hosts with ansible_host, ansible_port, ansible_user).") from None
+        raise LabError(
+            f"Cannot read the inventory {path}: {error.strerror}. Give the path of an Ansible "
+            "YAML inventory (hosts with ansible_host, ansible_port, ansible_user)."
+        ) from None
     except yaml.YAMLError as error:
         raise LabError(f"The inventory {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict) or not all(isinstance(group, (dict, type(None))) for group in data.values()):
-        raise LabError(f"The inventory {path} is not in Ansible's YAML format: expected groups such as "
-                       "`all: {hosts: {NAME: {ansible_host: ..., ansible_port: ...}}}`.")
+        raise LabError(
+            f"The inventory {path} is not in Ansible's YAML format: expected groups such as "
+            "`all: {hosts: {NAME: {ansible_host: ..., ansible_port: ...}}}`."
+        )
     hosts = [inventory_host(name, variables, path) for name, variables in host_variables(data).items()]
     if not hosts:
         raise LabError(f"The inventory {path} lists no hosts.")
@@ -112,13 +122,21 @@ def inventory_host(name: str, variables: dict, path: Path) -> Host:
     port = variables.get("ansible_port", 22)
     if not isinstance(port, int) or not 0 < port < 65536:
         raise LabError(f"{path}: host {name}: ansible_port: expected a port number, got {port!r}.")
-    options = ssh_options(f"{variables.get('ansible_ssh_common_args', '')} "
-                          f"{variables.get('ansible_ssh_extra_args', '')}")
+    options = ssh_options(
+        f"{variables.get('ansible_ssh_common_args', '')} {variables.get('ansible_ssh_extra_args', '')}"
+    )
     identity = variables.get("ansible_ssh_private_key_file")
     checked = options.get("stricthostkeychecking", "yes").lower() != "no"
     known_hosts = options.get("userknownhostsfile")
-    endpoint = Endpoint(str(variables.get("ansible_host", name)), port,
-                        str(variables.get("ansible_user", getpass.getuser())),
-                        str(path.parent / Path(identity).expanduser()) if identity else None)
-    return Host(name, endpoint, (Path(known_hosts).expanduser() if known_hosts else DEFAULT_KNOWN_HOSTS)
-                if checked else None, f"the host {name}")
+    endpoint = Endpoint(
+        str(variables.get("ansible_host", name)),
+        port,
+        str(variables.get("ansible_user", getpass.getuser())),
+        str(path.parent / Path(identity).expanduser()) if identity else None,
+    )
+    return Host(
+        name,
+        endpoint,
+        (Path(known_hosts).expanduser() if known_hosts else DEFAULT_KNOWN_HOSTS) if checked else None,
+        f"the host {name}",
+    )

@@ -191,7 +191,7 @@ class Relay(paramiko.ServerInterface):
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         command = command.encode() if isinstance(command, str) else command
         root = AS_ROOT.encode()
-        kind, line = ("root", command[len(root):]) if command.startswith(root) else ("user", command)
+        kind, line = ("root", command[len(root) :]) if command.startswith(root) else ("user", command)
         then = lambda: self.keeper.shells.prepare_later(kind)  # noqa: E731
         if (shell := self.keeper.shells.start(kind, line)) is not None:
             threading.Thread(target=relay, args=(channel, shell, then), daemon=True).start()

@@ -71,12 +71,15 @@ def each(hosts: list[Host], job, interrupted=None, room: list[Host] | None = Non
 
 def require_all(results: dict[str, Result], problems: list[str], what: str) -> None:
     """Name every host (or cell) that failed and why, or say that all went well."""
-    problems = [f"{name}: {result.error.splitlines()[0]}" for name, result in results.items()
-                if not result.ok] + problems
+    problems = [
+        f"{name}: {result.error.splitlines()[0]}" for name, result in results.items() if not result.ok
+    ] + problems
     if problems:
         listing = "\n".join(f"  {line}" for line in problems)
-        raise LabError(f"{len(problems)} problem(s) across {len(results)} hosts:\n{listing}\nThe other hosts "
-                       "finished. Fix these and run the same command again.")
+        raise LabError(
+            f"{len(problems)} problem(s) across {len(results)} hosts:\n{listing}\nThe other hosts "
+            "finished. Fix these and run the same command again."
+        )
     done(f"All {len(results)} hosts {what}." if len(results) > 1 else f"{next(iter(results))}: {what}.")
 
 
@@ -116,8 +119,12 @@ def sync_labs(config: Config, inventory: str = "", vm: str = "") -> None:
 def export_bcc(config: Config, inventory: str = "", vm: str = "") -> None:
     """Each chosen host's BCC built from source, to this host's artifact folder."""
     hosts = choose(config, inventory, vm)
-    results = each(hosts, lambda host, connection: provision.export_bcc(
-        connection, config, config.root / "logs" / host.name / "provision.log"))
+    results = each(
+        hosts,
+        lambda host, connection: provision.export_bcc(
+            connection, config, config.root / "logs" / host.name / "provision.log"
+        ),
+    )
     conclude(results, {}, "exported their BCC")
 
 
@@ -131,9 +138,11 @@ def probe_arguments(config: Config, probe: str, inventory: str = "", vm: str = "
 
 # provisioning --------------------------------------------------------------
 
+
 def setup(hosts: list[Host], config: Config, root: Path, push_labs: bool = True) -> dict[str, Result]:
     """Provision, check and (with `push_labs`) sync every host. In a room, a source build
     happens once, on the first host; the others then install it as an artifact."""
+
     def job_with(settings: Config):
         def job(host: Host, connection) -> dict:
             log = root / "logs" / host.name / "provision.log"
@@ -144,8 +153,10 @@ def setup(hosts: list[Host], config: Config, root: Path, push_labs: bool = True)
                 with host.connect() as connection:
                     again = provision.apply(connection, settings, log)
                     if again.restart_into:
-                        raise LabError(f"{host.subject} was restarted but came up with a kernel whose headers are "
-                                       f"missing again, not {outcome.restart_into}. See {log}; check its boot loader.")
+                        raise LabError(
+                            f"{host.subject} was restarted but came up with a kernel whose headers are "
+                            f"missing again, not {outcome.restart_into}. See {log}; check its boot loader."
+                        )
                     return finish(host, connection, dataclasses.replace(again, changed=True))
             return finish(host, connection, outcome)
 
@@ -158,6 +169,7 @@ def setup(hosts: list[Host], config: Config, root: Path, push_labs: bool = True)
                 sync.push(connection, root)
             console.host_ready(changed)
             return {"changed": changed, "mode": mode}
+
         return job
 
     rest, results = hosts, {}
@@ -208,8 +220,16 @@ def set_up(config: Config, inventory: str = "", vm: str = "", bring: bool = True
 
 # running ---------------------------------------------------------------------
 
-def run_lab(hosts: list[Host], root: Path, what: str, seconds: int = 0, trigger: str | None = None,
-            args: str = "", kind: str = "program") -> tuple[dict[str, Result], list[int]]:
+
+def run_lab(
+    hosts: list[Host],
+    root: Path,
+    what: str,
+    seconds: int = 0,
+    trigger: str | None = None,
+    args: str = "",
+    kind: str = "program",
+) -> tuple[dict[str, Result], list[int]]:
     """A lab or learner's program (`kind` program), a BCC tool or a bpftrace one-liner on every host
     at once. `trigger`: a command to run once attached (None: the lab's own; "": none). In a room,
     lines are prefixed with the host, each host's run is gathered in its own folder of one fleet
@@ -221,12 +241,18 @@ def run_lab(hosts: list[Host], root: Path, what: str, seconds: int = 0, trigger:
     stop = threading.Event()
 
     def job(host: Host, connection) -> run.Outcome:
-        target = (run.tool_target(connection, what) if kind == "tool" else run.one_liner_target(what)
-                  if kind == "one-liner" else run.prepare(root, what, catalog))
+        target = (
+            run.tool_target(connection, what)
+            if kind == "tool"
+            else run.one_liner_target(what)
+            if kind == "one-liner"
+            else run.prepare(root, what, catalog)
+        )
         folder = fleet / host.name if fleet else run.free_folder(root / "runs", target.name, started)
         workload = trigger if trigger is not None else (target.lab.trigger if target.lab else None)
-        program = run.ProgramRun(host, target, folder, duration=seconds, args=tuple(shlex.split(args)),
-                                 trigger=workload or None, stop=stop)
+        program = run.ProgramRun(
+            host, target, folder, duration=seconds, args=tuple(shlex.split(args)), trigger=workload or None, stop=stop
+        )
         return program.execute(connection)
 
     def stop_everywhere() -> None:
@@ -237,9 +263,18 @@ def run_lab(hosts: list[Host], root: Path, what: str, seconds: int = 0, trigger:
         return each(hosts, job, interrupted=stop_everywhere), received
 
 
-def run_and_report(config: Config, what: str, *, inventory: str = "", vm: str = "", duration: str | int = 0,
-                   trigger: str = "", no_trigger: bool = False, args: str = "", kind: str = "program",
-                   draw: bool = False) -> None:
+def run_and_report(
+    config: Config,
+    what: str,
+    inventory: str = "",
+    vm: str = "",
+    duration: str | int = 0,
+    trigger: str = "",
+    no_trigger: bool = False,
+    args: str = "",
+    kind: str = "program",
+    draw: bool = False,
+) -> None:
     """lab.run, lab.trace and lab.tool: input checked before any VM is touched, then the run on
     the chosen hosts and its report. `trigger`/`no_trigger`: --trigger CMD, --no-trigger, or
     neither (the lab's own); `draw`: plot a counting lab's counts when it ends."""
@@ -282,25 +317,32 @@ def finish_run(results: dict[str, Result], what: str, received: list[int]) -> No
             continue
         record, outcome = result.value.record, result.value
         prefix = f"{name}: " if len(results) > 1 else f"{record.lab}: "
-        note(f"{prefix}{record.stopped}, exit {record.exit_status}, {record.lines} lines, "
-             f"{record.duration_s}s. Saved in {outcome.folder}")
+        note(
+            f"{prefix}{record.stopped}, exit {record.exit_status}, {record.lines} lines, "
+            f"{record.duration_s}s. Saved in {outcome.folder}"
+        )
         error = run.verdict(outcome)
         if error:
             errors.append((name, error))
     if received:
-        raise LabError(f"Stopped by {signal.Signals(received[0]).name}; the program in the VM was stopped and "
-                       "its output is kept (see the line above).", code=128 + received[0])
+        raise LabError(
+            f"Stopped by {signal.Signals(received[0]).name}; the program in the VM was stopped and "
+            "its output is kept (see the line above).",
+            code=128 + received[0],
+        )
     if len(results) == 1:
         if errors:
             raise errors[0][1]
         return
-    problems = [f"{name}: {str(error).splitlines()[0] if str(error) else f'exit status {error.code}'}"
-                for name, error in errors]
+    problems = [
+        f"{name}: {str(error).splitlines()[0] if str(error) else f'exit status {error.code}'}" for name, error in errors
+    ]
     folders = {result.value.folder.parent for result in results.values() if result.ok}
     require_all(results, problems, f"ran {what}; output gathered in {', '.join(map(str, folders))}")
 
 
 # verifying --------------------------------------------------------------
+
 
 def verify(config: Config, names: list[str], seconds: str | int, inventory: str = "", vm: str = "") -> None:
     """Every lab (or `names`) on every chosen host, checked against the catalog: a table, a
@@ -313,19 +355,30 @@ def verify(config: Config, names: list[str], seconds: str | int, inventory: str 
     room = len(hosts) > 1
     folder = run.free_folder(root / "runs", "verify-fleet" if room else "verify", datetime.now(timezone.utc))
     runs_of = {host.name: folder / host.name if room else root / "runs" for host in hosts}
-    results = each(hosts, lambda host, connection: run.verify(host, connection, root, names, seconds,
-                                                              runs_of[host.name]))
+    results = each(
+        hosts, lambda host, connection: run.verify(host, connection, root, names, seconds, runs_of[host.name])
+    )
     matrix = {name: result.value if result.ok else None for name, result in results.items()}
-    summary = write_summary(folder, {
-        "hosts": {name: {"runs": runs_of[name].relative_to(root / "runs").as_posix(),
-                         "labs": {row["lab"]: row for row in rows}}
-                  for name, rows in matrix.items() if rows is not None},
-        "failed_hosts": {name: result.error for name, result in results.items() if not result.ok}})
+    summary = write_summary(
+        folder,
+        {
+            "hosts": {
+                name: {
+                    "runs": runs_of[name].relative_to(root / "runs").as_posix(),
+                    "labs": {row["lab"]: row for row in rows},
+                }
+                for name, rows in matrix.items()
+                if rows is not None
+            },
+            "failed_hosts": {name: result.error for name, result in results.items() if not result.ok},
+        },
+    )
     console.verify_results(matrix)
     problems = {}
     for name, rows in matrix.items():
         failed = [row["lab"] for row in rows or [] if row["result"] != "PASS"]
         if failed:
-            problems[name] = LabError(f"{len(failed)} of {len(rows)} labs failed ({', '.join(failed)}). "
-                                      f"Summary: {summary}")
+            problems[name] = LabError(
+                f"{len(failed)} of {len(rows)} labs failed ({', '.join(failed)}). Summary: {summary}"
+            )
     conclude(results, problems, f"passed every lab (summary: {summary})")

@@ -37,8 +37,14 @@ SHUTDOWN_SECONDS = 180
 def description(config: Config, facts: provision.Facts, source_box: str) -> dict:
     """What the box was made from; its id names the box in Vagrant."""
     made = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    fields = {"distribution": facts.distribution, "arch": facts.arch, "kernel": facts.kernel,
-              "made_from_box": source_box, "provision": config.provision_digest, "packaged": made}
+    fields = {
+        "distribution": facts.distribution,
+        "arch": facts.arch,
+        "kernel": facts.kernel,
+        "made_from_box": source_box,
+        "provision": config.provision_digest,
+        "packaged": made,
+    }
     return {"id": digest_of(fields), **fields}
 
 
@@ -56,8 +62,10 @@ def disk_of(domain: str) -> Path:
         fields = line.split()
         if len(fields) == 4 and fields[:2] == ["file", "disk"]:
             return Path(fields[3])
-    raise LabError(f"libvirt shows no disk for {domain} ({listing.stderr.strip() or 'empty list'}). "
-                   "`invoke lab.status` tells the VM's state.")
+    raise LabError(
+        f"libvirt shows no disk for {domain} ({listing.stderr.strip() or 'empty list'}). "
+        "`invoke lab.status` tells the VM's state."
+    )
 
 
 def wait_until_off(domain: str) -> None:
@@ -65,16 +73,20 @@ def wait_until_off(domain: str) -> None:
         if libvirt.query("domstate", domain).stdout.strip() == "shut off":
             return
         time.sleep(1)
-    raise LabError(f"{domain} did not power off within {SHUTDOWN_SECONDS} s after packaging was prepared. "
-                   "Run `invoke lab.halt`, then `invoke box.package` again.")
+    raise LabError(
+        f"{domain} did not power off within {SHUTDOWN_SECONDS} s after packaging was prepared. "
+        "Run `invoke lab.halt`, then `invoke box.package` again."
+    )
 
 
 def package(vm: LabVM, output: str = "") -> Path:
     """Pack a provisioned, healthy VM as a ready box; return the box file's path."""
     status = vm.require_running()
     if status.provider != "libvirt":
-        raise LabError(f"box.package packs libvirt VMs; {vm.title} runs on {status.provider}. "
-                       "VirtualBox has `vagrant package` for that.")
+        raise LabError(
+            f"box.package packs libvirt VMs; {vm.title} runs on {status.provider}. "
+            "VirtualBox has `vagrant package` for that."
+        )
     require_tool("qemu-img")
     log = vm.logs / "package.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -83,23 +95,35 @@ def package(vm: LabVM, output: str = "") -> Path:
         provision.require_healthy(provision.doctor(connection))
         about = description(vm.config, facts, vm.remembered("box") or "-")
         with step(f"Cleaning {vm.title} for packaging (apt lists, logs, host keys, machine-id), then powering off"):
-            remote_run(connection, script("box-clean.sh", DESCRIPTION=json.dumps(about, sort_keys=True)),
-                       sudo=True, log=log, what="cleaning the VM for packaging",
-                       fix="Run `invoke box.package` again on a running VM.")
+            remote_run(
+                connection,
+                script("box-clean.sh", DESCRIPTION=json.dumps(about, sort_keys=True)),
+                sudo=True,
+                log=log,
+                what="cleaning the VM for packaging",
+                fix="Run `invoke box.package` again on a running VM.",
+            )
     vm.state.forget("ssh-config")
     wait_until_off(vm.domain)
-    target = Path(output).expanduser() if output else \
-        cache_dir() / "ready" / f"{about['distribution']}-ready-{about['id']}.box"
+    target = (
+        Path(output).expanduser()
+        if output
+        else cache_dir() / "ready" / f"{about['distribution']}-ready-{about['id']}.box"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     key = vm.root / ".vagrant" / "machines" / vm.machine / "libvirt" / "private_key"
     workdir = Path(tempfile.mkdtemp(prefix="package-", dir=target.parent))
     try:
         with step(f"Packing the disk of {vm.title} as a box (qemu-img convert)") as current:
-            run(["qemu-img", "convert", "-O", "qcow2", str(disk_of(vm.domain)), str(workdir / "box.img")],
-                current=current, log=log)
+            run(
+                ["qemu-img", "convert", "-O", "qcow2", str(disk_of(vm.domain)), str(workdir / "box.img")],
+                current=current,
+                log=log,
+            )
             size = json.loads(run(["qemu-img", "info", "--output=json", str(workdir / "box.img")]).stdout)
-            (workdir / "metadata.json").write_text(json.dumps(
-                {"provider": "libvirt", "format": "qcow2", "virtual_size": size["virtual-size"] // 1024**3}))
+            (workdir / "metadata.json").write_text(
+                json.dumps({"provider": "libvirt", "format": "qcow2", "virtual_size": size["virtual-size"] // 1024**3})
+            )
             (workdir / "Vagrantfile").write_text(box_vagrantfile(key.exists()))
             (workdir / "bpflab.json").write_text(json.dumps(about, indent=2, sort_keys=True) + "\n")
             names = ["bpflab.json", "metadata.json", "Vagrantfile", "box.img"]
@@ -113,8 +137,12 @@ def package(vm: LabVM, output: str = "") -> Path:
             partial.replace(target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    done(f"Ready box: {target} ({target.stat().st_size // 1024**2} MiB; {about['distribution']}, "
-        f"kernel {about['kernel']})")
-    say(f"On each seat: set `vm.box: {target}` in lab.yaml, then `invoke lab.setup`. "
-        f"{vm.subject} is halted; `invoke lab.up` starts it again.")
+    done(
+        f"Ready box: {target} ({target.stat().st_size // 1024**2} MiB; {about['distribution']}, "
+        f"kernel {about['kernel']})"
+    )
+    say(
+        f"On each seat: set `vm.box: {target}` in lab.yaml, then `invoke lab.setup`. "
+        f"{vm.subject} is halted; `invoke lab.up` starts it again."
+    )
     return target

@@ -83,6 +83,7 @@ echo "statuses=$(dpkg-query -W -f='${Package}:${db:Status-Status} ')"
 @dataclass
 class Facts:
     """What the VM has now: everything provisioning decides from."""
+
     distribution: str
     arch: str
     kernel: str
@@ -101,29 +102,40 @@ class Facts:
     def parse(cls, text: str) -> Facts:
         lines = text.splitlines()
         values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("check|"))
-        return cls(values["distribution"], arch.debian(values["arch"]), values["kernel"], int(values["cpus"]),
-                   int(values["memory_kb"]), values["python_link"],
-                   json.loads(values["stamp"]) if values["stamp"].strip() else {},
-                   {entry.rsplit(":", 1)[0] for entry in values["statuses"].split() if entry.endswith(":installed")},
-                   set(values.get("no_candidate", "").split()),
-                   values.get("sshd_keepalive", "").strip(),
-                   json.loads(values["ready_box"]) if values.get("ready_box", "").strip() else {},
-                   values.get("virt", "").strip(),
-                   checks_of([line.removeprefix("check|") for line in lines if line.startswith("check|")]))
+        return cls(
+            values["distribution"],
+            arch.debian(values["arch"]),
+            values["kernel"],
+            int(values["cpus"]),
+            int(values["memory_kb"]),
+            values["python_link"],
+            json.loads(values["stamp"]) if values["stamp"].strip() else {},
+            {entry.rsplit(":", 1)[0] for entry in values["statuses"].split() if entry.endswith(":installed")},
+            set(values.get("no_candidate", "").split()),
+            values.get("sshd_keepalive", "").strip(),
+            json.loads(values["ready_box"]) if values.get("ready_box", "").strip() else {},
+            values.get("virt", "").strip(),
+            checks_of([line.removeprefix("check|") for line in lines if line.startswith("check|")]),
+        )
 
 
 def gather(connection: Connection, optional: list[str], checks: bool = False) -> Facts:
     """All facts in one round trip; `optional` packages are checked for an apt candidate; with
     `checks`, the doctor runs at the same time (its rows are the answer when nothing changes)."""
-    variables = {"OPTIONAL": " ".join(optional), "UNAVAILABLE": APT_UNAVAILABLE,
-                 "DOCTOR": ANSWERS + script("doctor.sh", REUSE="1") if checks else ""}
-    return Facts.parse(remote_run(connection, with_variables(FACTS_SCRIPT, variables),
-                                  what="reading the VM's state").stdout)
+    variables = {
+        "OPTIONAL": " ".join(optional),
+        "UNAVAILABLE": APT_UNAVAILABLE,
+        "DOCTOR": ANSWERS + script("doctor.sh", REUSE="1") if checks else "",
+    }
+    return Facts.parse(
+        remote_run(connection, with_variables(FACTS_SCRIPT, variables), what="reading the VM's state").stdout
+    )
 
 
 @dataclass
 class Plan:
     """The gap between the facts and lab.yaml, as decisions."""
+
     bcc_mode: str
     packages: list[str]
     optional: set[str]
@@ -142,8 +154,10 @@ def build_place(setting: str, virt: str, unable: str | None) -> tuple[str, str]:
     """Where a source build runs, vm or host, and why. Under software emulation (systemd-detect-virt
     says qemu, not kvm) a build in the VM takes hours; on a host that can, minutes."""
     if setting == "host" and unable:
-        raise LabError(f"lab.yaml asks for provision.bcc.build_on: host, but {unable}. Fix that, or set "
-                       "build_on to auto or vm in lab.yaml (a build in an emulated VM takes hours).")
+        raise LabError(
+            f"lab.yaml asks for provision.bcc.build_on: host, but {unable}. Fix that, or set "
+            "build_on to auto or vm in lab.yaml (a build in an emulated VM takes hours)."
+        )
     if setting != "auto":
         return setting, f"build_on: {setting} in lab.yaml"
     if virt != "qemu":
@@ -157,8 +171,10 @@ def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
     """`host_unable`: why this host cannot build BCC for the VM (None: it can)."""
     distributions = config.provision.distributions
     if facts.distribution not in distributions:
-        raise LabError(f"The VM runs {facts.distribution}, which lab.yaml has no packages for "
-                       f"(provision.distributions has {', '.join(distributions)}). Use one of those boxes.")
+        raise LabError(
+            f"The VM runs {facts.distribution}, which lab.yaml has no packages for "
+            f"(provision.distributions has {', '.join(distributions)}). Use one of those boxes."
+        )
     distro = distributions[facts.distribution]
     bcc = config.provision.bcc
     mode = config.bcc_mode(facts.distribution)
@@ -173,8 +189,11 @@ def plan(config: Config, facts: Facts, host_unable: str | None = None) -> Plan:
     if build_bcc and where == "host":  # the VM gets the build as an artifact, made now unless one exists
         artifact = Artifact.built_with(config.bcc_artifacts, settings, facts.distribution, facts.arch)
     wanted = list(distro["packages"]) + [f"linux-headers-{facts.kernel}"]
-    wanted += {"source": distro["bcc_build"] if where == "vm" else [], "package": distro["bcc_package"],
-               "artifact": []}[mode] + (artifact.runtime_packages if artifact else [])
+    wanted += {
+        "source": distro["bcc_build"] if where == "vm" else [],
+        "package": distro["bcc_package"],
+        "artifact": [],
+    }[mode] + (artifact.runtime_packages if artifact else [])
     missing = [name for name in dict.fromkeys(wanted) if name not in facts.installed]
     # A ready seat has no package lists to ask; its box recorded what the archive lacked.
     no_candidate = facts.no_candidate | set(facts.ready_box.get("unavailable", []))
@@ -201,17 +220,21 @@ def ready_box_note(config: Config, facts: Facts) -> str | None:
     if not made_with or made_with == config.provision_digest:
         return None
     made = facts.ready_box.get("packaged") or facts.ready_box.get("made", "?")
-    return (f"This VM comes from a ready box made on {made} with other "
-            "provisioning settings than lab.yaml's now: provisioning closes the difference.")
+    return (
+        f"This VM comes from a ready box made on {made} with other "
+        "provisioning settings than lab.yaml's now: provisioning closes the difference."
+    )
 
 
 def apt(command: str, timeout: int) -> str:
     """An apt-get command that waits for the dpkg lock, retries downloads, asks nothing (a
     configuration file changed here, such as the box's PAM file for sshd, is kept, as Ansible's
     apt module does)."""
-    return (f"DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout={timeout} "
-            f"-o Acquire::Retries=3 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
-            f"{command}")
+    return (
+        f"DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout={timeout} "
+        f"-o Acquire::Retries=3 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
+        f"{command}"
+    )
 
 
 def wait_for_apt(connection: Connection, timeout: int) -> None:
@@ -219,10 +242,12 @@ def wait_for_apt(connection: Connection, timeout: int) -> None:
     if not busy:
         return
     with step(f"Waiting for apt/dpkg to be free (held by {busy[-1]}; up to {timeout}s)"):
-        remote_run(connection, f"for i in $(seq {timeout}); do {APT_BUSY_NOW} >/dev/null || exit 0; "
-                               "sleep 1; done; exit 1",
-                   what="waiting for the apt/dpkg lock",
-                   fix="Another apt run holds the lock for too long; see `ps aux | grep apt` in `invoke lab.ssh`.")
+        remote_run(
+            connection,
+            f"for i in $(seq {timeout}); do {APT_BUSY_NOW} >/dev/null || exit 0; sleep 1; done; exit 1",
+            what="waiting for the apt/dpkg lock",
+            fix="Another apt run holds the lock for too long; see `ps aux | grep apt` in `invoke lab.ssh`.",
+        )
 
 
 def install_packages(connection: Connection, config: Config, facts: Facts, todo: Plan, log: Path) -> str:
@@ -231,19 +256,31 @@ def install_packages(connection: Connection, config: Config, facts: Facts, todo:
     timeout = config.provision.apt_lock_timeout
     wait_for_apt(connection, timeout)
     with step(f"Installing {len(todo.packages)} packages") as current:
-        remote_run(connection, apt("update", timeout), sudo=True, current=current, log=log,
-                   what="apt-get update", fix="Check the VM's network (`invoke lab.ssh`) and run provision again.")
-        unavailable = remote_run(connection, f"bash -c {shlex.quote(APT_UNAVAILABLE)} apt-unavailable "
-                                             f"{' '.join(todo.packages)}", log=log,
-                                 what="asking apt which packages it has",
-                                 fix="Run `invoke lab.provision` again; if it fails the same way, see "
-                                     "`sudo apt-get update` in `invoke lab.ssh`.").stdout.split()
+        remote_run(
+            connection,
+            apt("update", timeout),
+            sudo=True,
+            current=current,
+            log=log,
+            what="apt-get update",
+            fix="Check the VM's network (`invoke lab.ssh`) and run provision again.",
+        )
+        unavailable = remote_run(
+            connection,
+            f"bash -c {shlex.quote(APT_UNAVAILABLE)} apt-unavailable {' '.join(todo.packages)}",
+            log=log,
+            what="asking apt which packages it has",
+            fix="Run `invoke lab.provision` again; if it fails the same way, see "
+            "`sudo apt-get update` in `invoke lab.ssh`.",
+        ).stdout.split()
         running_headers = f"linux-headers-{facts.kernel}"
         skipped = [name for name in unavailable if name in todo.optional]
         required = [name for name in unavailable if name not in todo.optional and name != running_headers]
         if required:
-            raise LabError(f"These required packages do not exist on this distribution: {' '.join(required)}. "
-                           "Fix provision.distributions in lab.yaml (or mark them optional).")
+            raise LabError(
+                f"These required packages do not exist on this distribution: {' '.join(required)}. "
+                "Fix provision.distributions in lab.yaml (or mark them optional)."
+            )
         for name in skipped:
             warn(f"{name} is not available on this distribution; skipped (it is marked optional)")
         install = [name for name in todo.packages if name not in skipped and name not in unavailable]
@@ -254,25 +291,41 @@ def install_packages(connection: Connection, config: Config, facts: Facts, todo:
                 remote_run(connection, f"printf 'MODULES=dep\\n' > {SMALL_INITRAMFS}", sudo=True, log=log)
         if install:
             fast = f"printf 'force-unsafe-io\\n' > {UNSAFE_IO} && " if facts.virt not in ("", "none") else ""
-            remote_run(connection, fast + apt("install --no-install-recommends " + " ".join(install), timeout),
-                       sudo=True, current=current, log=log, what="apt-get install",
-                       fix="Run `invoke lab.provision` again; it retries what is still missing.")
+            remote_run(
+                connection,
+                fast + apt("install --no-install-recommends " + " ".join(install), timeout),
+                sudo=True,
+                current=current,
+                log=log,
+                what="apt-get install",
+                fix="Run `invoke lab.provision` again; it retries what is still missing.",
+            )
         if retire:  # it is newer, so it would boot again; its own headers are nowhere to be had
-            remote_run(connection, "echo 'linux-base linux-base/removing-running-kernel boolean false' | "
-                                   "debconf-set-selections && " + apt(f"purge {retire}", timeout),
-                       sudo=True, current=current, log=log, what=f"removing the kernel {facts.kernel}",
-                       fix="Run `invoke lab.provision` again.")
+            remote_run(
+                connection,
+                "echo 'linux-base linux-base/removing-running-kernel boolean false' | "
+                "debconf-set-selections && " + apt(f"purge {retire}", timeout),
+                sudo=True,
+                current=current,
+                log=log,
+                what=f"removing the kernel {facts.kernel}",
+                fix="Run `invoke lab.provision` again.",
+            )
     return target
 
 
 def current_kernel(connection: Connection, facts: Facts, log: Path) -> tuple[str, str]:
     """The kernel to move to when the running one has no headers in the sources, and the package
     of the running one if it must go (see kernel-target.sh)."""
-    output = remote_run(connection, script("kernel-target.sh"), sudo=True, log=log,
-                        what=f"looking for a kernel with headers (the running {facts.kernel} has none in the "
-                             "package sources)",
-                        fix="The machine's apt sources offer no kernel with its headers. Add the distribution's "
-                            "main archive to its apt sources, or install linux-headers for its kernel by hand.")
+    output = remote_run(
+        connection,
+        script("kernel-target.sh"),
+        sudo=True,
+        log=log,
+        what=f"looking for a kernel with headers (the running {facts.kernel} has none in the package sources)",
+        fix="The machine's apt sources offer no kernel with its headers. Add the distribution's "
+        "main archive to its apt sources, or install linux-headers for its kernel by hand.",
+    )
     values = dict(line.split("=", 1) for line in output.stdout.splitlines() if "=" in line)
     return values["target"], values["retire"]
 
@@ -286,46 +339,66 @@ def build_bcc(connection: Connection, facts: Facts, todo: Plan, log: Path) -> No
     """Clone BCC at the pinned tag with its submodules, build, install and record its files in the VM; stamp."""
     settings, build_log = todo.settings, log.with_name("bcc-build.log")
     jobs = make_jobs(facts.cpus, facts.memory_kb)
-    with step(f"Building BCC {settings['version']} from source in the VM (make -j{jobs}; "
-              f"log: {build_log})") as current:
+    with step(f"Building BCC {settings['version']} from source in the VM (make -j{jobs}; log: {build_log})") as current:
         for phase, what, fix in build_phases(settings, "vm"):
-            remote_run(connection, build_script(phase, settings, jobs), sudo=True, current=current, log=build_log,
-                       what=what, fix=fix)
+            remote_run(
+                connection,
+                build_script(phase, settings, jobs),
+                sudo=True,
+                current=current,
+                log=build_log,
+                what=what,
+                fix=fix,
+            )
         write_stamp(connection, settings, "source", facts, log)
 
 
-def export_bcc(connection: Connection, config: Config, log: Path, facts: Facts | None = None,
-               built: dict | None = None) -> Path:
+def export_bcc(
+    connection: Connection, config: Config, log: Path, facts: Facts | None = None, built: dict | None = None
+) -> Path:
     """Copy the VM's BCC built from source to the host's artifact folder; return the tarball's path.
     Right after a build, provisioning passes the facts it has and what it built."""
     facts = facts or gather(connection, [])
     built = built or facts.stamp.get("built")
     if not built:
-        raise LabError("The VM has no BCC built from source to export (its BCC comes from the distribution's "
-                       "package, or provisioning has not run). Build it once with `bcc.install: source` in "
-                       "lab.yaml and `invoke lab.provision`.")
+        raise LabError(
+            "The VM has no BCC built from source to export (its BCC comes from the distribution's "
+            "package, or provisioning has not run). Build it once with `bcc.install: source` in "
+            "lab.yaml and `invoke lab.provision`."
+        )
     with step(f"Exporting BCC {built['version']} ({facts.distribution} {facts.arch}) to {config.bcc_artifacts}"):
-        output = remote_run(connection, script("bcc-export.sh"), sudo=True, log=log,
-                            what="packing BCC's files in the VM",
-                            fix="Run `invoke lab.provision` so the VM's BCC install is complete, then export again.")
+        output = remote_run(
+            connection,
+            script("bcc-export.sh"),
+            sudo=True,
+            log=log,
+            what="packing BCC's files in the VM",
+            fix="Run `invoke lab.provision` so the VM's BCC install is complete, then export again.",
+        )
 
         def fetch(partial: Path) -> None:
             connection.get("/tmp/bpflab-bcc.tar.gz", str(partial))
             remote_run(connection, "rm -f /tmp/bpflab-bcc.tar.gz /tmp/bpflab-bcc.list", sudo=True, log=log)
+
         return save_artifact(config, facts.distribution, facts.arch, built, output.stdout, fetch, "vm", facts.kernel)
 
 
-def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, log: Path,
-                     via: str = "artifact") -> None:
+def install_artifact(
+    connection: Connection, facts: Facts, artifact: Artifact, log: Path, via: str = "artifact"
+) -> None:
     """Unpack an exported BCC build into the VM: the seconds-long alternative to a source build."""
     with step(f"Installing BCC {artifact.built['version']} from {artifact.tarball.name}"):
         connection.put(str(artifact.tarball), "/tmp/bpflab-bcc.tar.gz")
-        remote_run(connection,
-                   f"tar -C / -xzf /tmp/bpflab-bcc.tar.gz && mkdir -p {Path(INSTALLED_FILES).parent} && "
-                   f"tar -tzf /tmp/bpflab-bcc.tar.gz | sed 's|^|/|; s|/$||' > {INSTALLED_FILES} && "
-                   "rm -f /tmp/bpflab-bcc.tar.gz && ldconfig",
-                   sudo=True, log=log, what="unpacking the BCC artifact",
-                   fix="Run `invoke lab.provision` again; if it fails again, export the artifact again.")
+        remote_run(
+            connection,
+            f"tar -C / -xzf /tmp/bpflab-bcc.tar.gz && mkdir -p {Path(INSTALLED_FILES).parent} && "
+            f"tar -tzf /tmp/bpflab-bcc.tar.gz | sed 's|^|/|; s|/$||' > {INSTALLED_FILES} && "
+            "rm -f /tmp/bpflab-bcc.tar.gz && ldconfig",
+            sudo=True,
+            log=log,
+            what="unpacking the BCC artifact",
+            fix="Run `invoke lab.provision` again; if it fails again, export the artifact again.",
+        )
         write_stamp(connection, artifact.built, via, facts, log)
 
 
@@ -333,6 +406,7 @@ def install_artifact(connection: Connection, facts: Facts, artifact: Artifact, l
 class Outcome:
     """What provisioning did: whether something changed, how BCC was installed, and the kernel
     the machine must restart into before it can go on (a new kernel's headers are installed)."""
+
     changed: bool
     bcc_mode: str
     restart_into: str = ""
@@ -357,27 +431,40 @@ def apply(connection: Connection, config: Config, log: Path) -> Outcome:
     built_here = todo.build_bcc and todo.build_on == "host"
     if built_here:  # first: the artifact names the packages its files need in the VM
         artifact = build_on_host(config, facts.distribution, facts.arch, todo.settings, log)
-        extra = [name for name in artifact.runtime_packages
-                 if name not in facts.installed and name not in todo.packages]
+        extra = [
+            name for name in artifact.runtime_packages if name not in facts.installed and name not in todo.packages
+        ]
         todo = dataclasses.replace(todo, build_bcc=False, artifact=artifact, packages=todo.packages + extra)
     if todo.remove:
         with step(f"Removing the distribution's BCC ({' '.join(todo.remove)}): it conflicts with a source build"):
-            remote_run(connection, apt("purge " + " ".join(todo.remove), config.provision.apt_lock_timeout),
-                       sudo=True, log=log, what="removing the distribution's BCC")
+            remote_run(
+                connection,
+                apt("purge " + " ".join(todo.remove), config.provision.apt_lock_timeout),
+                sudo=True,
+                log=log,
+                what="removing the distribution's BCC",
+            )
         changed = True
     if todo.packages:
         new_kernel = install_packages(connection, config, facts, todo, log)
         if new_kernel:
-            say(f"The running kernel {facts.kernel} has no headers in the package sources any more (BCC needs "
-                f"them): installed the distribution's current kernel {new_kernel} and its headers.")
+            say(
+                f"The running kernel {facts.kernel} has no headers in the package sources any more (BCC needs "
+                f"them): installed the distribution's current kernel {new_kernel} and its headers."
+            )
             return Outcome(True, todo.bcc_mode, new_kernel)
         changed = True
     else:
         done("Packages: all installed")
     if todo.sshd_keepalive:
-        remote_run(connection, f"printf %s {shlex.quote(SSHD_KEEPALIVE)} > /etc/ssh/sshd_config.d/bpflab.conf && "
-                               "{ systemctl reload ssh || service ssh reload || true; } 2>/dev/null",
-                   sudo=True, log=log, what="setting sshd's keepalive")
+        remote_run(
+            connection,
+            f"printf %s {shlex.quote(SSHD_KEEPALIVE)} > /etc/ssh/sshd_config.d/bpflab.conf && "
+            "{ systemctl reload ssh || service ssh reload || true; } 2>/dev/null",
+            sudo=True,
+            log=log,
+            what="setting sshd's keepalive",
+        )
         done("sshd ends sessions whose host is gone (ClientAliveInterval 2)")
         changed = True
     if todo.link_python:
@@ -401,13 +488,16 @@ def apply(connection: Connection, config: Config, log: Path) -> Outcome:
 
 def doctor(connection: Connection) -> list[tuple[str, bool, str]]:
     """What the labs need, checked in the VM: (check, ok, detail) rows."""
-    return checks_of(remote_run(connection, ANSWERS + script("doctor.sh"), sudo=True,
-                                what="the lab checks").stdout.splitlines())
+    return checks_of(
+        remote_run(connection, ANSWERS + script("doctor.sh"), sudo=True, what="the lab checks").stdout.splitlines()
+    )
 
 
 def checks_of(lines: list[str]) -> list[tuple[str, bool, str]]:
-    return [(name, state == "ok", detail) for name, state, detail in
-            (line.split("|", 2) for line in lines if line.count("|") >= 2)]
+    return [
+        (name, state == "ok", detail)
+        for name, state, detail in (line.split("|", 2) for line in lines if line.count("|") >= 2)
+    ]
 
 
 def require_quiet_console(path: Path | None) -> None:
@@ -415,12 +505,16 @@ def require_quiet_console(path: Path | None) -> None:
     the labs' results doubtful even where every check passes."""
     note = console_note(path) if path else ""
     if "in trouble" in note:
-        raise LabError(f"{note}\nThe VM still answers, but its kernel is not sound: `invoke lab.halt` then "
-                       "`invoke lab.up` restart it (the console log starts afresh).")
+        raise LabError(
+            f"{note}\nThe VM still answers, but its kernel is not sound: `invoke lab.halt` then "
+            "`invoke lab.up` restart it (the console log starts afresh)."
+        )
 
 
 def require_healthy(rows) -> None:
     failed = [name for name, ok, _ in rows if not ok]
     if failed:
-        raise LabError(f"The VM is not ready for the labs: {', '.join(failed)} (see the table). "
-                       "Run `invoke lab.provision` to install what is missing.")
+        raise LabError(
+            f"The VM is not ready for the labs: {', '.join(failed)} (see the table). "
+            "Run `invoke lab.provision` to install what is missing."
+        )

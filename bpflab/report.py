@@ -30,8 +30,13 @@ def plot(series: Series, folder: Path, top: int = 8) -> list[Path]:
 
     figure, axes = pyplot.subplots(figsize=(8, 4.5), dpi=120)
     for colour, key in zip(COLOURS, series.top(top), strict=False):
-        axes.plot(series.seconds, series.values(key), marker="o", color=colour, label=f"{series.key} {key}"
-                  if series.key != "syscall" else key)
+        axes.plot(
+            series.seconds,
+            series.values(key),
+            marker="o",
+            color=colour,
+            label=f"{series.key} {key}" if series.key != "syscall" else key,
+        )
     unit = "so far" if series.cumulative else f"per {series.every:g} s"
     axes.set_title(f"{series.lab}: {series.what} by {series.key} ({folder.name[:16]})")
     axes.set_xlabel("seconds since attached")
@@ -96,10 +101,13 @@ def verify_section(runs: Path) -> str:
     hosts, failed_hosts = data["hosts"], data["failed_hosts"]
     if len(hosts) == 1 and not failed_hosts:
         (entry,) = hosts.values()
-        rows = [f"<tr>{cell(row['lab'])}"
-                f"{cell(row['result'], row['result'], log_link(runs, entry['runs'], row['folder']))}"
-                f"{cell(row['time_to_attach_s'])}{cell(row['time_to_first_event_s'])}{cell(row['duration_s'])}"
-                f"{cell('; '.join(row['problems']))}</tr>" for row in entry["labs"].values()]
+        rows = [
+            f"<tr>{cell(row['lab'])}"
+            f"{cell(row['result'], row['result'], log_link(runs, entry['runs'], row['folder']))}"
+            f"{cell(row['time_to_attach_s'])}{cell(row['time_to_first_event_s'])}{cell(row['duration_s'])}"
+            f"{cell('; '.join(row['problems']))}</tr>"
+            for row in entry["labs"].values()
+        ]
         return title + table(["lab", "result", "attach s", "first event s", "total s", "why"], rows)
     names = list(hosts) + list(failed_hosts)
     labs = list(dict.fromkeys(lab for entry in hosts.values() for lab in entry["labs"]))
@@ -110,11 +118,15 @@ def verify_section(runs: Path) -> str:
             entry = hosts.get(host)
             row = entry["labs"].get(lab) if entry else None
             link = log_link(runs, entry["runs"], row.get("folder")) if row else None
-            cells.append(cell("–", "none") if row is None else
-                         cell(row["result"], row["result"], link, "; ".join(row["problems"])))
+            cells.append(
+                cell("–", "none")
+                if row is None
+                else cell(row["result"], row["result"], link, "; ".join(row["problems"]))
+            )
         rows.append(f"<tr>{cell(lab)}{''.join(cells)}</tr>")
-    failed = "".join(f"<li>{html.escape(host)}: {html.escape(why.splitlines()[0])}</li>"
-                     for host, why in failed_hosts.items())
+    failed = "".join(
+        f"<li>{html.escape(host)}: {html.escape(why.splitlines()[0])}</li>" for host, why in failed_hosts.items()
+    )
     return title + table(["lab \\ host", *names], rows) + (f"<ul>{failed}</ul>" if failed else "")
 
 
@@ -122,10 +134,13 @@ def runs_section(runs: Path, limit: int) -> str:
     records = list_runs(runs)[:limit]
     if not records:
         return "<p class='none'>No runs yet.</p>"
-    rows = [f"<tr>{cell(folder[:16])}{cell(record.lab, link=log_link(runs, folder))}"
-            f"{cell(record.vm or '')}{cell(record.stopped)}{cell(record.exit_status)}"
-            f"{cell(record.lines)}{cell(record.duration_s)}{cell(record.kernel or '')}"
-            f"{cell(record.bcc or '')}</tr>" for folder, record in records]
+    rows = [
+        f"<tr>{cell(folder[:16])}{cell(record.lab, link=log_link(runs, folder))}"
+        f"{cell(record.vm or '')}{cell(record.stopped)}{cell(record.exit_status)}"
+        f"{cell(record.lines)}{cell(record.duration_s)}{cell(record.kernel or '')}"
+        f"{cell(record.bcc or '')}</tr>"
+        for folder, record in records
+    ]
     return table(["started (UTC)", "lab", "VM", "stopped", "exit", "lines", "seconds", "kernel", "BCC"], rows)
 
 
@@ -139,8 +154,10 @@ def plots_section(runs: Path, catalog: dict[str, Lab]) -> str:
                     svg = plot_run(runs / folder, catalog)[1].read_text()
                 except LabError:
                     continue
-                figures.append(f"<figure>{svg[svg.index('<svg'):]}<figcaption><small>{html.escape(name)}, "
-                               f"{html.escape(folder)}</small></figcaption></figure>")
+                figures.append(
+                    f"<figure>{svg[svg.index('<svg') :]}<figcaption><small>{html.escape(name)}, "
+                    f"{html.escape(folder)}</small></figcaption></figure>"
+                )
                 break
     return "".join(figures) or "<p class='none'>No run of a counting lab yet (hello-map, syscall-count, ...).</p>"
 
@@ -148,17 +165,21 @@ def plots_section(runs: Path, catalog: dict[str, Lab]) -> str:
 def write(runs: Path, catalog: dict[str, Lab], limit: int = 60) -> Path:
     """runs/report-<UTC time>.html: the newest verify, the runs, the counting labs' plots."""
     if not runs.is_dir():
-        raise LabError(f"There are no gathered runs yet ({runs} does not exist). Run a lab first: "
-                       "`invoke lab.run hello --duration 10`.")
+        raise LabError(
+            f"There are no gathered runs yet ({runs} does not exist). Run a lab first: "
+            "`invoke lab.run hello --duration 10`."
+        )
     now = datetime.now(timezone.utc)
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>bpflab report {now:%Y-%m-%d %H:%M} UTC</title><style>{STYLE}</style></head><body>"
-            f"<h1>bpflab report</h1><p><small>Made {now:%Y-%m-%d %H:%M} UTC from {html.escape(str(runs))} "
-            f"on {html.escape(os.uname().nodename)}.</small></p>"
-            f"<h2>lab.verify</h2>{verify_section(runs)}"
-            f"<h2>Counts</h2>{plots_section(runs, catalog)}"
-            f"<h2>Runs (newest {limit})</h2>{runs_section(runs, limit)}</body></html>\n")
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>bpflab report {now:%Y-%m-%d %H:%M} UTC</title><style>{STYLE}</style></head><body>"
+        f"<h1>bpflab report</h1><p><small>Made {now:%Y-%m-%d %H:%M} UTC from {html.escape(str(runs))} "
+        f"on {html.escape(os.uname().nodename)}.</small></p>"
+        f"<h2>lab.verify</h2>{verify_section(runs)}"
+        f"<h2>Counts</h2>{plots_section(runs, catalog)}"
+        f"<h2>Runs (newest {limit})</h2>{runs_section(runs, limit)}</body></html>\n"
+    )
     path = runs / f"report-{now:%Y%m%dT%H%M%SZ}.html"
     path.write_text(page)
     return path

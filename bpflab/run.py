@@ -56,7 +56,7 @@ def parse_stop(line: str) -> tuple[str, int, int, float | None] | None:
     program took to exit once asked to stop: its own cleanup, None when it ended by itself)."""
     if not line.startswith(STOP_MARK):
         return None
-    reason, status, leaked, exit_seconds = line[len(STOP_MARK):].split()
+    reason, status, leaked, exit_seconds = line[len(STOP_MARK) :].split()
     return reason, int(status), int(leaked), None if exit_seconds == "-" else float(exit_seconds)
 
 
@@ -78,6 +78,7 @@ class Target:
     or a BCC tool. `ready` is the line a program prints once attached. `says_ready`: it
     surely prints one (catalog labs, bpftrace, BCC's tools), so the kernel is not asked.
     `files`: what the VM must hold for it, checked (and synced if need be) as it starts."""
+
     name: str
     workdir: str
     program: str
@@ -106,8 +107,10 @@ def check_target(root: Path, what: str, catalog: dict[str, Lab]) -> None:
     """Refuse a misspelled lab or a missing file before any VM is touched."""
     if Path(what).suffix in PROGRAM_SUFFIXES or "/" in what:
         if not Path(what).is_file():
-            raise LabError(f"{shorten(what)} does not exist (or is not a file). Give the path of a BCC Python "
-                           "program (.py) or a bpftrace script (.bt), or a lab name from `invoke lab.list`.")
+            raise LabError(
+                f"{shorten(what)} does not exist (or is not a file). Give the path of a BCC Python "
+                "program (.py) or a bpftrace script (.bt), or a lab name from `invoke lab.list`."
+            )
         if Path(what).suffix not in PROGRAM_SUFFIXES:
             raise LabError(f"{shorten(what)} is neither a BCC Python program (.py) nor a bpftrace script (.bt).")
     else:
@@ -132,12 +135,21 @@ def prepare(root: Path, what: str, catalog: dict[str, Lab]) -> Target:
     path = Path(what)
     if path.suffix in PROGRAM_SUFFIXES or "/" in what:
         folder = path.resolve().parent
-        files = {item.name: item for item in sorted(folder.iterdir())
-                 if item.is_file() and (item == path.resolve() or item.suffix in (".c", ".h"))}
+        files = {
+            item.name: item
+            for item in sorted(folder.iterdir())
+            if item.is_file() and (item == path.resolve() or item.suffix in (".c", ".h"))
+        }
         remote = f"{sync.REMOTE_ROOT}/user/{path.stem}"
         kind = PROGRAM_SUFFIXES[path.suffix]
-        return Target(path.stem, remote, path.name, kind, ready=BPFTRACE_READY if kind == "bpftrace" else READY,
-                      files=sync.Tree({**files, "labkit.py": root / "labs" / "labkit.py"}, remote))
+        return Target(
+            path.stem,
+            remote,
+            path.name,
+            kind,
+            ready=BPFTRACE_READY if kind == "bpftrace" else READY,
+            files=sync.Tree({**files, "labkit.py": root / "labs" / "labkit.py"}, remote),
+        )
     return lab_target(resolve(catalog, what), sync.labs_tree(root))
 
 
@@ -149,22 +161,29 @@ def lab_target(lab: Lab, files: sync.Tree | None = None) -> Target:
 
 def one_liner_target(program: str) -> Target:
     if not program.strip():
-        raise LabError("Give a bpftrace program, for example: invoke lab.trace 'tracepoint:syscalls:"
-                       "sys_enter_execve { printf(\"%s\\n\", comm); }'")
+        raise LabError(
+            "Give a bpftrace program, for example: invoke lab.trace 'tracepoint:syscalls:"
+            'sys_enter_execve { printf("%s\\n", comm); }\''
+        )
     return Target("trace", "/tmp", program, "one-liner", ready=BPFTRACE_READY)
 
 
-NO_BCC = ("BCC is not installed in the lab VM (python3 finds no bcc module). "
-          "Run `invoke lab.provision` (or `invoke lab.setup`) first.")
+NO_BCC = (
+    "BCC is not installed in the lab VM (python3 finds no bcc module). "
+    "Run `invoke lab.provision` (or `invoke lab.setup`) first."
+)
 
 
 def vm_facts(connection: Connection) -> dict:
     """Kernel and BCC version (the doctor's answer while it stands), which also proves the machine
     is provisioned."""
-    output = remote_run(connection, ANSWERS + "read -r kernel < /proc/sys/kernel/osrelease; remembered bcc bcc || "
-                                              f"bcc=$(python3 -c {shlex.quote(BCC_VERSION)} 2>/dev/null || echo none); "
-                                              'echo "$kernel $bcc"',
-                        what="reading the kernel and BCC version").stdout.split()
+    output = remote_run(
+        connection,
+        ANSWERS + "read -r kernel < /proc/sys/kernel/osrelease; remembered bcc bcc || "
+        f"bcc=$(python3 -c {shlex.quote(BCC_VERSION)} 2>/dev/null || echo none); "
+        'echo "$kernel $bcc"',
+        what="reading the kernel and BCC version",
+    ).stdout.split()
     if len(output) < 2 or output[-1] == "none":
         raise LabError(NO_BCC)
     return {"kernel": output[0], "bcc": output[-1]}
@@ -186,13 +205,21 @@ class Supervisor:
     run needs (`files`) and, with `facts`, reports the kernel and BCC version at the end."""
 
     def __init__(self, target: Target, duration: int, args: tuple, files: sync.Tree | None, facts: bool):
-        settings = {"WORKDIR": target.workdir, "NAME": target.name,
-                    "WATCH": "line" if target.says_ready else "kernel", "DURATION": duration,
-                    "ALLOWANCE": COMPILE_ALLOWANCE, "GRACE": GRACE_SECONDS, "FACTS": int(facts),
-                    "BCC_VERSION": BCC_VERSION if facts else "", "CHECK": files.check_script() if files else ""}
+        settings = {
+            "WORKDIR": target.workdir,
+            "NAME": target.name,
+            "WATCH": "line" if target.says_ready else "kernel",
+            "DURATION": duration,
+            "ALLOWANCE": COMPILE_ALLOWANCE,
+            "GRACE": GRACE_SECONDS,
+            "FACTS": int(facts),
+            "BCC_VERSION": BCC_VERSION if facts else "",
+            "CHECK": files.check_script() if files else "",
+        }
         assignments = "".join(f"{key}={shlex.quote(str(value))}\n" for key, value in settings.items())
-        self.command = (f"bash -c {shlex.quote(assignments + ANSWERS + SUPERVISOR)} supervisor "
-                        + " ".join(shlex.quote(word) for word in target.argv(args)))
+        self.command = f"bash -c {shlex.quote(assignments + ANSWERS + SUPERVISOR)} supervisor " + " ".join(
+            shlex.quote(word) for word in target.argv(args)
+        )
         self.name = target.name
         self.channel = None
         self.requested: set[str] = set()
@@ -225,8 +252,10 @@ class Supervisor:
         try:
             self.channel.sendall(f"{what}\n".encode())
         except (OSError, EOFError, paramiko.SSHException) as error:
-            warn(f"Could not ask the VM to {what} {self.name} ({error or type(error).__name__}); "
-                 "the VM stops it when the connection ends.")
+            warn(
+                f"Could not ask the VM to {what} {self.name} ({error or type(error).__name__}); "
+                "the VM stops it when the connection ends."
+            )
 
 
 class ProgramRun:
@@ -237,8 +266,18 @@ class ProgramRun:
     run.json is always written, so nothing gathered is lost however it ends.
     """
 
-    def __init__(self, host: Host, target: Target, folder: Path, *, duration: int = 0, trigger: str | None = None,
-                 args: tuple = (), echo: bool = True, stop: threading.Event | None = None):
+    def __init__(
+        self,
+        host: Host,
+        target: Target,
+        folder: Path,
+        *,
+        duration: int = 0,
+        trigger: str | None = None,
+        args: tuple = (),
+        echo: bool = True,
+        stop: threading.Event | None = None,
+    ):
         self.host, self.target, self.folder = host, target, folder
         self.duration, self.trigger, self.echo, self.args = duration, trigger, echo, args
         self.stop = stop or threading.Event()
@@ -305,15 +344,17 @@ class ProgramRun:
     def on_mark(self, line: str) -> None:
         """The supervisor's own lines: attached, never attached, facts, stopped."""
         if line.startswith(FACTS_MARK):
-            kernel, bcc = line[len(FACTS_MARK):].split()
+            kernel, bcc = line[len(FACTS_MARK) :].split()
             self.facts = {"kernel": kernel, "bcc": bcc}
         elif line.startswith(STOP_MARK):
             self.stopped = parse_stop(line)
         elif line == f"{MARK}attached" and self.ready_at is None:
             self.attached()
             if self.echo:  # the program itself said nothing: say it for it
-                note(f"{self.target.name}: attached ({self.ready_at - self.started:.1f}s); "
-                    "tracing until Ctrl-C or --duration")
+                note(
+                    f"{self.target.name}: attached ({self.ready_at - self.started:.1f}s); "
+                    "tracing until Ctrl-C or --duration"
+                )
 
     def attached(self) -> None:
         self.ready_at = self.heard_at
@@ -352,14 +393,25 @@ class ProgramRun:
         """run.json; no status line from the supervisor means the SSH channel ended under it."""
         reason, status, leaked, exit_seconds = self.stopped or ("connection-lost", None, None, None)
         return RunRecord(
-            lab=self.target.name, program=self.target.program, kind=self.target.kind, vm=self.host.name,
-            kernel=facts.get("kernel"), bcc=facts.get("bcc"), start=started_at.isoformat(timespec="seconds"),
+            lab=self.target.name,
+            program=self.target.program,
+            kind=self.target.kind,
+            vm=self.host.name,
+            kernel=facts.get("kernel"),
+            bcc=facts.get("bcc"),
+            start=started_at.isoformat(timespec="seconds"),
             end=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            duration_s=round(time.monotonic() - self.started, 2), stopped=reason, exit_status=status,
-            lines=len(self.lines), leaked_probes=leaked, exit_after_stop_s=exit_seconds, trigger=self.trigger,
+            duration_s=round(time.monotonic() - self.started, 2),
+            stopped=reason,
+            exit_status=status,
+            lines=len(self.lines),
+            leaked_probes=leaked,
+            exit_after_stop_s=exit_seconds,
+            trigger=self.trigger,
             trigger_error=self.trigger_error,
             time_to_attach_s=round(self.ready_at - self.started, 2) if self.ready_at else None,
-            time_to_first_event_s=round(self.first_event_at - self.ready_at, 2) if self.first_event_at else None)
+            time_to_first_event_s=round(self.first_event_at - self.ready_at, 2) if self.first_event_at else None,
+        )
 
 
 COMPILER_ERROR = re.compile(r"^(/\S+?|\S+\.c):(\d+):(\d+): (error|fatal error): ")
@@ -372,8 +424,8 @@ def compiler_errors(lines: list[str], context: int = 2) -> list[str]:
         match = COMPILER_ERROR.match(line)
         if match:
             location = f"{Path(match.group(1)).name}:{match.group(2)}:{match.group(3)}"
-            shown.append(f"{location}: {line[match.end() - len(match.group(4)) - 2:].lstrip(': ')}")
-            shown.extend(lines[index + 1:index + 1 + context])
+            shown.append(f"{location}: {line[match.end() - len(match.group(4)) - 2 :].lstrip(': ')}")
+            shown.extend(lines[index + 1 : index + 1 + context])
     return shown
 
 
@@ -385,26 +437,37 @@ def verdict(outcome: Outcome) -> LabError | None:
     if status and record.bcc == "none" and record.kind in ("bcc", "tool"):
         return LabError(NO_BCC, status)
     if stopped == "busy":
-        return LabError("Another lab program is running in the VM (one at a time: they share the trace pipe). "
-                        "Wait for it to finish or stop it, then run again.")
+        return LabError(
+            "Another lab program is running in the VM (one at a time: they share the trace pipe). "
+            "Wait for it to finish or stop it, then run again."
+        )
     if record.leaked_probes:
-        return LabError(f"{record.leaked_probes} probe(s) of {lab} were left attached in the VM "
-                        "after it stopped. `invoke lab.halt` and `invoke lab.up` clear them.")
+        return LabError(
+            f"{record.leaked_probes} probe(s) of {lab} were left attached in the VM "
+            "after it stopped. `invoke lab.halt` and `invoke lab.up` clear them."
+        )
     if status is None:
-        return LabError(f"The connection to the lab VM ended before {lab} reported its status (the VM "
-                        f"stopped or the network dropped). The output so far is kept in {outcome.folder}. "
-                        "`invoke lab.status` tells whether the VM still runs; `invoke lab.up` starts it. "
-                        + outcome.console_note)
+        return LabError(
+            f"The connection to the lab VM ended before {lab} reported its status (the VM "
+            f"stopped or the network dropped). The output so far is kept in {outcome.folder}. "
+            "`invoke lab.status` tells whether the VM still runs; `invoke lab.up` starts it. " + outcome.console_note
+        )
     if stopped == "never-attached":
-        return LabError(f"{lab} attached no BPF program to a kprobe, tracepoint or raw tracepoint within "
-                        f"{COMPILE_ALLOWANCE} s, so it was stopped. Check that it attaches (attach_kprobe, or "
-                        f"names such as kprobe__...), and see its output above (also in {log}).", status or 1)
+        return LabError(
+            f"{lab} attached no BPF program to a kprobe, tracepoint or raw tracepoint within "
+            f"{COMPILE_ALLOWANCE} s, so it was stopped. Check that it attaches (attach_kprobe, or "
+            f"names such as kprobe__...), and see its output above (also in {log}).",
+            status or 1,
+        )
     if status and stopped == "exited":
         errors = compiler_errors(outcome.lines)
         if errors:
-            return LabError(f"{lab}: the BPF program did not compile (BCC calls the .bpf.c file main.c):\n" +
-                            "\n".join(f"    {line}" for line in errors) +
-                            f"\nFix the C code and run it again (full output: {log}).", status)
+            return LabError(
+                f"{lab}: the BPF program did not compile (BCC calls the .bpf.c file main.c):\n"
+                + "\n".join(f"    {line}" for line in errors)
+                + f"\nFix the C code and run it again (full output: {log}).",
+                status,
+            )
         return LabError(f"{lab} exited with status {status}: see its output above (also in {log}).", status)
     return LabError(code=status) if status else None
 
@@ -432,11 +495,16 @@ def check_expectations(lab: Lab, outcome: Outcome) -> list[str]:
 
 def verify_row(lab: Lab, problems: list[str], record: RunRecord | None, folder: Path | None = None) -> dict:
     """One lab's verdict; `folder`: the name of its run's folder, beside the others of this verify."""
-    return {"lab": lab.name, "result": "FAIL" if problems else "PASS", "problems": problems,
-            "duration_s": record and record.duration_s, "time_to_attach_s": record and record.time_to_attach_s,
-            "time_to_first_event_s": record and record.time_to_first_event_s,
-            "exit_after_stop_s": record and record.exit_after_stop_s,
-            "folder": folder.name if folder and folder.exists() else None}
+    return {
+        "lab": lab.name,
+        "result": "FAIL" if problems else "PASS",
+        "problems": problems,
+        "duration_s": record and record.duration_s,
+        "time_to_attach_s": record and record.time_to_attach_s,
+        "time_to_first_event_s": record and record.time_to_first_event_s,
+        "exit_after_stop_s": record and record.exit_after_stop_s,
+        "folder": folder.name if folder and folder.exists() else None,
+    }
 
 
 def verify(host: Host, connection: Connection, root: Path, names: list[str], seconds: int, runs: Path) -> list[dict]:
@@ -451,8 +519,9 @@ def verify(host: Host, connection: Connection, root: Path, names: list[str], sec
             say(f"{lab.name} …")
             folder = free_folder(runs, lab.name, datetime.now(timezone.utc))
             try:
-                outcome = ProgramRun(host, lab_target(lab), folder, duration=seconds, trigger=lab.trigger,
-                                     echo=False).execute(connection, facts)
+                outcome = ProgramRun(
+                    host, lab_target(lab), folder, duration=seconds, trigger=lab.trigger, echo=False
+                ).execute(connection, facts)
                 problems, record = check_expectations(lab, outcome), outcome.record
             except LabError as error:
                 problems, record = [str(error).splitlines()[0]], None
@@ -463,7 +532,7 @@ def verify(host: Host, connection: Connection, root: Path, names: list[str], sec
             try:
                 connection = reconnections.enter_context(host.connect())
             except LabError:
-                skipped = labs[len(rows):]
+                skipped = labs[len(rows) :]
                 rows += [verify_row(other, [f"not run: {host.name} stopped answering SSH"], {}) for other in skipped]
                 say(f"  {host.name} stopped answering SSH; {len(skipped)} lab(s) not run. {host.console_note()}")
                 break
@@ -474,11 +543,15 @@ def tool_target(connection: Connection, name: str) -> Target:
     """A BCC tool in the VM: /usr/share/bcc/tools (source build) or <name>-bpfcc (Debian/Ubuntu)."""
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
         raise LabError(f"{name!r} is not a BCC tool name (for example execsnoop, opensnoop).")
-    found = remote_run(connection, f"for p in /usr/share/bcc/tools/{name} /usr/sbin/{name}-bpfcc; do "
-                                   "[ -f $p ] && echo $p && break; done; true").stdout.strip()
+    found = remote_run(
+        connection,
+        f"for p in /usr/share/bcc/tools/{name} /usr/sbin/{name}-bpfcc; do [ -f $p ] && echo $p && break; done; true",
+    ).stdout.strip()
     if not found:
-        raise LabError(f"BCC has no tool named {name!r} in the VM. `invoke lab.ssh`, then "
-                       "`ls /usr/share/bcc/tools /usr/sbin/*-bpfcc` lists them.")
+        raise LabError(
+            f"BCC has no tool named {name!r} in the VM. `invoke lab.ssh`, then "
+            "`ls /usr/share/bcc/tools /usr/sbin/*-bpfcc` lists them."
+        )
     folder, program = found.rsplit("/", 1)
     # BCC's tools print their column header once attached; some never say "Hit Ctrl-C".
     return Target(name, folder, program, "tool", ready=re.compile(r"\S"))
@@ -489,6 +562,8 @@ def probe_arguments(connection: Connection, probe: str) -> str:
         raise LabError(f"{probe!r} is not a probe name such as tracepoint:syscalls:sys_enter_openat.")
     result = remote_run(connection, f"bpftrace -lv {shlex.quote(probe)}", sudo=True, check=False)
     if result.exited or not result.stdout.strip():
-        raise LabError(f"bpftrace knows no probe {probe!r} in the VM. List some with "
-                       "`invoke lab.probe-args 'tracepoint:syscalls:*openat*'`.")
+        raise LabError(
+            f"bpftrace knows no probe {probe!r} in the VM. List some with "
+            "`invoke lab.probe-args 'tracepoint:syscalls:*openat*'`."
+        )
     return result.stdout

@@ -14,6 +14,7 @@ class RunRecord:
     """One run's run.json: what ran where, how it ended (`stopped`: exited, duration, interrupted,
     terminated, hangup, busy, never-attached, connection-lost) and its timings. Written and read
     here alone; a field missing from an older run.json reads as None."""
+
     lab: str
     program: str | None = None
     kind: str | None = None

@@ -82,14 +82,14 @@ def tar_of(files: dict[str, Path]) -> bytes:
 class Tree:
     """What the VM must hold: exactly `files` ({relative path: host file}) in the `scope`
     folders under `remote_root`."""
+
     files: dict[str, Path]
     remote_root: str
     scope: str = "."
 
     def listing_command(self) -> str:
         """Prints the VM's manifest (`sha256sum` lines) of the scope."""
-        return (f"find {self.scope} -type f -not -path '*/__pycache__/*' -print0 2>/dev/null "
-                "| xargs -0 -r sha256sum")
+        return f"find {self.scope} -type f -not -path '*/__pycache__/*' -print0 2>/dev/null | xargs -0 -r sha256sum"
 
     def check_script(self) -> str:
         """Shell that goes on when the VM holds exactly these files (one process: sha256sum), and
@@ -116,7 +116,7 @@ fi
 def unsynced_listing(output: str) -> str | None:
     """The VM's manifest from check_script's output; None when the VM was in sync."""
     lines = [line for line in output.splitlines() if line.startswith(UNSYNCED)]
-    return "\n".join(line[len(UNSYNCED) + 1:] for line in lines if line != UNSYNCED) if lines else None
+    return "\n".join(line[len(UNSYNCED) + 1 :] for line in lines if line != UNSYNCED) if lines else None
 
 
 def mirror(connection: Connection, tree: Tree, listing: str | None = None) -> Difference:

@@ -42,6 +42,7 @@ class Status:
 @dataclass(frozen=True)
 class Endpoint:
     """Where SSH reaches a machine: as `vagrant ssh-config` or an Ansible inventory describes it."""
+
     host: str
     port: int
     user: str
@@ -52,19 +53,40 @@ def parse_ssh_config(text: str, machine: str) -> Endpoint:
     """The endpoint that `vagrant ssh-config` describes for one machine."""
     options = paramiko.SSHConfig.from_text(text).lookup(machine)
     if "hostname" not in options or options["hostname"] == machine:
-        raise LabError(f"`vagrant ssh-config` did not describe the lab VM {machine} (no HostName). "
-                       "Run `invoke lab.status`; if the VM is running, `invoke lab.up` refreshes it.")
-    return Endpoint(options["hostname"], int(options.get("port", 22)), options.get("user", "vagrant"),
-                    (options.get("identityfile") or [None])[0])
+        raise LabError(
+            f"`vagrant ssh-config` did not describe the lab VM {machine} (no HostName). "
+            "Run `invoke lab.status`; if the VM is running, `invoke lab.up` refreshes it."
+        )
+    return Endpoint(
+        options["hostname"],
+        int(options.get("port", 22)),
+        options.get("user", "vagrant"),
+        (options.get("identityfile") or [None])[0],
+    )
 
 
-def command(root: Path, *args: str, env: dict | None = None, log: Path | None = None, current=None,
-            check: bool = True, fix: str = "") -> subprocess.CompletedProcess:
+def command(
+    root: Path,
+    *args: str,
+    env: dict | None = None,
+    log: Path | None = None,
+    current=None,
+    check: bool = True,
+    fix: str = "",
+) -> subprocess.CompletedProcess:
     """`vagrant ARGS` in the project folder `root`, streamed to the step and the log."""
     if shutil.which("vagrant") is None:
         raise LabError(f"Vagrant is not installed on this host. {SETUP_HINT}")
-    return run(["vagrant", *args], current=current, env={"VAGRANT_CWD": str(root), **QUIET, **(env or {})},
-               cwd=root, check=check, log=log, what=f"vagrant {args[0]}", fix=fix)
+    return run(
+        ["vagrant", *args],
+        current=current,
+        env={"VAGRANT_CWD": str(root), **QUIET, **(env or {})},
+        cwd=root,
+        check=check,
+        log=log,
+        what=f"vagrant {args[0]}",
+        fix=fix,
+    )
 
 
 def parse_status(machine_readable: str, machine: str) -> dict[str, str]:
@@ -85,16 +107,20 @@ def statuses(root: Path, machines: list[str], titles: dict[str, str], env: dict,
         fields = parse_status(output, machine)
         if "state" not in fields:
             reason = output.strip().splitlines()[-3:] if output.strip() else ["no output"]
-            raise LabError(f"Vagrant could not tell the state of {titles[machine]}: " + " / ".join(reason) +
-                           f"\nFull log: {log}. {SETUP_HINT}")
+            raise LabError(
+                f"Vagrant could not tell the state of {titles[machine]}: "
+                + " / ".join(reason)
+                + f"\nFull log: {log}. {SETUP_HINT}"
+            )
         found[machine] = Status(fields["state"], fields.get("provider-name", "?"))
     return found
 
 
 def installed_boxes() -> set[tuple[str, str]]:
     """(name, provider) of every box Vagrant has."""
-    listing = subprocess.run(["vagrant", "box", "list", "--machine-readable"],
-                             capture_output=True, text=True, env={**os.environ, **QUIET}).stdout
+    listing = subprocess.run(
+        ["vagrant", "box", "list", "--machine-readable"], capture_output=True, text=True, env={**os.environ, **QUIET}
+    ).stdout
     names, providers = [], []
     for line in listing.splitlines():
         parts = line.split(",")
@@ -117,6 +143,7 @@ def exec_ssh(root: Path, machine: str, env: dict) -> None:
 
 class Machine(Protocol):
     """What an engine needs to know of one lab VM (a `vm.LabVM`)."""
+
     root: Path
     machine: str
 
@@ -131,29 +158,54 @@ class Machine(Protocol):
 
 class Vagrant:
     """Vagrant as the engine of one checkout's VMs (the Vagrantfile's machines)."""
+
     name = "vagrant"
 
-    def command(self, vm: Machine, *args: str, current: Step | None = None, check: bool = True,
-                fix: str = "") -> subprocess.CompletedProcess:
-        return command(vm.root, *args, env=vm.environment(), log=vm.state_dir / "vagrant.log", current=current,
-                       check=check, fix=fix)
+    def command(
+        self, vm: Machine, *args: str, current: Step | None = None, check: bool = True, fix: str = ""
+    ) -> subprocess.CompletedProcess:
+        return command(
+            vm.root,
+            *args,
+            env=vm.environment(),
+            log=vm.state_dir / "vagrant.log",
+            current=current,
+            check=check,
+            fix=fix,
+        )
 
     def statuses(self, vms: list[Machine]) -> dict[str, Status]:
-        return statuses(vms[0].root, [vm.machine for vm in vms], {vm.machine: vm.title for vm in vms},
-                        vms[0].environment(), vms[0].state_dir / "vagrant.log")
+        return statuses(
+            vms[0].root,
+            [vm.machine for vm in vms],
+            {vm.machine: vm.title for vm in vms},
+            vms[0].environment(),
+            vms[0].state_dir / "vagrant.log",
+        )
 
     def up(self, vms: list[Machine], provider: str, current: Step) -> None:
         """Create or start these machines with one `vagrant up` (vagrant-libvirt starts several in parallel)."""
-        self.command(vms[0], "up", *(vm.machine for vm in vms), f"--provider={provider}", current=current,
-                     fix=f"See the full log in {vms[0].state_dir / 'vagrant.log'}; `invoke lab.destroy` and "
-                         "`invoke lab.up` start again from scratch.")
+        self.command(
+            vms[0],
+            "up",
+            *(vm.machine for vm in vms),
+            f"--provider={provider}",
+            current=current,
+            fix=f"See the full log in {vms[0].state_dir / 'vagrant.log'}; `invoke lab.destroy` and "
+            "`invoke lab.up` start again from scratch.",
+        )
 
     def halt(self, vm: Machine, current: Step) -> None:
         self.command(vm, "halt", vm.machine, current=current)
 
     def reload(self, vm: Machine, current: Step | None) -> None:
-        self.command(vm, "reload", vm.machine, current=current,
-                     fix=f"See {vm.state_dir / 'vagrant.log'}; `invoke lab.up` starts it if it stayed down.")
+        self.command(
+            vm,
+            "reload",
+            vm.machine,
+            current=current,
+            fix=f"See {vm.state_dir / 'vagrant.log'}; `invoke lab.up` starts it if it stayed down.",
+        )
 
     def destroy(self, vm: Machine, current: Step) -> None:
         self.command(vm, "destroy", "--force", vm.machine, current=current)

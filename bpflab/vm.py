@@ -24,9 +24,11 @@ from .vagrant import SETUP_HINT, Endpoint, Machine, Status, Vagrant
 
 # What a guest kernel prints when it is in trouble: an oops or panic, a lockup or stall, a task
 # hung, memory gone.
-KERNEL_TROUBLE = re.compile(r"Oops|BUG:|Kernel panic|general protection fault|soft lockup|hard LOCKUP|"
-                            r"rcu.*(stall|self-detected)|blocked for more than|hung_task|Out of memory|oom-kill|"
-                            r"invoked oom-killer|sysrq: Trigger a crash|Call Trace:|RIP: ")
+KERNEL_TROUBLE = re.compile(
+    r"Oops|BUG:|Kernel panic|general protection fault|soft lockup|hard LOCKUP|"
+    r"rcu.*(stall|self-detected)|blocked for more than|hung_task|Out of memory|oom-kill|"
+    r"invoked oom-killer|sysrq: Trigger a crash|Call Trace:|RIP: "
+)
 CONSOLE_TAIL_BYTES = 256 * 1024
 KERNEL_TIMESTAMP = re.compile(r"^[^\[]*(?=\[\s*\d+\.\d+\])")
 
@@ -38,8 +40,9 @@ def console_trouble(path: Path, most: int = 12) -> list[str]:
         log.seek(max(0, log.seek(0, os.SEEK_END) - CONSOLE_TAIL_BYTES))
         text = log.read().decode(errors="replace")
     # A kernel line may follow a login prompt that ended without a newline: keep it from its timestamp.
-    lines = [KERNEL_TIMESTAMP.sub("", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", line)).rstrip()
-             for line in text.splitlines()]
+    lines = [
+        KERNEL_TIMESTAMP.sub("", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", line)).rstrip() for line in text.splitlines()
+    ]
     return [line for line in lines if KERNEL_TROUBLE.search(line)][-most:]
 
 
@@ -59,6 +62,7 @@ def console_note(path: Path) -> str:
 class Engine(Protocol):
     """What runs lab VMs: their states, up (create or start), halt, reload, destroy, the SSH
     endpoint and an interactive shell. `vagrant.Vagrant` is one."""
+
     name: str
 
     def statuses(self, vms: list[Machine]) -> dict[str, Status]: ...
@@ -100,14 +104,18 @@ def choose_acceleration(setting: str, hardware: bool, foreign: bool = False) -> 
     another architecture (`foreign`) is always emulated: KVM runs only the host's own."""
     if foreign:
         if setting == "kvm":
-            raise LabError("lab.yaml asks for vm.acceleration: kvm, but vm.arch is not this host's architecture, "
-                           "and KVM cannot run another architecture's VM. Set vm.acceleration to auto or tcg "
-                           "(or vm.arch to auto).")
+            raise LabError(
+                "lab.yaml asks for vm.acceleration: kvm, but vm.arch is not this host's architecture, "
+                "and KVM cannot run another architecture's VM. Set vm.acceleration to auto or tcg "
+                "(or vm.arch to auto)."
+            )
         return "tcg"
     if setting == "kvm" and not hardware:
-        raise LabError("lab.yaml asks for vm.acceleration: kvm, but this host has no usable hardware "
-                       "virtualization (no vmx/svm CPU flag, or /dev/kvm is not accessible). "
-                       "Set vm.acceleration to auto or tcg.")
+        raise LabError(
+            "lab.yaml asks for vm.acceleration: kvm, but this host has no usable hardware "
+            "virtualization (no vmx/svm CPU flag, or /dev/kvm is not accessible). "
+            "Set vm.acceleration to auto or tcg."
+        )
     if setting == "auto":
         return "kvm" if hardware else "tcg"
     return setting
@@ -115,11 +123,14 @@ def choose_acceleration(setting: str, hardware: bool, foreign: bool = False) -> 
 
 def choose_provider(setting: str, have_libvirt: bool, have_virtualbox: bool) -> str:
     if setting == "libvirt" and not have_libvirt:
-        raise LabError("lab.yaml asks for the libvirt provider, but vagrant-libvirt or libvirt is missing. "
-                       + SETUP_HINT)
+        raise LabError(
+            "lab.yaml asks for the libvirt provider, but vagrant-libvirt or libvirt is missing. " + SETUP_HINT
+        )
     if setting == "virtualbox" and not have_virtualbox:
-        raise LabError("lab.yaml asks for the virtualbox provider, but VirtualBox (VBoxManage) is not "
-                       "installed. Install VirtualBox, or set vm.provider to libvirt.")
+        raise LabError(
+            "lab.yaml asks for the virtualbox provider, but VirtualBox (VBoxManage) is not "
+            "installed. Install VirtualBox, or set vm.provider to libvirt."
+        )
     if setting != "auto":
         return setting
     if have_libvirt:
@@ -138,8 +149,11 @@ def host_provider(config: Config) -> str:
 def host_acceleration(config: Config) -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
-    return choose_acceleration(config.vm.acceleration, hardware_virtualization(cpuinfo, arch.machine(), usable),
-                               arch.is_foreign(config.vm.arch))
+    return choose_acceleration(
+        config.vm.acceleration,
+        hardware_virtualization(cpuinfo, arch.machine(), usable),
+        arch.is_foreign(config.vm.arch),
+    )
 
 
 def box_for(config: Config, provider: str) -> str:
@@ -164,9 +178,11 @@ def choose_machines(known: list[str], choice: str, everything_by_default: bool) 
     names = [name.strip() for name in choice.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise LabError(f"lab.yaml defines the lab VMs {', '.join(known)} (vm.count: {len(known)}); there is no "
-                       f"VM named {', '.join(unknown) or repr(choice)}. Give --vm one of those names, names "
-                       "separated by commas, or all.")
+        raise LabError(
+            f"lab.yaml defines the lab VMs {', '.join(known)} (vm.count: {len(known)}); there is no "
+            f"VM named {', '.join(unknown) or repr(choice)}. Give --vm one of those names, names "
+            "separated by commas, or all."
+        )
     return list(dict.fromkeys(names))
 
 
@@ -252,8 +268,7 @@ class LabVM:
     def require_running(self) -> Status:
         status = statuses([self])[self.machine]
         if not status.created:
-            raise LabError(f"{self.subject} does not exist yet. Run `invoke lab.up` "
-                           "(or `invoke lab.setup`) first.")
+            raise LabError(f"{self.subject} does not exist yet. Run `invoke lab.up` (or `invoke lab.setup`) first.")
         if not status.running:
             raise LabError(f"{self.subject} is {status.state}, not running. Run `invoke lab.up` to start it.")
         return status
@@ -282,8 +297,10 @@ class LabVM:
         """Remove a domain or disk named for this VM that Vagrant has forgotten: the name holds
         a hash of this folder, so nothing else owns it, and it would block `vagrant up`."""
         if not libvirt.answers():
-            raise LabError(f"libvirt does not answer on {libvirt.URI} (libvirtd not running?). "
-                           "Run `invoke host.setup`, then `invoke lab.up` again.")
+            raise LabError(
+                f"libvirt does not answer on {libvirt.URI} (libvirtd not running?). "
+                "Run `invoke host.setup`, then `invoke lab.up` again."
+            )
         libvirt.remove_domain(self.domain)
 
     def halt(self) -> None:
@@ -349,10 +366,16 @@ def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
     blocks = []
     for vm in vms:
         now = current[vm.machine]
-        rows = [("machine", vm.machine), ("state", now.state), ("engine", vm.engine.name), ("provider", now.provider),
-                ("arch", vm.remembered("arch") or "-"), ("acceleration", vm.remembered("acceleration") or "-"),
-                ("box", vm.remembered("box") or "-"),
-                ("libvirt domain", vm.domain)]
+        rows = [
+            ("machine", vm.machine),
+            ("state", now.state),
+            ("engine", vm.engine.name),
+            ("provider", now.provider),
+            ("arch", vm.remembered("arch") or "-"),
+            ("acceleration", vm.remembered("acceleration") or "-"),
+            ("box", vm.remembered("box") or "-"),
+            ("libvirt domain", vm.domain),
+        ]
         if now.running:
             endpoint = vm.endpoint()
             rows.append(("ssh", f"{endpoint.user}@{endpoint.host}:{endpoint.port}"))
@@ -373,8 +396,10 @@ def bring_up(vms: list[LabVM]) -> None:
     for provider, group in waiting.items():
         what = group[0].title if len(group) == 1 else f"the lab VMs {', '.join(vm.machine for vm in group)}"
         accel = group[0].remembered("acceleration") or "-"
-        with step(f"Starting {what} ({provider}, {accel}; a few minutes under software emulation)",
-                  f"{what[0].upper()}{what[1:]} {'is' if len(group) == 1 else 'are'} up") as current:
+        with step(
+            f"Starting {what} ({provider}, {accel}; a few minutes under software emulation)",
+            f"{what[0].upper()}{what[1:]} {'is' if len(group) == 1 else 'are'} up",
+        ) as current:
             try:
                 group[0].engine.up(group, provider, current)
             except LabError as error:  # a guest that never answered may say why on its console
@@ -398,22 +423,26 @@ def destroy_all(vms: list[LabVM], leftovers_too: bool) -> None:
 def beyond_count(instance: str, known: list[str], domains: list[str]) -> list[str]:
     """Machines of this checkout that libvirt still has but lab.yaml no longer defines."""
     pattern = re.compile(re.escape(instance) + r"-(lab\d+)")
-    return [found.group(1) for domain in domains
-            if (found := pattern.fullmatch(domain)) and found.group(1) not in known]
+    return [
+        found.group(1) for domain in domains if (found := pattern.fullmatch(domain)) and found.group(1) not in known
+    ]
 
 
 def leftovers(config: Config) -> list[LabVM]:
     """VMs left in libvirt after vm.count was lowered: Vagrant no longer sees them."""
     if not libvirt.answers():
         return []
-    return [LabVM(config, machine) for machine in beyond_count(instance_name(config), config.machines,
-                                                               libvirt.domains())]
+    return [
+        LabVM(config, machine) for machine in beyond_count(instance_name(config), config.machines, libvirt.domains())
+    ]
 
 
 def warn_of_leftovers(config: Config) -> None:
     for vm in leftovers(config):
-        warn(f"libvirt still has {vm.domain}, a VM beyond vm.count: {config.vm.count} in lab.yaml. "
-             "`invoke lab.destroy` removes it.")
+        warn(
+            f"libvirt still has {vm.domain}, a VM beyond vm.count: {config.vm.count} in lab.yaml. "
+            "`invoke lab.destroy` removes it."
+        )
 
 
 def remove_leftovers(config: Config) -> None:

@@ -14,8 +14,11 @@ def main():
 
     def print_event(cpu, data, size):
         event = b["output"].event(data)
-        print(f"{event.pid:>7} {event.uid:>6} {event.command.decode(errors='replace'):<16} "
-              f"{event.message.decode(errors='replace')}", flush=True)
+        print(
+            f"{event.pid:>7} {event.uid:>6} {event.command.decode(errors='replace'):<16} "
+            f"{event.message.decode(errors='replace')}",
+            flush=True,
+        )
 
     b["output"].open_perf_buffer(print_event)
     labkit.attached("execve (kprobe), perf buffer")

@@ -11,8 +11,10 @@ def main():
 
     def print_event(ctx, data, size):
         event = b["events"].event(data)
-        print(f"{event.pid:>7} {event.command.decode(errors='replace'):<16} "
-              f"{event.filename.decode(errors='replace')}", flush=True)
+        print(
+            f"{event.pid:>7} {event.command.decode(errors='replace'):<16} {event.filename.decode(errors='replace')}",
+            flush=True,
+        )
 
     b["events"].open_ring_buffer(print_event)
     labkit.attached("syscalls:sys_enter_openat (tracepoint), ring buffer")

@@ -46,10 +46,12 @@ def stop_requested():
 @contextlib.contextmanager
 def until_stopped():
     """Run the body until Ctrl-C or SIGTERM; exit 0 without a traceback either way."""
+
     def interrupt(signum, frame):
         global _stop_requested
         _stop_requested = True
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     with contextlib.suppress(KeyboardInterrupt):
@@ -62,12 +64,17 @@ NR_DEFINE = re.compile(r"#define\s+__NR(?:3264)?_(\w+)\s+(\d+)\b")
 # linux-libc-dev's copy, or the kernel headers' (Debian keeps it in the -common package that the
 # `source` link points to); kernels from 6.11 on also generate arm64's own unistd_64.h.
 HEADER_GLOBS = {
-    "x86_64": ["/usr/include/asm/unistd_64.h", "/usr/include/*-linux-gnu/asm/unistd_64.h",
-               "/lib/modules/{release}/build/arch/x86/include/generated/uapi/asm/unistd_64.h"],
-    "aarch64": ["/usr/include/asm-generic/unistd.h",
-                "/lib/modules/{release}/build/arch/arm64/include/generated/uapi/asm/unistd_64.h",
-                "/lib/modules/{release}/build/include/uapi/asm-generic/unistd.h",
-                "/lib/modules/{release}/source/include/uapi/asm-generic/unistd.h"],
+    "x86_64": [
+        "/usr/include/asm/unistd_64.h",
+        "/usr/include/*-linux-gnu/asm/unistd_64.h",
+        "/lib/modules/{release}/build/arch/x86/include/generated/uapi/asm/unistd_64.h",
+    ],
+    "aarch64": [
+        "/usr/include/asm-generic/unistd.h",
+        "/lib/modules/{release}/build/arch/arm64/include/generated/uapi/asm/unistd_64.h",
+        "/lib/modules/{release}/build/include/uapi/asm-generic/unistd.h",
+        "/lib/modules/{release}/source/include/uapi/asm-generic/unistd.h",
+    ],
 }
 
 
@@ -93,16 +100,93 @@ def syscall_names():
 # Syscalls that hello-tail maps to a program that does nothing: the ones every
 # process makes all the time, which would drown the interesting lines.
 QUIET_SYSCALLS = [
-    "read", "write", "close", "fstat", "newfstatat", "fstatat", "lseek", "mmap", "mprotect", "munmap", "brk",
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "ioctl", "pread64", "writev", "readv", "poll", "ppoll",
-    "select", "pselect6", "epoll_wait", "epoll_pwait", "futex", "nanosleep", "clock_nanosleep", "getpid",
-    "gettid", "getuid", "geteuid", "getgid", "getegid", "getppid", "getrandom", "openat", "fcntl", "sendto",
-    "recvfrom", "sendmsg", "recvmsg", "wait4", "clock_gettime", "sched_yield", "statx", "access",
-    "faccessat", "faccessat2", "readlinkat", "getdents64", "prlimit64", "set_robust_list", "rseq",
-    "arch_prctl", "set_tid_address", "dup2", "dup3", "pipe2", "exit_group", "kill", "tgkill",
-    "timerfd_settime", "epoll_ctl", "madvise", "uname", "sysinfo", "getcwd", "chdir", "umask", "socket",
-    "connect", "setsockopt", "getsockopt", "bind", "listen", "accept4", "shutdown", "fadvise64", "clone",
-    "clone3", "vfork", "fork", "inotify_add_watch", "capget", "setresuid", "setresgid", "prctl",
+    "read",
+    "write",
+    "close",
+    "fstat",
+    "newfstatat",
+    "fstatat",
+    "lseek",
+    "mmap",
+    "mprotect",
+    "munmap",
+    "brk",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "ioctl",
+    "pread64",
+    "writev",
+    "readv",
+    "poll",
+    "ppoll",
+    "select",
+    "pselect6",
+    "epoll_wait",
+    "epoll_pwait",
+    "futex",
+    "nanosleep",
+    "clock_nanosleep",
+    "getpid",
+    "gettid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getppid",
+    "getrandom",
+    "openat",
+    "fcntl",
+    "sendto",
+    "recvfrom",
+    "sendmsg",
+    "recvmsg",
+    "wait4",
+    "clock_gettime",
+    "sched_yield",
+    "statx",
+    "access",
+    "faccessat",
+    "faccessat2",
+    "readlinkat",
+    "getdents64",
+    "prlimit64",
+    "set_robust_list",
+    "rseq",
+    "arch_prctl",
+    "set_tid_address",
+    "dup2",
+    "dup3",
+    "pipe2",
+    "exit_group",
+    "kill",
+    "tgkill",
+    "timerfd_settime",
+    "epoll_ctl",
+    "madvise",
+    "uname",
+    "sysinfo",
+    "getcwd",
+    "chdir",
+    "umask",
+    "socket",
+    "connect",
+    "setsockopt",
+    "getsockopt",
+    "bind",
+    "listen",
+    "accept4",
+    "shutdown",
+    "fadvise64",
+    "clone",
+    "clone3",
+    "vfork",
+    "fork",
+    "inotify_add_watch",
+    "capget",
+    "setresuid",
+    "setresgid",
+    "prctl",
 ]
 TIMER_SYSCALLS = ["timer_create", "timer_settime", "timer_gettime", "timer_getoverrun", "timer_delete"]
 

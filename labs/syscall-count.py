@@ -20,7 +20,7 @@ def main():
     with labkit.until_stopped():
         while True:
             sleep(2)
-            busiest = sorted(counts.items(), key=lambda kv: -kv[1].value)[:options.top]
+            busiest = sorted(counts.items(), key=lambda kv: -kv[1].value)[: options.top]
             counts.clear()
             print("   ".join(f"{names.get(k.value, '?')} ({k.value}): {v.value}" for k, v in busiest), flush=True)
 

@@ -11,9 +11,20 @@ def ansible_playbook(project, machine):
     the tasks (and handlers) that changed something, so that a failed idempotence check says which."""
     project.invoke("lab.inventory", "--vm", machine)
     result = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", ".vagrant/bpflab/inventory.yml",
-         "ansible/site.yml"], cwd=project.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, timeout=1800, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+        [
+            os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+            "-i",
+            ".vagrant/bpflab/inventory.yml",
+            "ansible/site.yml",
+        ],
+        cwd=project.path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        timeout=1800,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )
     print(result.stdout)
     assert result.returncode == 0, result.stdout
     recap = re.search(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)

@@ -30,8 +30,14 @@ class BackportsKernelRecipe(box.Recipe):
 
     def bootstrap_command(self, rootfs, runtime_packages=()):
         *options, suite, target, mirror = super().bootstrap_command(rootfs, runtime_packages)
-        return [*options, "--customize-hook=sed -i /-backports/d \"$1/etc/apt/sources.list\"", suite, target,
-                mirror, f"deb {self.mirror} {self.suite}-backports {' '.join(self.components)}"]
+        return [
+            *options,
+            '--customize-hook=sed -i /-backports/d "$1/etc/apt/sources.list"',
+            suite,
+            target,
+            mirror,
+            f"deb {self.mirror} {self.suite}-backports {' '.join(self.components)}",
+        ]
 
 
 def cache_box_with_a_kernel_without_headers(settings):
@@ -39,8 +45,9 @@ def cache_box_with_a_kernel_without_headers(settings):
     cannot install: a box built before its kernel aged, as a VM meets it. The recipe, for removal.
     The aged box itself is kept in a cache of its own, keyed by its recipe, for the next run."""
     recipe = box.current_recipe(settings)
-    packages = tuple(f"{name}/{recipe.suite}-backports" if name.startswith("linux-image-") else name
-                     for name in recipe.packages)
+    packages = tuple(
+        f"{name}/{recipe.suite}-backports" if name.startswith("linux-image-") else name for name in recipe.packages
+    )
     variant = BackportsKernelRecipe(**{**asdict(recipe), "packages": packages})
     aged = cache_dir() / "test-boxes" / variant.digest / "bpflab.box"
     if not aged.exists():

@@ -30,10 +30,16 @@ class Project:
         self.cleanups = []  # run after its VMs are destroyed
 
     def invoke(self, *args, timeout=1800, check=True, env=None):
-        result = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=self.path, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-                                stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONPATH": str(self.path), **(env or {})})
+        result = subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=self.path,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(self.path), **(env or {})},
+        )
         print(f"$ invoke {' '.join(args)}  -> {result.returncode}\n{result.stdout}")
         if check:
             assert result.returncode == 0, result.stdout
@@ -83,6 +89,7 @@ def pytest_collection_modifyitems(items):
         if name in FIRST_FILES:
             return FIRST_FILES.index(name)
         return len(FIRST_FILES) + (LAST_FILES.index(name) + 1 if name in LAST_FILES else 0)
+
     items.sort(key=rank)  # stable: each file's tests keep their order
 
 

@@ -15,6 +15,7 @@ install(FILES bcc/__init__.py DESTINATION lib/python3/dist-packages/bcc)
 
 def fake_bcc_repository(folder):
     """A small CMake project standing in for BCC: tags v1, v2 and a broken v3."""
+
     def git(*args):
         subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True)
 
@@ -25,8 +26,9 @@ def fake_bcc_repository(folder):
     git("config", "user.name", "bpflab test")
     # It links zlib, so an export has a runtime package to name (zlib1g).
     for tag, body in (("v1", "return 1;"), ("v2", "return 2;"), ("v3-broken", "return")):
-        source = (f"#include <zlib.h>\nint fake(void) {{ {body} }}\n"
-                  "const char *fake_zlib(void) { return zlibVersion(); }\n")
+        source = (
+            f"#include <zlib.h>\nint fake(void) {{ {body} }}\nconst char *fake_zlib(void) {{ return zlibVersion(); }}\n"
+        )
         (folder / "fake.c").write_text(source)
         (folder / "bcc" / "__init__.py").write_text(f"__version__ = 'fake-{tag}'\n")
         git("add", "-A")
@@ -37,14 +39,12 @@ def fake_bcc_repository(folder):
 def fake_repository_tarball(folder):
     """The stand-in as a bare repository in a tarball, to unpack in the VM's /srv (file:///srv/fake-bcc.git)."""
     fake_bcc_repository(folder / "fake-bcc")
-    subprocess.run(["git", "clone", "-q", "--bare", str(folder / "fake-bcc"), str(folder / "fake-bcc.git")],
-                   check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(folder / "fake-bcc"), str(folder / "fake-bcc.git")], check=True)
     subprocess.run(["tar", "-czf", str(folder / "repo.tar.gz"), "-C", str(folder), "fake-bcc.git"], check=True)
     return folder / "repo.tar.gz"
 
 
-def use_fake_bcc(settings, original, install, version, artifacts, build_on="vm",
-                 repository="file:///srv/fake-bcc.git"):
+def use_fake_bcc(settings, original, install, version, artifacts, build_on="vm", repository="file:///srv/fake-bcc.git"):
     """Write lab.yaml to take BCC from the stand-in, with only the tools its build needs. The
     repository must answer where the build runs (the VM's /srv by default)."""
     text = original.replace("install: auto", f"install: {install}").replace("build_on: auto", f"build_on: {build_on}")

@@ -9,8 +9,10 @@ def drop_ssh_connection(pid: int, address: str) -> list[list[str]]:
     """Insert the rules that drop the connection of process `pid` to address:22; return them."""
     sockets = subprocess.run(["ss", "-tnpH", "dst", address], capture_output=True, text=True).stdout
     port = re.search(rf"\S+:(\d+)\s+{re.escape(address)}:22\s.*pid={pid},", sockets).group(1)
-    rules = [["OUTPUT", "-p", "tcp", "-d", address, "--dport", "22", "--sport", port, "-j", "DROP"],
-             ["INPUT", "-p", "tcp", "-s", address, "--sport", "22", "--dport", port, "-j", "DROP"]]
+    rules = [
+        ["OUTPUT", "-p", "tcp", "-d", address, "--dport", "22", "--sport", port, "-j", "DROP"],
+        ["INPUT", "-p", "tcp", "-s", address, "--sport", "22", "--dport", port, "-j", "DROP"],
+    ]
     for rule in rules:
         subprocess.run(["iptables", "-I", *rule], check=True)
     return rules

@@ -19,8 +19,11 @@ class RecordingConnection:
         self.requests: list[str] = []
         self.closed = False
         # paramiko's side, for programs run on a channel of their own and keepalives
-        transport = SimpleNamespace(open_session=self.open_session, is_active=lambda: not self.closed,
-                                    global_request=lambda *_args, **_options: None)
+        transport = SimpleNamespace(
+            open_session=self.open_session,
+            is_active=lambda: not self.closed,
+            global_request=lambda *_args, **_options: None,
+        )
         self.client = SimpleNamespace(get_transport=lambda: transport)
 
     def answer(self, command):

@@ -32,8 +32,9 @@ def arm64(tmp_path_factory):
 
 def test_an_arm64_vm_is_set_up_from_a_box_built_here(arm64):
     setup = arm64.invoke("lab.setup", timeout=5400).stdout
-    assert re.search(r"Box: bpflab/debian-12-arm64-[0-9a-f]{12} \(built here from the debian-12 archive for arm64\)",
-                     setup), setup
+    assert re.search(
+        r"Box: bpflab/debian-12-arm64-[0-9a-f]{12} \(built here from the debian-12 archive for arm64\)", setup
+    ), setup
     assert re.search(r"VM: debian-12 arm64, kernel 6\.1\.\S+; BCC: package", setup), setup
     assert "is ready and the labs are in it" in setup
     assert re.search(r"kernel\s.*ok.*aarch64", arm64.invoke("lab.doctor").stdout)
@@ -43,8 +44,7 @@ def test_an_arm64_vm_is_set_up_from_a_box_built_here(arm64):
 
 
 def test_the_labs_that_number_syscalls_pass_verify_on_arm64(arm64):
-    result = arm64.invoke("lab.verify", *(f"--names={name}" for name in SYSCALL_LABS),
-                          timeout=3600, check=False)
+    result = arm64.invoke("lab.verify", *(f"--names={name}" for name in SYSCALL_LABS), timeout=3600, check=False)
     verifies = sorted((arm64.path / "runs").glob("*-verify"))
     assert verifies, result.stdout
     rows = verify_rows(verifies[-1] / "summary.json")["lab"]

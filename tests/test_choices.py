@@ -26,21 +26,30 @@ INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\n"
 PARAVIRT = "processor\t: 0\nflags\t\t: fpu vme de pse sse2 hypervisor\n"
 
 
-@pytest.mark.parametrize("cpuinfo, machine, usable, expected", [
-    (INTEL, "x86_64", True, True),
-    (INTEL.replace("vmx", "svm"), "x86_64", True, True),
-    (PARAVIRT, "x86_64", True, False),   # /dev/kvm exists and opens, but no vmx/svm: a trap
-    (INTEL, "x86_64", False, False),
-    ("", "aarch64", True, True),
-    ("", "aarch64", False, False),
-])
+@pytest.mark.parametrize(
+    "cpuinfo, machine, usable, expected",
+    [
+        (INTEL, "x86_64", True, True),
+        (INTEL.replace("vmx", "svm"), "x86_64", True, True),
+        (PARAVIRT, "x86_64", True, False),  # /dev/kvm exists and opens, but no vmx/svm: a trap
+        (INTEL, "x86_64", False, False),
+        ("", "aarch64", True, True),
+        ("", "aarch64", False, False),
+    ],
+)
 def test_hardware_virtualization(cpuinfo, machine, usable, expected):
     assert hardware_virtualization(cpuinfo, machine, usable) is expected
 
 
-@pytest.mark.parametrize("setting, hardware, expected", [
-    ("auto", True, "kvm"), ("auto", False, "tcg"), ("tcg", True, "tcg"), ("kvm", True, "kvm"),
-])
+@pytest.mark.parametrize(
+    "setting, hardware, expected",
+    [
+        ("auto", True, "kvm"),
+        ("auto", False, "tcg"),
+        ("tcg", True, "tcg"),
+        ("kvm", True, "kvm"),
+    ],
+)
 def test_choose_acceleration(setting, hardware, expected):
     assert choose_acceleration(setting, hardware) == expected
 
@@ -60,35 +69,52 @@ def test_kvm_for_a_vm_of_another_architecture_is_an_error():
         choose_acceleration("kvm", True, foreign=True)
 
 
-@pytest.mark.parametrize("setting, libvirt, virtualbox, expected", [
-    ("auto", True, True, "libvirt"), ("auto", False, True, "virtualbox"),
-    ("virtualbox", True, True, "virtualbox"), ("libvirt", True, False, "libvirt"),
-])
+@pytest.mark.parametrize(
+    "setting, libvirt, virtualbox, expected",
+    [
+        ("auto", True, True, "libvirt"),
+        ("auto", False, True, "virtualbox"),
+        ("virtualbox", True, True, "virtualbox"),
+        ("libvirt", True, False, "libvirt"),
+    ],
+)
 def test_choose_provider(setting, libvirt, virtualbox, expected):
     assert choose_provider(setting, libvirt, virtualbox) == expected
 
 
-@pytest.mark.parametrize("setting, libvirt, virtualbox, message", [
-    ("auto", False, False, "host.setup"), ("libvirt", False, True, "host.setup"),
-    ("virtualbox", True, False, "Install VirtualBox"),
-])
+@pytest.mark.parametrize(
+    "setting, libvirt, virtualbox, message",
+    [
+        ("auto", False, False, "host.setup"),
+        ("libvirt", False, True, "host.setup"),
+        ("virtualbox", True, False, "Install VirtualBox"),
+    ],
+)
 def test_missing_provider_points_to_setup(setting, libvirt, virtualbox, message):
     with pytest.raises(LabError, match=message):
         choose_provider(setting, libvirt, virtualbox)
 
 
 def test_parse_status_reads_only_the_asked_machine():
-    text = ("1795538147,lab,metadata,provider,libvirt\n1795538148,lab,provider-name,libvirt\n"
-            "1795538148,lab,state,shutoff\n1795538148,lab2,state,running\n"
-            "1795538148,,ui,info,Current machine states:\\n\\nlab shutoff\n")
+    text = (
+        "1795538147,lab,metadata,provider,libvirt\n1795538148,lab,provider-name,libvirt\n"
+        "1795538148,lab,state,shutoff\n1795538148,lab2,state,running\n"
+        "1795538148,,ui,info,Current machine states:\\n\\nlab shutoff\n"
+    )
     assert parse_status(text, "lab") == {"metadata": "provider,libvirt", "provider-name": "libvirt", "state": "shutoff"}
     assert parse_status(text, "lab2") == {"state": "running"}
 
 
-@pytest.mark.parametrize("choice, everything_by_default, expected", [
-    ("", False, ["lab"]), ("", True, ["lab", "lab2", "lab3"]), ("all", False, ["lab", "lab2", "lab3"]),
-    ("lab2", True, ["lab2"]), ("lab3, lab,lab3", False, ["lab3", "lab"]),
-])
+@pytest.mark.parametrize(
+    "choice, everything_by_default, expected",
+    [
+        ("", False, ["lab"]),
+        ("", True, ["lab", "lab2", "lab3"]),
+        ("all", False, ["lab", "lab2", "lab3"]),
+        ("lab2", True, ["lab2"]),
+        ("lab3, lab,lab3", False, ["lab3", "lab"]),
+    ],
+)
 def test_vm_choice(choice, everything_by_default, expected):
     assert choose_machines(["lab", "lab2", "lab3"], choice, everything_by_default) == expected
 
@@ -111,26 +137,33 @@ def test_machine_names_follow_vm_count():
 
 def with_box(setting, distribution="debian-12", architecture="auto"):
     settings = config.load()
-    return dataclasses.replace(settings, vm=dataclasses.replace(settings.vm, box=setting, distribution=distribution,
-                                                                arch=architecture))
+    return dataclasses.replace(
+        settings, vm=dataclasses.replace(settings.vm, box=setting, distribution=distribution, arch=architecture)
+    )
 
 
-@pytest.mark.parametrize("setting, distribution, expected", [
-    ("local", "debian-12", "local"),
-    ("local", "ubuntu-24.04", "local"),
-    ("catalog", "ubuntu-22.04", "catalog"),
-    ("seat.box", "debian-13", "packaged"),
-])
+@pytest.mark.parametrize(
+    "setting, distribution, expected",
+    [
+        ("local", "debian-12", "local"),
+        ("local", "ubuntu-24.04", "local"),
+        ("catalog", "ubuntu-22.04", "catalog"),
+        ("seat.box", "debian-13", "packaged"),
+    ],
+)
 def test_box_choice(setting, distribution, expected):
     kind, why = box.choose(with_box(setting, distribution), "libvirt", "amd64")
     assert kind == expected and why
 
 
-@pytest.mark.parametrize("setting, distribution, provider, arch, says", [
-    ("local", "debian-12", "virtualbox", "amd64", "Set vm.box to catalog"),
-    ("local", "debian-12", "libvirt", "arm64", "libvirt on amd64 only"),
-    ("catalog", "debian-13", "libvirt", "amd64", "vm.distribution is debian-13"),
-])
+@pytest.mark.parametrize(
+    "setting, distribution, provider, arch, says",
+    [
+        ("local", "debian-12", "virtualbox", "amd64", "Set vm.box to catalog"),
+        ("local", "debian-12", "libvirt", "arm64", "libvirt on amd64 only"),
+        ("catalog", "debian-13", "libvirt", "amd64", "vm.distribution is debian-13"),
+    ],
+)
 def test_no_box_where_it_cannot_run(setting, distribution, provider, arch, says):
     with pytest.raises(LabError, match=says):
         box.choose(with_box(setting, distribution), provider, arch)
@@ -149,8 +182,11 @@ def plain(settings):
 
 def test_an_arm64_box_is_its_own_box_and_amd64_boxes_keep_their_names():
     amd64 = box.Recipe.from_config(plain(with_box("local")), "12.15", "6.1.176-1")
-    fields = {key: value for key, value in dataclasses.asdict(amd64).items()  # less those that came later
-              if key not in ("architecture", "early_files") and not key.startswith("seat_")}
+    fields = {
+        key: value
+        for key, value in dataclasses.asdict(amd64).items()  # less those that came later
+        if key not in ("architecture", "early_files") and not key.startswith("seat_")
+    }
     assert amd64.digest == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     arm64 = box.Recipe.from_config(with_box("local", "debian-12", "arm64"), "12.15", "6.1.176-1")
     assert arm64.digest != amd64.digest and arm64.box_name.startswith("bpflab/debian-12-arm64-")
@@ -176,12 +212,15 @@ def test_box_recipe_hash_follows_everything_the_box_is_made_from():
     assert first.box_name.startswith("bpflab/debian-12-") and first.digest in str(first.box_file)
 
 
-@pytest.mark.parametrize("distribution, suite, components, keyring, kernel", [
-    ("debian-12", "bookworm", "main", "debian-archive-keyring.gpg", "linux-image-amd64"),
-    ("debian-13", "trixie", "main", "debian-archive-keyring.gpg", "linux-image-amd64"),
-    ("ubuntu-22.04", "jammy", "main,universe", "ubuntu-archive-keyring.gpg", "linux-image-virtual"),
-    ("ubuntu-24.04", "noble", "main,universe", "ubuntu-archive-keyring.gpg", "linux-image-virtual"),
-])
+@pytest.mark.parametrize(
+    "distribution, suite, components, keyring, kernel",
+    [
+        ("debian-12", "bookworm", "main", "debian-archive-keyring.gpg", "linux-image-amd64"),
+        ("debian-13", "trixie", "main", "debian-archive-keyring.gpg", "linux-image-amd64"),
+        ("ubuntu-22.04", "jammy", "main,universe", "ubuntu-archive-keyring.gpg", "linux-image-virtual"),
+        ("ubuntu-24.04", "noble", "main,universe", "ubuntu-archive-keyring.gpg", "linux-image-virtual"),
+    ],
+)
 def test_each_distribution_is_bootstrapped_from_its_own_archive(distribution, suite, components, keyring, kernel):
     recipe = box.Recipe.from_config(with_box("local", distribution), "x")
     command = recipe.bootstrap_command(Path("/rootfs"))
@@ -242,8 +281,14 @@ def test_state_remembered_before_several_vms_moves_to_lab(tmp_path):
 
 
 def test_vms_beyond_a_lowered_count_are_found_by_name():
-    domains = ["bpflab-1234abcd-lab", "bpflab-1234abcd-lab2", "bpflab-1234abcd-lab3", "bpflab-99999999-lab2",
-               "other-vm", "bpflab-1234abcd-lab2-extra"]
+    domains = [
+        "bpflab-1234abcd-lab",
+        "bpflab-1234abcd-lab2",
+        "bpflab-1234abcd-lab3",
+        "bpflab-99999999-lab2",
+        "other-vm",
+        "bpflab-1234abcd-lab2-extra",
+    ]
     assert beyond_count("bpflab-1234abcd", ["lab", "lab2"], domains) == ["lab3"]
     assert beyond_count("bpflab-1234abcd", ["lab"], domains) == ["lab2", "lab3"]
 
@@ -273,17 +318,21 @@ def test_a_ready_seat_carries_what_provisioning_would_install_and_its_key_follow
     assert box.Recipe.from_json(ready.to_json()) == ready
     # Another package in lab.yaml, or BCC from source: another box.
     distributions = {**settings.provision.distributions}
-    distributions["debian-12"] = {**distributions["debian-12"],
-                                  "packages": [*distributions["debian-12"]["packages"], "tree"]}
+    distributions["debian-12"] = {
+        **distributions["debian-12"],
+        "packages": [*distributions["debian-12"]["packages"], "tree"],
+    }
     more = dataclasses.replace(settings, provision=dataclasses.replace(settings.provision, distributions=distributions))
     assert box.Recipe.from_config(more, "12.15").digest != ready.digest
-    source = dataclasses.replace(settings, provision=dataclasses.replace(
-        settings.provision, bcc={**settings.provision.bcc, "install": "source"}))
+    source = dataclasses.replace(
+        settings, provision=dataclasses.replace(settings.provision, bcc={**settings.provision.bcc, "install": "source"})
+    )
     built = box.Recipe.from_config(source, "12.15")
     assert dict(built.seat_bcc)["version"] == settings.provision.bcc["version"]
     assert "python3-bpfcc" not in built.seat_packages and built.digest != ready.digest
-    in_vm = dataclasses.replace(source, provision=dataclasses.replace(
-        source.provision, bcc={**source.provision.bcc, "build_on": "vm"}))
+    in_vm = dataclasses.replace(
+        source, provision=dataclasses.replace(source.provision, bcc={**source.provision.bcc, "build_on": "vm"})
+    )
     assert box.Recipe.from_config(in_vm, "12.15").seat_bcc == ()
 
 

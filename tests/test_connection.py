@@ -28,8 +28,11 @@ Host lab
 
 def test_parse_vagrant_ssh_config():
     assert asdict(parse_ssh_config(VAGRANT_SSH_CONFIG, "lab")) == {
-        "host": "192.168.121.170", "port": 22, "user": "vagrant",
-        "identity": "/work/main/.vagrant/machines/lab/libvirt/private_key"}
+        "host": "192.168.121.170",
+        "port": 22,
+        "user": "vagrant",
+        "identity": "/work/main/.vagrant/machines/lab/libvirt/private_key",
+    }
 
 
 def test_virtualbox_style_forwarded_port():
@@ -80,8 +83,13 @@ def test_an_ending_keeper_takes_its_folder_along_unless_its_log_says_something(t
     held.folder.mkdir()
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "bpflab.keeper"])
     try:
-        for name, text in (("lock", ""), ("key", "k"), ("socket", ""), ("keeper.log", said),
-                           ("pid", f"{stand_in.pid}\n")):
+        for name, text in (
+            ("lock", ""),
+            ("key", "k"),
+            ("socket", ""),
+            ("keeper.log", said),
+            ("pid", f"{stand_in.pid}\n"),
+        ):
             if text is not None:  # None: the log went with the keeper before
                 (held.folder / name).write_text(text)
         while held.pid() is None:  # until the stand-in has started as a keeper's command line

@@ -10,15 +10,17 @@ from rich.console import Console
 from bpflab import console
 from bpflab.console import HostEnd, Message, Output, Progress
 
-STREAM = [Progress("Installing 3 packages", "started"),
-          Progress("Installing 3 packages", "update", 2.0, "Unpacking clang"),
-          Progress("Installed 3 packages", "finished", 4.25),
-          Message("Packages: all installed", "done"),
-          Message("kernel 6.1.0-28-amd64", "note"),
-          Message("sudo asked for a password [seat-b]", "warning"),
-          Message("Provisioning: nothing to do"),
-          Output(("Hello World!", "Hello [World]!")),
-          Progress("Building BCC", "failed", 1.5)]
+STREAM = [
+    Progress("Installing 3 packages", "started"),
+    Progress("Installing 3 packages", "update", 2.0, "Unpacking clang"),
+    Progress("Installed 3 packages", "finished", 4.25),
+    Message("Packages: all installed", "done"),
+    Message("kernel 6.1.0-28-amd64", "note"),
+    Message("sudo asked for a password [seat-b]", "warning"),
+    Message("Provisioning: nothing to do"),
+    Output(("Hello World!", "Hello [World]!")),
+    Progress("Building BCC", "failed", 1.5),
+]
 
 
 @pytest.fixture
@@ -34,9 +36,14 @@ def test_a_lone_host_gets_its_lines_as_they_are(shown, capsys):
     for event in STREAM:
         display.show(event)
     assert shown.getvalue().splitlines() == [
-        "… Installing 3 packages", "✓ Installed 3 packages (4.2s)", "✓ Packages: all installed",
-        "kernel 6.1.0-28-amd64", "! sudo asked for a password [seat-b]", "Provisioning: nothing to do",
-        "✗ Building BCC (1.5s)"]
+        "… Installing 3 packages",
+        "✓ Installed 3 packages (4.2s)",
+        "✓ Packages: all installed",
+        "kernel 6.1.0-28-amd64",
+        "! sudo asked for a password [seat-b]",
+        "Provisioning: nothing to do",
+        "✗ Building BCC (1.5s)",
+    ]
     assert capsys.readouterr().out == "Hello World!\nHello [World]!\n"  # a program's lines: stdout, untouched
 
 
@@ -48,17 +55,28 @@ def test_a_room_prefixes_every_lasting_line_with_its_host(shown, capsys):
         board.show("lab", HostEnd())
         board.show("lab2", HostEnd("does not answer SSH\nmore"))
     assert shown.getvalue().splitlines() == [
-        "lab2: … Installing 3 packages", "lab2: ✓ Installed 3 packages (4.2s)", "lab2: ✓ Packages: all installed",
-        "lab2: kernel 6.1.0-28-amd64", "lab2: ! sudo asked for a password [seat-b]",
-        "lab2: Provisioning: nothing to do", "lab2: ✗ Building BCC (1.5s)"]
+        "lab2: … Installing 3 packages",
+        "lab2: ✓ Installed 3 packages (4.2s)",
+        "lab2: ✓ Packages: all installed",
+        "lab2: kernel 6.1.0-28-amd64",
+        "lab2: ! sudo asked for a password [seat-b]",
+        "lab2: Provisioning: nothing to do",
+        "lab2: ✗ Building BCC (1.5s)",
+    ]
     assert capsys.readouterr().out == "lab2 | Hello World!\nlab2 | Hello [World]!\n"
     assert board.rows == {"lab": "[green]done[/green]", "lab2": "[red]failed[/red] does not answer SSH"}
 
 
 def test_json_lines_carry_every_event_whole():
     lines = [json.loads(console.as_json("lab", event)) for event in STREAM + [HostEnd("gone")]]
-    assert lines[0] == {"host": "lab", "event": "progress", "title": "Installing 3 packages", "state": "started",
-                        "seconds": 0.0, "detail": ""}
+    assert lines[0] == {
+        "host": "lab",
+        "event": "progress",
+        "title": "Installing 3 packages",
+        "state": "started",
+        "seconds": 0.0,
+        "detail": "",
+    }
     assert lines[3] == {"host": "lab", "event": "message", "text": "Packages: all installed", "kind": "done"}
     assert lines[7] == {"host": "lab", "event": "output", "lines": ["Hello World!", "Hello [World]!"]}
     assert lines[-1] == {"host": "lab", "event": "host_end", "error": "gone"}
@@ -66,6 +84,7 @@ def test_json_lines_carry_every_event_whole():
 
 def test_stages_emit_events_with_the_host_they_work_for(shown):
     """A step and its messages, once for a lone host and once in a room's thread."""
+
     def stage():
         with console.step("Syncing the labs", "Synced the labs"):
             console.done("3 files")
@@ -74,9 +93,15 @@ def test_stages_emit_events_with_the_host_they_work_for(shown):
         stage()
         with console.for_host("seat-a", console.Board(["seat-a"])):
             stage()
-    kinds = [(host, type(event).__name__, getattr(event, "state", getattr(event, "kind", "")))
-             for host, event in events]
-    assert kinds == [(None, "Progress", "started"), (None, "Message", "done"), (None, "Progress", "finished"),
-                     ("seat-a", "Progress", "started"), ("seat-a", "Message", "done"),
-                     ("seat-a", "Progress", "finished")]
+    kinds = [
+        (host, type(event).__name__, getattr(event, "state", getattr(event, "kind", ""))) for host, event in events
+    ]
+    assert kinds == [
+        (None, "Progress", "started"),
+        (None, "Message", "done"),
+        (None, "Progress", "finished"),
+        ("seat-a", "Progress", "started"),
+        ("seat-a", "Message", "done"),
+        ("seat-a", "Progress", "finished"),
+    ]
     assert events[2][1].title == "Synced the labs"

@@ -33,8 +33,13 @@ def trixie(tmp_path_factory):
 
 
 def test_the_box_is_built_once_and_a_missing_vm_says_what_to_do(trixie):
-    validate = subprocess.run(["vagrant", "validate"], cwd=trixie.path, capture_output=True, text=True,
-                              env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})
+    validate = subprocess.run(
+        ["vagrant", "validate"],
+        cwd=trixie.path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"},
+    )
     assert validate.returncode == 0, validate.stdout + validate.stderr
     trixie.invoke("box.build")
     assert "is cached" in trixie.invoke("box.build").stdout
@@ -55,10 +60,12 @@ def test_a_debian_13_vm_from_the_ready_box_built_here_has_nothing_to_provision(t
 def test_a_package_added_to_lab_yaml_since_the_box_is_installed(trixie):
     """The ready seat was made for lab.yaml as it was: provisioning notices the change and closes the gap."""
     original = (trixie.path / "lab.yaml").read_text()
-    trixie.edit_lab_yaml("packages: [python3, arping, netperf, iperf, bpftrace, bpftool]\n"
-                         "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19",
-                         "packages: [python3, arping, netperf, iperf, bpftrace, bpftool, tree]\n"
-                         "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19")
+    trixie.edit_lab_yaml(
+        "packages: [python3, arping, netperf, iperf, bpftrace, bpftool]\n"
+        "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19",
+        "packages: [python3, arping, netperf, iperf, bpftrace, bpftool, tree]\n"
+        "      bcc_build: [zip, bison, build-essential, cmake, flex, git, libedit-dev, libllvm19",
+    )
     try:
         changed = trixie.invoke("lab.provision").stdout
     finally:

@@ -58,12 +58,15 @@ def test_host_keys_are_checked_unless_the_inventory_turns_it_off(tmp_path):
     assert found["checked"].known_hosts == Path("~/room/known_hosts").expanduser()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("all: {hosts: {a: {ansible_port: http}}}", "host a: ansible_port: expected a port number"),
-    ("all: {hosts: {}}", "lists no hosts"),
-    ("- just\n- a list\n", "not in Ansible's YAML format"),
-    ("all: [", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("all: {hosts: {a: {ansible_port: http}}}", "host a: ansible_port: expected a port number"),
+        ("all: {hosts: {}}", "lists no hosts"),
+        ("- just\n- a list\n", "not in Ansible's YAML format"),
+        ("all: [", "not valid YAML"),
+    ],
+)
 def test_a_bad_inventory_is_one_message(tmp_path, text, message):
     with pytest.raises(LabError, match=message):
         room(tmp_path, text)
@@ -75,8 +78,10 @@ def test_a_missing_inventory_says_what_to_give(tmp_path):
 
 
 def test_verify_matrix_marks_failed_cells_and_hosts_without_results():
-    rows = [{"lab": "hello", "result": "PASS", "problems": []},
-            {"lab": "hello-tail", "result": "FAIL", "problems": ["no line matched 'Timer'"]}]
+    rows = [
+        {"lab": "hello", "result": "PASS", "problems": []},
+        {"lab": "hello-tail", "result": "FAIL", "problems": ["no line matched 'Timer'"]},
+    ]
     matrix = {"seat1": rows, "seat2": None}  # seat2: down, no results
     table = console.verify_matrix(matrix)
     assert [column.header for column in table.columns] == ["lab \\ host", "seat1", "seat2"]
@@ -85,11 +90,14 @@ def test_verify_matrix_marks_failed_cells_and_hosts_without_results():
 
 def test_an_inventory_written_for_vms_reads_back_as_the_same_hosts(tmp_path):
     """lab.inventory writes local VMs (host keys not checked); reading it gives the same endpoints."""
-    vms = [Host(name, Endpoint(f"192.168.121.{number}", 22, "vagrant", f"/keys/{name}"), None, name)
-           for number, name in ((10, "lab"), (11, "lab2"))]
+    vms = [
+        Host(name, Endpoint(f"192.168.121.{number}", 22, "vagrant", f"/keys/{name}"), None, name)
+        for number, name in ((10, "lab"), (11, "lab2"))
+    ]
     path = inventory.save_inventory(vms, tmp_path / "vms.yml")
     again = inventory.read_inventory(path)
-    assert [(host.name, host.endpoint, host.known_hosts) for host in again] == \
-        [(host.name, host.endpoint, None) for host in vms]
+    assert [(host.name, host.endpoint, host.known_hosts) for host in again] == [
+        (host.name, host.endpoint, None) for host in vms
+    ]
     written = yaml.safe_load(path.read_text())["all"]["hosts"]["lab"]["ansible_ssh_common_args"]
     assert inventory.ssh_options(written)["serveraliveinterval"] == "5"  # a reboot's dead connection ends

@@ -63,8 +63,10 @@ def latest_run(project, name):
 
 
 def nothing_left_in_vm(project):
-    leftovers = project.shell("pgrep -af '[p]ython3 -u' ; grep -c bcc_ /sys/kernel/tracing/kprobe_events; "
-                                  "test -s /run/bpflab-lab.pid && echo pidfile-left; true")
+    leftovers = project.shell(
+        "pgrep -af '[p]ython3 -u' ; grep -c bcc_ /sys/kernel/tracing/kprobe_events; "
+        "test -s /run/bpflab-lab.pid && echo pidfile-left; true"
+    )
     return leftovers.split() == ["0"]
 
 
@@ -131,9 +133,15 @@ def test_run_with_trigger_and_duration(lab):
 
 
 def test_ctrl_c_stops_the_program_and_leaves_nothing(lab):
-    process = subprocess.Popen([sys.executable, "-m", "invoke", "lab.run", "hello-map"], cwd=lab.path, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               preexec_fn=interruptible)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "lab.run", "hello-map"],
+        cwd=lab.path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=interruptible,
+    )
     for line in process.stdout:
         if "Hit Ctrl-C" in line:
             break
@@ -148,9 +156,14 @@ def test_ctrl_c_stops_the_program_and_leaves_nothing(lab):
 
 
 def test_two_runs_never_interleave(lab):
-    first = subprocess.Popen([sys.executable, "-m", "invoke", "lab.run", "hello", "--duration", "12", "--no-trigger"],
-                             cwd=lab.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "lab.run", "hello", "--duration", "12", "--no-trigger"],
+        cwd=lab.path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     for line in first.stdout:
         if "Hit Ctrl-C" in line:
             break
@@ -182,11 +195,14 @@ def test_compile_error_is_shown_readably(lab):
     assert "Traceback" not in result.stdout.split("did not compile")[1]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["lab.run", "helo"], "Did you mean hello"),
-    (["lab.run", "no/such/file.py"], "does not exist"),
-    (["lab.run", "hello", "--duration", "-3"], "--duration must be"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["lab.run", "helo"], "Did you mean hello"),
+        (["lab.run", "no/such/file.py"], "does not exist"),
+        (["lab.run", "hello", "--duration", "-3"], "--duration must be"),
+    ],
+)
 def test_bad_input_is_one_message(lab, args, message):
     result = lab.invoke(*args, check=False)
     assert result.returncode == 1 and message in result.stdout and "Traceback" not in result.stdout
@@ -201,10 +217,11 @@ def test_every_lab_passes_verify(lab):
     assert len(rows) == 15 and all(row["result"] == "PASS" for row in rows) and not summary["failed_hosts"], summary
     written = re.search(r"Report: (\S+\.html)", lab.invoke("lab.report").stdout).group(1)
     page = Path(written).read_text()
-    verify_table = page[page.index("<h2>lab.verify</h2>"):page.index("<h2>Counts</h2>")]
+    verify_table = page[page.index("<h2>lab.verify</h2>") : page.index("<h2>Counts</h2>")]
     for row in rows:  # every lab, with its verdict linked to its output
-        assert re.search(rf"<td>{re.escape(row['lab'])}</td><td class=\"PASS\"><a href=\"{row['folder']}/output.log",
-                         verify_table), row["lab"]
+        assert re.search(
+            rf"<td>{re.escape(row['lab'])}</td><td class=\"PASS\"><a href=\"{row['folder']}/output.log", verify_table
+        ), row["lab"]
     assert page.count("<figure><svg") >= 5  # the counting labs verify just ran, drawn
 
 
@@ -233,10 +250,16 @@ def bring(project, name):
 
 
 def lab_run_in_background(project, *args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "invoke", "lab.run", *args], cwd=project.path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(project.path), **(env or {})},
-                            preexec_fn=interruptible)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "lab.run", *args],
+        cwd=project.path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(project.path), **(env or {})},
+        preexec_fn=interruptible,
+    )
 
 
 def read_until_attached(process, name):
@@ -285,8 +308,9 @@ def test_a_kept_connection_runs_each_command_in_a_shell_that_waited_for_it(lab):
                 name, seconds, error = result.stdout.split()
                 assert (name, error, result.exited) == (user, "oops", 3)
                 assert (int(seconds) >= 2) == waited, (sudo, waited, result.stdout)
-        assert held.run("cat; echo done", in_stream=io.StringIO("from stdin\n"), hide=True).stdout == \
-            "from stdin\ndone\n"
+        assert (
+            held.run("cat; echo done", in_stream=io.StringIO("from stdin\n"), hide=True).stdout == "from stdin\ndone\n"
+        )
 
 
 def test_later_commands_reach_the_vm_through_the_kept_connection(lab):
@@ -295,8 +319,9 @@ def test_later_commands_reach_the_vm_through_the_kept_connection(lab):
     lab.invoke("lab.sync")
     held, address = kept(lab), lab_host(lab).endpoint.host
     for persist, own_connection in (("600", False), ("0", True)):
-        process = lab_run_in_background(lab, bring(lab, "quiet_events.py"), "--no-trigger",
-                                        env={PERSIST_VARIABLE: persist})
+        process = lab_run_in_background(
+            lab, bring(lab, "quiet_events.py"), "--no-trigger", env={PERSIST_VARIABLE: persist}
+        )
         seen = read_until_attached(process, "quiet_events")
         clients = ssh_clients(address)
         process.send_signal(signal.SIGINT)
@@ -310,8 +335,15 @@ def test_later_commands_reach_the_vm_through_the_kept_connection(lab):
 def test_a_program_without_a_ready_line_stops_after_its_duration(lab):
     """The book's style: no "attached" line. Attached is what the kernel says; the duration
     counts from there, the trigger fires, and the status of a program ended by SIGINT (130) is lab.run's."""
-    result = lab.invoke("lab.run", bring(lab, "quiet_hello.py"), "--duration", "5",
-                        "--trigger", "for i in 1 2 3; do /bin/true; done", check=False)
+    result = lab.invoke(
+        "lab.run",
+        bring(lab, "quiet_hello.py"),
+        "--duration",
+        "5",
+        "--trigger",
+        "for i in 1 2 3; do /bin/true; done",
+        check=False,
+    )
     assert result.returncode == 130, result.stdout
     assert "quiet_hello: attached (" in result.stdout and "quiet hello" in result.stdout
     assert "Traceback" not in result.stdout.split("quiet_hello: duration")[-1]
@@ -325,8 +357,15 @@ def test_a_program_without_a_ready_line_stops_after_its_duration(lab):
 def test_no_line_from_before_a_run_is_shown(lab):
     """A program that wrote trace-pipe lines it never read leaves them in the kernel; the next
     reader of the trace pipe must not show them as its own."""
-    lab.invoke("lab.run", bring(lab, "stale_writer.py"), "--duration", "3",
-               "--trigger", "for i in 1 2 3 4 5; do /bin/true; done", check=False)
+    lab.invoke(
+        "lab.run",
+        bring(lab, "stale_writer.py"),
+        "--duration",
+        "3",
+        "--trigger",
+        "for i in 1 2 3 4 5; do /bin/true; done",
+        check=False,
+    )
     assert int(lab.shell("grep -c 'stale line' /sys/kernel/tracing/trace")) > 0  # still in the kernel
     result = lab.invoke("lab.run", bring(lab, "quiet_hello.py"), "--duration", "3", "--no-trigger", check=False)
     assert "quiet_hello: attached (" in result.stdout and "stale line" not in result.stdout
@@ -334,9 +373,11 @@ def test_no_line_from_before_a_run_is_shown(lab):
 
 
 def lock_is_free(project):
-    state = project.shell("test -s /run/bpflab-lab.pid && echo pidfile; "
-                              "flock -n /run/bpflab-lab.lock true || echo locked; "
-                              "bpftool perf list | wc -l; pgrep -c -f '[q]uiet_events'")
+    state = project.shell(
+        "test -s /run/bpflab-lab.pid && echo pidfile; "
+        "flock -n /run/bpflab-lab.lock true || echo locked; "
+        "bpftool perf list | wc -l; pgrep -c -f '[q]uiet_events'"
+    )
     return state.split() == ["0", "0"]
 
 
@@ -350,8 +391,10 @@ def end_the_run(project, process, how):
         # serves the run (one that a command before left may still be ending), its connection goes.
         return [rule for pid in clients for rule in drop_ssh_connection(pid, address)]
     if how == "connection dropped (sshd child killed)":
-        project.shell("p=$(cat /run/bpflab-lab.pid); while [ \"$(ps -o comm= -p $p)\" != sshd ]; do "
-                          "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p")
+        project.shell(
+            'p=$(cat /run/bpflab-lab.pid); while [ "$(ps -o comm= -p $p)" != sshd ]; do '
+            "p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p"
+        )
     elif how == "connection dropped (firewall)":
         return drop_ssh_connection(process.pid, lab_host(project).endpoint.host)
     else:
@@ -359,11 +402,18 @@ def end_the_run(project, process, how):
     return []
 
 
-@pytest.mark.parametrize("how, exit_code, stopped", [
-    ("SIGINT", 0, "interrupted"), ("SIGTERM", 128 + 15, "interrupted"), ("SIGHUP", 128 + 1, "interrupted"),
-    ("SIGKILL of the host process", -9, None), ("connection dropped (sshd child killed)", 1, "connection-lost"),
-    ("connection dropped (firewall)", 1, "connection-lost"),
-    ("connection dropped (firewall, kept connection)", 1, "connection-lost")])
+@pytest.mark.parametrize(
+    "how, exit_code, stopped",
+    [
+        ("SIGINT", 0, "interrupted"),
+        ("SIGTERM", 128 + 15, "interrupted"),
+        ("SIGHUP", 128 + 1, "interrupted"),
+        ("SIGKILL of the host process", -9, None),
+        ("connection dropped (sshd child killed)", 1, "connection-lost"),
+        ("connection dropped (firewall)", 1, "connection-lost"),
+        ("connection dropped (firewall, kept connection)", 1, "connection-lost"),
+    ],
+)
 def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exit_code, stopped):
     """A quiet program (prints only on events) is stopped within seconds however lab.run ends;
     what was gathered is kept. A run goes through the keeper's connection, except where the run's
@@ -414,8 +464,10 @@ def test_exit_status_and_a_failing_program(lab):
 def test_a_program_gone_the_moment_it_is_stopped_keeps_its_own_status(lab):
     """The duration's signal cuts the supervisor's wait short (status 138); a program already gone
     by then (here `sleep`, ended by SIGINT) must still report its own status, 130."""
-    supervisor = (f"WORKDIR=/tmp NAME=quick WATCH=line DURATION=1 ALLOWANCE=20 GRACE=2 "
-                  f"bash -c {shlex.quote(run.SUPERVISOR)} supervisor sleep 60")
+    supervisor = (
+        f"WORKDIR=/tmp NAME=quick WATCH=line DURATION=1 ALLOWANCE=20 GRACE=2 "
+        f"bash -c {shlex.quote(run.SUPERVISOR)} supervisor sleep 60"
+    )
     ends = lab.shell(f"for i in 1 2 3; do {{ sleep 0.5; echo attached; sleep 3; }} | {supervisor} | tail -1; done")
     assert all(re.fullmatch(r"@@bpflab-stopped duration 130 0 0\.\d{3}", end) for end in ends.split("\n")[:3]), ends
 
@@ -424,8 +476,14 @@ def test_bpftrace_by_path_and_as_a_one_liner(lab):
     script = lab.invoke("lab.run", bring(lab, "opens.bt"), "--duration", "3", "--trigger", "cat /etc/hostname")
     assert re.search(r"open by cat: /etc/hostname", script.stdout)
     assert latest_run(lab, "opens")[1]["stopped"] == "duration"
-    one_liner = lab.invoke("lab.trace", 'tracepoint:syscalls:sys_enter_execve { printf("exec %s\\n", '
-                                        'str(args->filename)); }', "--duration", "3", "--trigger", "/bin/true")
+    one_liner = lab.invoke(
+        "lab.trace",
+        'tracepoint:syscalls:sys_enter_execve { printf("exec %s\\n", str(args->filename)); }',
+        "--duration",
+        "3",
+        "--trigger",
+        "/bin/true",
+    )
     assert "exec /bin/true" in one_liner.stdout
     _, record = latest_run(lab, "trace")
     assert record["kind"] == "one-liner" and record["stopped"] == "duration" and record["exit_status"] == 0
@@ -443,6 +501,7 @@ def test_the_runner_stays_out_of_the_learners_trace(lab):
 
 
 # BCC from source (a stand-in), built in the VM, installed, exported. --------
+
 
 @pytest.fixture(scope="module")
 def fake_bcc(lab, tmp_path_factory):
@@ -472,7 +531,9 @@ def test_bcc_source_build_mechanics(lab, fake_bcc):
     rebuilt = lab.invoke("lab.provision")
     assert "Building BCC v2" in rebuilt.stdout and "BCC fake-v2" in rebuilt.stdout
     assert sorted(path.name for path in fake_bcc.artifacts.glob("*.json")) == [
-        "bcc-v1-debian-12-amd64.json", "bcc-v2-debian-12-amd64.json"]
+        "bcc-v1-debian-12-amd64.json",
+        "bcc-v2-debian-12-amd64.json",
+    ]
     fake_bcc("source", "v3-broken")
     broken = lab.invoke("lab.provision", check=False)
     assert broken.returncode == 1 and "the BCC build failed in the VM" in broken.stdout
@@ -489,6 +550,10 @@ def test_bcc_export_packs_the_build_and_its_runtime_needs(lab, fake_bcc):
     assert "Exporting BCC v2 (debian-12 amd64)" in exported.stdout
     metadata = json.loads((fake_bcc.artifacts / "bcc-v2-debian-12-amd64.json").read_text())
     assert metadata["built"]["version"] == "v2" and "zlib1g" in metadata["runtime_packages"]
-    listing = subprocess.run(["tar", "-tzf", str(fake_bcc.artifacts / "bcc-v2-debian-12-amd64.tar.gz")],
-                             capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(
+        ["tar", "-tzf", str(fake_bcc.artifacts / "bcc-v2-debian-12-amd64.tar.gz")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert "usr/lib/libfakebcc.so" in listing and "usr/lib/python3/dist-packages/bcc/__init__.py" in listing

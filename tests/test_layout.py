@@ -5,10 +5,33 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bpflab"
 # Helpers first (used by every stage), then the stages in the order data flows.
-ORDER = ["errors", "console", "commands", "config", "catalog", "arch", "libvirt", "host", "vagrant", "buildroot",
-         "artifacts", "box", "vm", "held", "hosts",
-         "inventory", "keeper", "provision", "sync", "packaging", "runs", "run", "counts",
-         "report", "orchestrate"]
+ORDER = [
+    "errors",
+    "console",
+    "commands",
+    "config",
+    "catalog",
+    "arch",
+    "libvirt",
+    "host",
+    "vagrant",
+    "buildroot",
+    "artifacts",
+    "box",
+    "vm",
+    "held",
+    "hosts",
+    "inventory",
+    "keeper",
+    "provision",
+    "sync",
+    "packaging",
+    "runs",
+    "run",
+    "counts",
+    "report",
+    "orchestrate",
+]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -25,5 +48,5 @@ def test_every_module_has_its_place():
 
 def test_each_module_imports_only_earlier_stages():
     for module in ORDER:
-        later = set(ORDER[ORDER.index(module):])
+        later = set(ORDER[ORDER.index(module) :])
         assert not imported_modules(PACKAGE / f"{module}.py") & later, module

@@ -9,8 +9,11 @@ from bpflab import artifacts, config, provision
 from bpflab.errors import LabError
 
 PACKAGE_STAMP = {}
-BUILT_V37 = {"repository": "https://github.com/iovisor/bcc.git", "version": "v0.37.0",
-             "llvm_dir": "/usr/lib/llvm-14/lib/cmake/llvm"}
+BUILT_V37 = {
+    "repository": "https://github.com/iovisor/bcc.git",
+    "version": "v0.37.0",
+    "llvm_dir": "/usr/lib/llvm-14/lib/cmake/llvm",
+}
 
 
 def settings(tmp_path, install, version="v0.37.0"):
@@ -23,16 +26,20 @@ def settings(tmp_path, install, version="v0.37.0"):
 
 
 def facts(stamp=PACKAGE_STAMP, installed=()):
-    return provision.Facts("debian-12", "amd64", "6.1.0-28-amd64", 2, 2_000_000, "python3", stamp,
-                           set(installed))
+    return provision.Facts("debian-12", "amd64", "6.1.0-28-amd64", 2, 2_000_000, "python3", stamp, set(installed))
 
 
 def export(folder, version="v0.37.0", distribution="debian-12", arch="amd64", runtime=("libelf1",), content=b"bcc"):
     folder.mkdir(exist_ok=True)
     stem = artifacts.Artifact.stem(version, distribution, arch)
     (folder / f"{stem}.tar.gz").write_bytes(content)
-    metadata = {"built": {**BUILT_V37, "version": version}, "distribution": distribution, "arch": arch,
-                "runtime_packages": list(runtime), "sha256": hashlib.sha256(content).hexdigest()}
+    metadata = {
+        "built": {**BUILT_V37, "version": version},
+        "distribution": distribution,
+        "arch": arch,
+        "runtime_packages": list(runtime),
+        "sha256": hashlib.sha256(content).hexdigest(),
+    }
     (folder / f"{stem}.json").write_text(json.dumps(metadata))
     return folder / f"{stem}.json"
 
@@ -86,10 +93,15 @@ def test_artifact_folder_follows_lab_yaml(tmp_path):
     assert settings(tmp_path, "artifact").bcc_artifacts == tmp_path / "artifacts"
 
 
-@pytest.mark.parametrize("distribution, install, llvm", [
-    ("debian-12", "source", "14"), ("debian-13", "source", "19"),
-    ("ubuntu-22.04", "source", "14"), ("ubuntu-24.04", "source", "18"),
-])
+@pytest.mark.parametrize(
+    "distribution, install, llvm",
+    [
+        ("debian-12", "source", "14"),
+        ("debian-13", "source", "19"),
+        ("ubuntu-22.04", "source", "14"),
+        ("ubuntu-24.04", "source", "18"),
+    ],
+)
 def test_each_distribution_builds_bcc_with_its_own_llvm_and_polly(tmp_path, distribution, install, llvm):
     """BCC links LLVM's Polly where LLVM was built with it (iovisor/bcc#5015): without libpolly-N-dev
     the build stops at libPolly.a."""
@@ -114,18 +126,22 @@ def test_a_ready_box_from_other_settings_is_noticed(tmp_path):
     assert provision.ready_box_note(current, from_box) is None
     assert provision.ready_box_note(current, facts()) is None  # not made from a ready box
     changed = settings(tmp_path, "source")
-    assert "made on 2026-11-25T10:00:00Z with other provisioning settings" in \
-        provision.ready_box_note(changed, from_box)
+    assert "made on 2026-11-25T10:00:00Z with other provisioning settings" in provision.ready_box_note(
+        changed, from_box
+    )
 
 
-@pytest.mark.parametrize("setting, virt, unable, where", [
-    ("auto", "qemu", None, "host"),     # software emulation, and the host can: native speed
-    ("auto", "qemu", "the host is not Linux", "vm"),
-    ("auto", "kvm", None, "vm"),        # hardware virtualization: the VM builds as fast
-    ("auto", "none", None, "vm"),       # a real machine of a room
-    ("vm", "qemu", None, "vm"),
-    ("host", "kvm", None, "host"),
-])
+@pytest.mark.parametrize(
+    "setting, virt, unable, where",
+    [
+        ("auto", "qemu", None, "host"),  # software emulation, and the host can: native speed
+        ("auto", "qemu", "the host is not Linux", "vm"),
+        ("auto", "kvm", None, "vm"),  # hardware virtualization: the VM builds as fast
+        ("auto", "none", None, "vm"),  # a real machine of a room
+        ("vm", "qemu", None, "vm"),
+        ("host", "kvm", None, "host"),
+    ],
+)
 def test_where_bcc_is_built(setting, virt, unable, where):
     assert provision.build_place(setting, virt, unable)[0] == where
 
@@ -136,8 +152,9 @@ def test_build_on_host_is_refused_where_the_host_cannot(tmp_path):
 
 
 def emulated(stamp=PACKAGE_STAMP, installed=()):
-    return provision.Facts("debian-12", "amd64", "6.1.0-28-amd64", 2, 2_000_000, "python3", stamp,
-                           set(installed), virt="qemu")
+    return provision.Facts(
+        "debian-12", "amd64", "6.1.0-28-amd64", 2, 2_000_000, "python3", stamp, set(installed), virt="qemu"
+    )
 
 
 def test_a_host_build_keeps_the_build_tools_out_of_the_vm(tmp_path):

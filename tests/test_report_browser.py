@@ -23,17 +23,33 @@ def chromedriver():
             pytest.skip("needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
     return shutil.which("chromedriver")
 
 
 def gathered(folder, lab, log=None, **record):
     folder.mkdir(parents=True)
     (folder / "output.log").write_text((LOGS / f"{log}.log").read_text() if log else f"{lab} output\n")
-    (folder / "run.json").write_text(json.dumps({"lab": lab, "vm": "lab", "stopped": "duration", "exit_status": 0,
-                                                 "lines": 5, "duration_s": 12.3, "kernel": "6.1.0-50-amd64",
-                                                 "bcc": "0.26.0", **record}))
+    (folder / "run.json").write_text(
+        json.dumps(
+            {
+                "lab": lab,
+                "vm": "lab",
+                "stopped": "duration",
+                "exit_status": 0,
+                "lines": 5,
+                "duration_s": 12.3,
+                "kernel": "6.1.0-50-amd64",
+                "bcc": "0.26.0",
+                **record,
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -49,9 +65,15 @@ def runs(tmp_path):
         for index, (lab, result) in enumerate(zip(("hello", "hello-map"), results, strict=True)):
             name = f"20261125T08020{index}Z-{lab}"
             gathered(fleet / host / name, lab)
-            hosts[host]["labs"][lab] = {"lab": lab, "result": result, "folder": name, "duration_s": 12.0,
-                                "problems": [] if result == "PASS" else ["no line matched 'ID 0: \\\\d+'"],
-                                "time_to_attach_s": 5.0, "time_to_first_event_s": 0.1}
+            hosts[host]["labs"][lab] = {
+                "lab": lab,
+                "result": result,
+                "folder": name,
+                "duration_s": 12.0,
+                "problems": [] if result == "PASS" else ["no line matched 'ID 0: \\\\d+'"],
+                "time_to_attach_s": 5.0,
+                "time_to_first_event_s": 0.1,
+            }
     (fleet / "summary.json").write_text(json.dumps({"hosts": hosts, "failed_hosts": {"seat-c": "does not answer"}}))
     return runs
 
@@ -74,12 +96,18 @@ def test_the_report_shows_the_room_the_plots_and_working_links(runs, browser, tm
 
     page = report.write(runs, CATALOG)
     browser.get(page.as_uri())
-    rows = [[cell.text for cell in row.find_elements(By.CSS_SELECTOR, "th, td")]
-            for row in browser.find_elements(By.CSS_SELECTOR, "table")[0].find_elements(By.TAG_NAME, "tr")]
-    assert rows == [["lab \\ host", "seat-a", "seat-b", "seat-c"], ["hello", "PASS", "PASS", "–"],
-                    ["hello-map", "PASS", "FAIL", "–"]]
+    rows = [
+        [cell.text for cell in row.find_elements(By.CSS_SELECTOR, "th, td")]
+        for row in browser.find_elements(By.CSS_SELECTOR, "table")[0].find_elements(By.TAG_NAME, "tr")
+    ]
+    assert rows == [
+        ["lab \\ host", "seat-a", "seat-b", "seat-c"],
+        ["hello", "PASS", "PASS", "–"],
+        ["hello-map", "PASS", "FAIL", "–"],
+    ]
     widths = browser.execute_script(
-        "return [...document.querySelectorAll('figure svg')].map(svg => svg.getBoundingClientRect().width)")
+        "return [...document.querySelectorAll('figure svg')].map(svg => svg.getBoundingClientRect().width)"
+    )
     assert len(widths) == 2 and min(widths) > 300  # hello-map and syscall-count, drawn
     assert "seat-c: does not answer" in browser.find_element(By.TAG_NAME, "body").text
     links = [link.get_attribute("href") for link in browser.find_elements(By.TAG_NAME, "a")]

@@ -49,8 +49,10 @@ def test_ansible_on_a_ready_seat(room):
     changes nothing. (Its labs pass `lab.verify` in the fleet tests below.)"""
     booted = room.shell("uname -r", "lab2").strip()
     first = ansible_playbook(room, "lab2")
-    assert not {"Install the book's packages, bpftrace and the running kernel's headers",
-                "Move to the distribution's current kernel, whose headers the sources have"} & set(first), first
+    assert not {
+        "Install the book's packages, bpftrace and the running kernel's headers",
+        "Move to the distribution's current kernel, whose headers the sources have",
+    } & set(first), first
     assert room.shell("uname -r", "lab2").strip() == booted == room.shell("uname -r", "lab").strip()
     doctor = room.invoke("lab.doctor", "--vm", "lab2").stdout
     assert "missing" not in doctor and "import bcc" in doctor
@@ -66,8 +68,14 @@ def write_room(folder, project):
         host = machines[machine]
         host["ansible_ssh_common_args"] = f"-o UserKnownHostsFile={folder / 'known_hosts'}"
         hosts[seat] = host
-        known.append(subprocess.run(["ssh-keyscan", "-p", str(host["ansible_port"]), host["ansible_host"]],
-                                    capture_output=True, text=True, check=True).stdout)
+        known.append(
+            subprocess.run(
+                ["ssh-keyscan", "-p", str(host["ansible_port"]), host["ansible_host"]],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
     (folder / "known_hosts").write_text("".join(known))
     (folder / "room.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
     return folder
@@ -114,13 +122,17 @@ def test_fleet_refuses_a_changed_or_unknown_host_key(room, inventory, tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     impostor = (tmp_path / "other.pub").read_text().split()[:2]
     lines = (inventory / "known_hosts").read_text().splitlines()
-    seat_b_address = f"[{seat_b['ansible_host']}]:{seat_b['ansible_port']}" if seat_b["ansible_port"] != 22 \
+    seat_b_address = (
+        f"[{seat_b['ansible_host']}]:{seat_b['ansible_port']}"
+        if seat_b["ansible_port"] != 22
         else seat_b["ansible_host"]
+    )
     kept = [line for line in lines if not line.startswith(seat_b_address + " ")]
     (tmp_path / "known_hosts").write_text("\n".join(kept + [f"{seat_b_address} {' '.join(impostor)}"]) + "\n")
     (tmp_path / "room.yml").write_text(text.replace(str(inventory / "known_hosts"), str(tmp_path / "known_hosts")))
-    result = room.invoke("lab.verify", "--inventory", str(tmp_path / "room.yml"), "--names", "hello",
-                        "--seconds", "4", check=False)
+    result = room.invoke(
+        "lab.verify", "--inventory", str(tmp_path / "room.yml"), "--names", "hello", "--seconds", "4", check=False
+    )
     assert result.returncode == 1 and "Traceback" not in result.stdout
     assert "seat-b" in result.stdout and "host key is not the one recorded" in result.stdout
     assert "seat-a:   PASS" in result.stdout
@@ -129,17 +141,38 @@ def test_fleet_refuses_a_changed_or_unknown_host_key(room, inventory, tmp_path):
     (tmp_path / "known_hosts").write_text("\n".join(kept) + "\n")
     unknown = room.invoke("lab.run", "hello", "--duration", "3", "--inventory", str(tmp_path / "room.yml"), check=False)
     assert unknown.returncode == 1 and "Traceback" not in unknown.stdout
-    assert f"ssh-keyscan -p {seat_b['ansible_port']} {seat_b['ansible_host']} >> {tmp_path / 'known_hosts'}" in \
-        " ".join(unknown.stdout.split())
+    assert (
+        f"ssh-keyscan -p {seat_b['ansible_port']} {seat_b['ansible_host']} >> {tmp_path / 'known_hosts'}"
+        in " ".join(unknown.stdout.split())
+    )
     assert re.search(r"seat-a\s*\| .*Hello World!", unknown.stdout)
 
 
 def test_fleet_goes_on_when_a_host_goes_down_mid_way(room, inventory):
     """seat-b is switched off during its first lab: it is reported, seat-a completes."""
-    command = [sys.executable, "-m", "invoke", "lab.verify", "--inventory", str(inventory / "room.yml"),
-               "--names", "hello", "--names", "hello-map", "--seconds", "5"]
-    process = subprocess.Popen(command, cwd=room.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(room.path)})
+    command = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "lab.verify",
+        "--inventory",
+        str(inventory / "room.yml"),
+        "--names",
+        "hello",
+        "--names",
+        "hello-map",
+        "--seconds",
+        "5",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=room.path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(room.path)},
+    )
     domain = LabVM(config.load(room.path / "lab.yaml"), "lab2").domain
     output = []
     for line in process.stdout:
@@ -156,6 +189,7 @@ def test_fleet_goes_on_when_a_host_goes_down_mid_way(room, inventory):
 
 
 # BCC from source (a stand-in), built once on this host, installed everywhere. --------
+
 
 @pytest.fixture(scope="module")
 def fake_bcc(room, tmp_path_factory):

@@ -12,8 +12,12 @@ from bpflab.runs import RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_LABS = ["hello", "hello-file", "hello-map", "hello-buffer", "hello-file-ring-buffer", "hello-tail"]
-BPFTRACE_COMPANIONS = {"hello-bpftrace": "hello", "hello-map-bpftrace": "hello-map",
-                       "hello-file-bpftrace": "hello-file", "syscall-count-bpftrace": "syscall-count"}
+BPFTRACE_COMPANIONS = {
+    "hello-bpftrace": "hello",
+    "hello-map-bpftrace": "hello-map",
+    "hello-file-bpftrace": "hello-file",
+    "syscall-count-bpftrace": "syscall-count",
+}
 
 
 def test_catalog_has_every_lab_with_both_sides_and_notes():
@@ -51,13 +55,16 @@ def outcome(lines, **record):
 LAB = Lab("demo", "", "", "kprobe", "true", expect=[r"Hello World!"], reject=[r"Another syscall"])
 
 
-@pytest.mark.parametrize("lines, record, problem", [
-    (["Attached. Tracing... Hit Ctrl-C to end."], {}, "no line matched"),
-    (["Hello World!", "Another syscall: 3"], {}, "unwanted line"),
-    (["Hello World!"], {"exit_status": 1, "stopped": "exited"}, "exit status 1"),
-    (["Hello World!"], {"leaked_probes": 2}, "2 probe(s) left attached"),
-    (["Hello World!"], {"trigger_error": "boom"}, "the trigger failed"),
-])
+@pytest.mark.parametrize(
+    "lines, record, problem",
+    [
+        (["Attached. Tracing... Hit Ctrl-C to end."], {}, "no line matched"),
+        (["Hello World!", "Another syscall: 3"], {}, "unwanted line"),
+        (["Hello World!"], {"exit_status": 1, "stopped": "exited"}, "exit status 1"),
+        (["Hello World!"], {"leaked_probes": 2}, "2 probe(s) left attached"),
+        (["Hello World!"], {"trigger_error": "boom"}, "the trigger failed"),
+    ],
+)
 def test_expectations_fail_for_each_reason(lines, record, problem):
     assert any(problem in text for text in check_expectations(LAB, outcome(lines, **record)))
 
@@ -67,13 +74,20 @@ def test_expectations_pass():
 
 
 def test_compiler_errors_are_extracted_with_context():
-    lines = ["/virtual/main.c:2:37: error: expected ';' after expression", "    x()", "       ^",
-             "noise", "2 errors generated.", "Traceback (most recent call last):"]
+    lines = [
+        "/virtual/main.c:2:37: error: expected ';' after expression",
+        "    x()",
+        "       ^",
+        "noise",
+        "2 errors generated.",
+        "Traceback (most recent call last):",
+    ]
     assert compiler_errors(lines) == ["main.c:2:37: error: expected ';' after expression", "    x()", "       ^"]
 
 
 def test_run_folders_never_collide(tmp_path):
     from datetime import datetime, timezone
+
     now = datetime(2026, 11, 24, 17, 0, 0, tzinfo=timezone.utc)
     first = free_folder(tmp_path, "my lab", now)
     first.mkdir()
@@ -84,8 +98,12 @@ def test_run_folders_never_collide(tmp_path):
 # What the labs that number syscalls print on arm64 with arm64's table, and with x86_64's (the book's
 # hard-coded numbers): there, x86_64's timer_create (222) is arm64's mmap, and openat (56) is x86_64's clone.
 RIGHT_TABLE = {
-    "hello-tail": ["timeout 301  Executing a program", "timeout 301  Creating a timer",
-                   "timeout 301  Some other timer operation", "python3 305  Another syscall: 81 (sync)"],
+    "hello-tail": [
+        "timeout 301  Executing a program",
+        "timeout 301  Creating a timer",
+        "timeout 301  Some other timer operation",
+        "python3 305  Another syscall: 81 (sync)",
+    ],
     "syscall-count": ["openat (56): 310   mmap (222): 260   read (63): 120"],
 }
 X86_64_TABLE_ON_ARM64 = {

@@ -54,9 +54,11 @@ def test_sync_uploads_changes_and_deletes_leftovers_in_one_command():
 
 
 def facts_output(installed, kernel="6.1.0-28-amd64", stamp="", virt=""):
-    return (f"distribution=debian-12\narch=amd64\nkernel={kernel}\nvirt={virt}\ncpus=2\nmemory_kb=2000000\n"
-            f"python_link=python3\nsshd_keepalive={' '.join(provision.SSHD_KEEPALIVE.split())}\nstamp={stamp}\n"
-            f"no_candidate=\nstatuses={' '.join(f'{name}:installed' for name in installed)} gone:config-files\n")
+    return (
+        f"distribution=debian-12\narch=amd64\nkernel={kernel}\nvirt={virt}\ncpus=2\nmemory_kb=2000000\n"
+        f"python_link=python3\nsshd_keepalive={' '.join(provision.SSHD_KEEPALIVE.split())}\nstamp={stamp}\n"
+        f"no_candidate=\nstatuses={' '.join(f'{name}:installed' for name in installed)} gone:config-files\n"
+    )
 
 
 def debian_packages(settings, kernel="6.1.0-28-amd64"):
@@ -104,20 +106,30 @@ def test_a_kernel_whose_headers_are_gone_is_replaced_by_the_distributions_curren
     settings = config.load()
     aged = "6.12.12+bpo-amd64" if retire else "6.1.0-27-amd64"
     have = [name for name in debian_packages(settings, aged) if not name.startswith("linux-headers")]
-    connection = RecordingConnection([("distribution=", facts_output(have, kernel=aged)),
-                                      ("apt-unavailable", f"linux-headers-{aged}\n"),
-                                      ("bpflab-kernels", f"target=6.1.0-28-amd64\nretire={retire}\n")])
+    connection = RecordingConnection(
+        [
+            ("distribution=", facts_output(have, kernel=aged)),
+            ("apt-unavailable", f"linux-headers-{aged}\n"),
+            ("bpflab-kernels", f"target=6.1.0-28-amd64\nretire={retire}\n"),
+        ]
+    )
     outcome = provision.apply(connection, settings, tmp_path / "provision.log")
     assert outcome == provision.Outcome(True, "package", "6.1.0-28-amd64")
     (install,) = connection.ran("apt-get .* install")
-    assert install.endswith("install --no-install-recommends linux-image-6.1.0-28-amd64 "
-                            "linux-headers-6.1.0-28-amd64' 2>&1") and aged not in install
+    assert (
+        install.endswith(
+            "install --no-install-recommends linux-image-6.1.0-28-amd64 linux-headers-6.1.0-28-amd64' 2>&1"
+        )
+        and aged not in install
+    )
     purged = connection.ran("removing-running-kernel boolean false.*apt-get .* purge")
     assert [command.endswith(f"purge {retire}' 2>&1") for command in purged] == ([True] if retire else [])
 
 
-SUPERVISOR_OUTPUT = ("Compiling...\nAttached. Hit Ctrl-C to end.\nHello World!\nHello World!\n"
-                     "@@bpflab-facts 6.1.0-28-amd64 0.26.0\n@@bpflab-stopped duration 0 0 0.250\n")
+SUPERVISOR_OUTPUT = (
+    "Compiling...\nAttached. Hit Ctrl-C to end.\nHello World!\nHello World!\n"
+    "@@bpflab-facts 6.1.0-28-amd64 0.26.0\n@@bpflab-stopped duration 0 0 0.250\n"
+)
 
 
 def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
@@ -126,7 +138,8 @@ def test_a_run_records_its_lines_timings_and_how_it_stopped(tmp_path):
     target = run.Target("hello", "/home/vagrant/bpflab/labs", "hello.py")
     with console.recording() as events:
         outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", trigger="true").execute(
-            connection)
+            connection
+        )
     shown = [line for _, event in events if isinstance(event, console.Output) for line in event.lines]
     record = json.loads((tmp_path / "hello" / "run.json").read_text())
     assert RunRecord.read(tmp_path / "hello") == outcome.record
@@ -155,8 +168,10 @@ def test_a_run_whose_files_the_vm_lacks_syncs_them_and_starts_again(tmp_path):
 
 
 def test_a_bcc_program_that_fails_where_bcc_is_missing_says_to_provision(tmp_path):
-    output = ("ModuleNotFoundError: No module named 'bcc'\n@@bpflab-facts 6.1.0-28-amd64 none\n"
-              "@@bpflab-stopped exited 1 0 -\n")
+    output = (
+        "ModuleNotFoundError: No module named 'bcc'\n@@bpflab-facts 6.1.0-28-amd64 none\n"
+        "@@bpflab-stopped exited 1 0 -\n"
+    )
     connection = RecordingConnection([("supervisor", output)])
     target = run.Target("mine", "/x", "mine.py")
     outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "mine", echo=None).execute(connection)
@@ -166,8 +181,9 @@ def test_a_bcc_program_that_fails_where_bcc_is_missing_says_to_provision(tmp_pat
 
 def test_verify_reads_the_vm_facts_once_for_all_its_labs(tmp_path):
     """Importing bcc takes seconds under emulation: one probe per verify, not one per lab."""
-    connection = RecordingConnection([("find_spec", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", SUPERVISOR_OUTPUT),
-                                      ("sha256sum", "")])
+    connection = RecordingConnection(
+        [("find_spec", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", SUPERVISOR_OUTPUT), ("sha256sum", "")]
+    )
     rows = run.verify(RecordingHost(connection), connection, ROOT, ["hello", "hello-map"], 1, tmp_path)
     assert [row["lab"] for row in rows] == ["hello", "hello-map"] and len(connection.ran("supervisor")) == 2
     assert len(connection.ran("find_spec")) == 1 and len(connection.ran("\nFACTS=0\n")) == 2
@@ -175,11 +191,13 @@ def test_verify_reads_the_vm_facts_once_for_all_its_labs(tmp_path):
 
 def test_verify_goes_on_through_a_new_connection_when_one_drops_mid_lab(tmp_path):
     """A keeper or network that drops one lab's connection fails that lab alone."""
-    dropping = RecordingConnection([("find_spec", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", "Compiling...\n", -1)],
-                                   drop_after="supervisor")
+    dropping = RecordingConnection(
+        [("find_spec", "6.1.0-28-amd64\n0.26.0\n"), ("supervisor", "Compiling...\n", -1)], drop_after="supervisor"
+    )
     fresh = RecordingConnection([("supervisor", SUPERVISOR_OUTPUT)])
-    rows = run.verify(RecordingHost(dropping, later=[fresh]), dropping, ROOT, ["hello", "hello-map", "hello"], 1,
-                      tmp_path)
+    rows = run.verify(
+        RecordingHost(dropping, later=[fresh]), dropping, ROOT, ["hello", "hello-map", "hello"], 1, tmp_path
+    )
     assert [row["result"] for row in rows] == ["FAIL", "FAIL", "PASS"]
     assert "stopped: connection-lost" in "; ".join(rows[0]["problems"])
     assert len(dropping.ran("supervisor")) == 1 and len(fresh.ran("supervisor")) == 2 and fresh.closed
@@ -193,8 +211,7 @@ def test_a_run_whose_channel_ends_without_a_status_is_connection_lost(tmp_path):
     assert "ended before hello reported its status" in str(run.verdict(outcome))
 
 
-BOOK_STYLE_OUTPUT = ("@@bpflab-attached\nbash-1234 [000] Hello World!\n"
-                     "@@bpflab-stopped duration 130 0 0.031\n")
+BOOK_STYLE_OUTPUT = "@@bpflab-attached\nbash-1234 [000] Hello World!\n@@bpflab-stopped duration 130 0 0.031\n"
 
 
 def test_readiness_comes_from_the_kernel_and_the_status_passes_through(tmp_path):
@@ -202,8 +219,9 @@ def test_readiness_comes_from_the_kernel_and_the_status_passes_through(tmp_path)
     so; stopped by --duration without handling SIGINT it exits 130, and so does lab.run, silently."""
     connection = RecordingConnection([("supervisor", BOOK_STYLE_OUTPUT)])
     target = run.Target("hello", "/home/vagrant/book", "hello.py")
-    outcome = run.ProgramRun(RecordingHost(connection), target, tmp_path / "hello", duration=5, echo=None,
-                             trigger="true").execute(connection)
+    outcome = run.ProgramRun(
+        RecordingHost(connection), target, tmp_path / "hello", duration=5, echo=None, trigger="true"
+    ).execute(connection)
     assert outcome.lines == ["bash-1234 [000] Hello World!"]
     assert outcome.record.time_to_attach_s is not None and outcome.record.time_to_first_event_s is not None
     for _ in range(50):  # the trigger runs in its own thread
@@ -220,17 +238,20 @@ def finished(stopped, status, lines=(), leaked=0):
     return run.Outcome(config.PROJECT_ROOT / "runs" / "x", record, list(lines))
 
 
-@pytest.mark.parametrize("outcome, code, words", [
-    (finished("exited", 0), None, None),
-    (finished("interrupted", 0), None, None),
-    (finished("exited", 3), 3, "exited with status 3"),
-    (finished("exited", 1, ["/virtual/main.c:2:3: error: use of undeclared identifier 'x'"]), 1, "did not compile"),
-    (finished("terminated", 143), 143, ""),
-    (finished("busy", 75), 1, "Another lab program is running"),
-    (finished("never-attached", 130), 130, "attached no BPF program"),
-    (finished("connection-lost", None), 1, "connection to the lab VM ended"),
-    (finished("duration", 0, leaked=2), 1, "2 probe(s)"),
-])
+@pytest.mark.parametrize(
+    "outcome, code, words",
+    [
+        (finished("exited", 0), None, None),
+        (finished("interrupted", 0), None, None),
+        (finished("exited", 3), 3, "exited with status 3"),
+        (finished("exited", 1, ["/virtual/main.c:2:3: error: use of undeclared identifier 'x'"]), 1, "did not compile"),
+        (finished("terminated", 143), 143, ""),
+        (finished("busy", 75), 1, "Another lab program is running"),
+        (finished("never-attached", 130), 130, "attached no BPF program"),
+        (finished("connection-lost", None), 1, "connection to the lab VM ended"),
+        (finished("duration", 0, leaked=2), 1, "2 probe(s)"),
+    ],
+)
 def test_verdict_exit_codes(outcome, code, words):
     error = run.verdict(outcome)
     assert (error.code if error else None) == code
@@ -238,8 +259,14 @@ def test_verdict_exit_codes(outcome, code, words):
         assert words in str(error) if words else str(error) == ""
 
 
-@pytest.mark.parametrize("value, message", [("abc", "takes a whole number of seconds, not 'abc'"),
-                                            ("-3", "--duration must be 0"), ("x" * 5000, "5000 characters")])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("abc", "takes a whole number of seconds, not 'abc'"),
+        ("-3", "--duration must be 0"),
+        ("x" * 5000, "5000 characters"),
+    ],
+)
 def test_bad_seconds_are_one_message(value, message):
     with pytest.raises(LabError, match=message):
         run.seconds(value, "--duration")
@@ -250,19 +277,24 @@ def test_a_programs_own_ready_line_is_relayed_to_the_vm(tmp_path):
     duration); the host sends nothing else, however long it waits."""
     output = "Attached. Hit Ctrl-C to end.\n"
     connection = RecordingConnection([("supervisor", output)])
-    program = run.ProgramRun(RecordingHost(connection), run.Target("hello", "/x", "hello.py"), tmp_path / "h",
-                             duration=1, echo=None)
+    program = run.ProgramRun(
+        RecordingHost(connection), run.Target("hello", "/x", "hello.py"), tmp_path / "h", duration=1, echo=None
+    )
     program.execute(connection)
     program.ready_at -= 2  # as if attached two seconds ago
     program.tick(connection)
     assert connection.requests == ["attached\n"]
 
 
-@pytest.mark.parametrize("target, watch", [
-    (run.Target("mine", "/x", "mine.py"), "WATCH=kernel"),
-    (run.lab_target(run.load_catalog(config.PROJECT_ROOT)["hello"]), "WATCH=line"),
-    (run.Target("opens", "/x", "opens.bt", "bpftrace"), "WATCH=line"),
-    (run.one_liner_target("BEGIN { exit(); }"), "WATCH=line")])
+@pytest.mark.parametrize(
+    "target, watch",
+    [
+        (run.Target("mine", "/x", "mine.py"), "WATCH=kernel"),
+        (run.lab_target(run.load_catalog(config.PROJECT_ROOT)["hello"]), "WATCH=line"),
+        (run.Target("opens", "/x", "opens.bt", "bpftrace"), "WATCH=line"),
+        (run.one_liner_target("BEGIN { exit(); }"), "WATCH=line"),
+    ],
+)
 def test_only_programs_that_may_not_say_so_are_watched_in_the_kernel(target, watch):
     assert watch in run.Supervisor(target, 5, (), None, True).command
 

@@ -9,8 +9,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def invoke(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_bad_lab_yaml_is_a_message_not_a_traceback(tmp_path):
@@ -24,19 +30,30 @@ def test_bad_lab_yaml_is_a_message_not_a_traceback(tmp_path):
 
 def test_every_documented_task_exists():
     listing = invoke("--list").stdout
-    for name in ("host.setup", "host.teardown", "box.build", "lab.setup", "lab.up", "lab.halt",
-                 "lab.destroy", "lab.status", "lab.ssh"):
+    for name in (
+        "host.setup",
+        "host.teardown",
+        "box.build",
+        "lab.setup",
+        "lab.up",
+        "lab.halt",
+        "lab.destroy",
+        "lab.status",
+        "lab.ssh",
+    ):
         assert name in listing
 
 
 def test_bad_run_input_is_refused_before_any_vm_is_touched():
     """This checkout has no VM: each answer must be about the input, not about the VM."""
-    for args, message in ((["lab.run", "helo"], "Did you mean hello"),
-                          (["lab.run", "hello", "--duration", "abc"], "takes a whole number of seconds"),
-                          (["lab.verify", "--seconds", "soon"], "takes a whole number of seconds"),
-                          (["lab.verify", "--names", "hello-tial"], "Did you mean hello-tail"),
-                          (["lab.run", "x" * 5000], "(5000 characters)"),
-                          (["lab.run", "no/such/file.bt"], "does not exist")):
+    for args, message in (
+        (["lab.run", "helo"], "Did you mean hello"),
+        (["lab.run", "hello", "--duration", "abc"], "takes a whole number of seconds"),
+        (["lab.verify", "--seconds", "soon"], "takes a whole number of seconds"),
+        (["lab.verify", "--names", "hello-tial"], "Did you mean hello-tail"),
+        (["lab.run", "x" * 5000], "(5000 characters)"),
+        (["lab.run", "no/such/file.bt"], "does not exist"),
+    ):
         result = invoke(*args)
         output = result.stdout + result.stderr
         assert result.returncode == 1 and message in output, output
@@ -44,9 +61,18 @@ def test_bad_run_input_is_refused_before_any_vm_is_touched():
 
 
 # Every verb that acts on hosts runs over a group of them: --vm names this checkout's VMs, --inventory a room's.
-HOST_VERBS = [["lab.setup"], ["lab.provision"], ["lab.doctor"], ["lab.sync"], ["lab.bcc-export"], ["lab.verify"],
-              ["lab.probe-args", "tracepoint:syscalls:sys_enter_openat"], ["lab.run", "hello"],
-              ["lab.trace", "BEGIN { exit(); }"], ["lab.tool", "execsnoop"]]
+HOST_VERBS = [
+    ["lab.setup"],
+    ["lab.provision"],
+    ["lab.doctor"],
+    ["lab.sync"],
+    ["lab.bcc-export"],
+    ["lab.verify"],
+    ["lab.probe-args", "tracepoint:syscalls:sys_enter_openat"],
+    ["lab.run", "hello"],
+    ["lab.trace", "BEGIN { exit(); }"],
+    ["lab.tool", "execsnoop"],
+]
 
 
 def test_every_host_verb_takes_an_inventory(tmp_path):
