@@ -80,14 +80,19 @@ def require_all(results: dict[str, Result], problems: list[str], what: str) -> N
             f"{len(problems)} problem(s) across {len(results)} hosts:\n{listing}\nThe other hosts "
             "finished. Fix these and run the same command again."
         )
-    done(f"All {len(results)} hosts {what}." if len(results) > 1 else f"{next(iter(results))}: {what}.")
+    done(f"All {len(results)} hosts {what}.")
 
 
-def conclude(results: dict[str, Result], problems: dict[str, LabError], what: str) -> None:
+def conclude(results: dict[str, Result], problems: dict[str, LabError], what: str, alone: str = "") -> None:
     """The end of a verb on a group of hosts: `problems` (host: error, besides the hosts whose job
-    failed) named, or that all went well. A group of one ends with its one error, in full."""
-    if len(results) == 1 and problems:
-        raise next(iter(problems.values()))
+    failed) named, or that all went well (`what` all hosts did). A group of one ends with its one
+    error, in full, or with `alone` if there is more to say than its own lines said."""
+    if len(results) == 1:
+        if problems:
+            raise next(iter(problems.values()))
+        if alone:
+            done(alone)
+        return
     require_all(results, [f"{name}: {str(error).splitlines()[0]}" for name, error in problems.items()], what)
 
 
@@ -381,4 +386,5 @@ def verify(config: Config, names: list[str], seconds: str | int, inventory: str 
             problems[name] = LabError(
                 f"{len(failed)} of {len(rows)} labs failed ({', '.join(failed)}). Summary: {summary}"
             )
-    conclude(results, problems, f"passed every lab (summary: {summary})")
+    labs = len(next(rows for rows in matrix.values() if rows is not None)) if any(matrix.values()) else 0
+    conclude(results, problems, f"passed every lab (summary: {summary})", f"All {labs} labs passed. Summary: {summary}")
