@@ -459,6 +459,8 @@ def verdict(outcome: Outcome) -> LabError | None:
             f"names such as kprobe__...), and see its output above (also in {log}).",
             status or 1,
         )
+    if stopped == "duration":  # bpflab stopped it as asked: a request, not a failure (run.json keeps its status)
+        return None
     if status and stopped == "exited":
         errors = compiler_errors(outcome.lines)
         if errors:
