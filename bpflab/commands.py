@@ -21,7 +21,7 @@ from pathlib import Path
 import paramiko
 from fabric import Connection
 
-from .console import TAIL_LINES, Step
+from .console import TAIL_LINES, Step, carried
 from .errors import LabError
 
 # bpflab's shell scripts, shared with the Ansible role.
@@ -176,8 +176,10 @@ def remote_run(
 
 
 def in_background(work) -> threading.Event:
-    """Start work() in a daemon thread; the returned event is set when it has finished."""
+    """Start work() in a daemon thread (what it shows is this thread's host's); the returned event
+    is set when it has finished."""
     finished = threading.Event()
+    work = carried(work)
 
     def body():
         try:

@@ -206,6 +206,20 @@ def for_host(host: str, board: Board):
         _thread.host = _thread.board = None
 
 
+def carried(work):
+    """`work` as a function that, in whatever thread calls it, emits for the host this thread works
+    for (a room's thread starts helpers: a run's reader, its trigger)."""
+    host, board = getattr(_thread, "host", None), getattr(_thread, "board", None)
+    if board is None:
+        return work
+
+    def in_context():
+        with for_host(host, board):
+            return work()
+
+    return in_context
+
+
 @contextmanager
 def recording():
     """Keep every event emitted meanwhile, as (host, event) pairs (host None: a lone host)."""

@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 
 from bpflab import console
+from bpflab.commands import in_background
 from bpflab.console import HostEnd, Message, Output, Progress
 
 STREAM = [
@@ -105,3 +106,12 @@ def test_stages_emit_events_with_the_host_they_work_for(shown):
         ("seat-a", "Progress", "finished"),
     ]
     assert events[2][1].title == "Synced the labs"
+
+
+def test_a_helper_thread_of_a_rooms_host_emits_for_that_host(shown, capsys):
+    """A run's reader and its trigger run in threads of their own: their lines are still the host's."""
+    board = console.Board(["seat-a", "seat-b"])
+    with console.recording() as events, console.for_host("seat-a", board):
+        assert in_background(lambda: console.output(["Hello World!"])).wait(5)
+    assert events == [("seat-a", Output(("Hello World!",)))]
+    assert capsys.readouterr().out == "seat-a | Hello World!\n"
