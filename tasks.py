@@ -20,7 +20,7 @@ from bpflab.held import release_all
 from bpflab.inventory import write_for_ansible
 from bpflab.packaging import package
 from bpflab.runs import list_runs
-from bpflab.vm import bring_up, destroy_all, halt_all, select, select_one, status_rows, warn_of_leftovers
+from bpflab.vm import bring_up, destroy_all, engine_for, halt_all, select, select_one, status_rows, warn_of_leftovers
 
 HELP = {
     "vm": "a lab VM: lab (the primary), lab2, ... as lab.yaml's vm.count makes them; names with commas, or all "
@@ -51,8 +51,8 @@ def settings():
     )
 )
 def host_setup(c, hashicorp=False):
-    """Install Vagrant, vagrant-libvirt, libvirt, qemu and the box tools; start libvirtd."""
-    host.setup(hashicorp, settings().vm.arch)
+    """Install libvirt, qemu, the box tools and (for its engine) Vagrant; start libvirtd."""
+    host.setup(hashicorp, settings().vm.arch, settings().vm.engine)
 
 
 @lab_task()
@@ -66,8 +66,8 @@ def host_teardown(c):
 
 @lab_task()
 def box_build(c):
-    """Build vm.distribution's box from its own archive (cached by recipe) and add it to Vagrant."""
-    box.build(settings())
+    """Build vm.distribution's box from its own archive (cached by recipe); add it to Vagrant for its engine."""
+    box.build(settings(), for_vagrant=engine_for(settings()).name == "vagrant")
 
 
 @lab_task(help=helps("vm", output="the box file to write (default: ~/.cache/bpflab/ready/...)"))
@@ -92,6 +92,18 @@ def halt(c, vm=""):
 def destroy(c, vm=""):
     """Delete the lab VMs and their disks (by default also VMs left beyond a lowered vm.count)."""
     destroy_all(select(settings(), vm, everything_by_default=True), leftovers_too=vm in ("", "all"))
+
+
+@lab_task(help=helps("inventory", "vm"))
+def reset(c, inventory="", vm=""):
+    """Put a lab VM back to its ready snapshot in seconds (--vm all: every seat of a room)."""
+    orchestrate.reset(settings(), inventory, vm)
+
+
+@lab_task(help=helps("inventory", "vm"))
+def snapshot(c, inventory="", vm=""):
+    """Take the lab VM's ready snapshot now (lab.setup takes one when the VM becomes ready)."""
+    orchestrate.snapshot(settings(), inventory, vm)
 
 
 @lab_task(help=helps("vms"))
@@ -292,6 +304,8 @@ ns.add_collection(
         up,
         halt,
         destroy,
+        reset,
+        snapshot,
         status,
         ssh,
         provision_vm,

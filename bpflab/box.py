@@ -93,7 +93,8 @@ GUEST_FILES = {
     "etc/systemd/system/ssh.service.d/host-keys.conf": "[Service]\nExecStartPre=\n"
     "ExecStartPre=/bin/sh -c 'for type in ed25519 ecdsa; do "
     'test -f /etc/ssh/ssh_host_$${type}_key || ssh-keygen -q -t $$type -N "" -f /etc/ssh/ssh_host_$${type}_key; '
-    "done'\nExecStartPre=/usr/sbin/sshd -t\n",
+    "done'\nExecStartPre=/usr/sbin/sshd -t\nExecStartPre=/usr/local/sbin/bpflab-ssh-key\n",
+    "usr/local/sbin/bpflab-ssh-key": (SCRIPTS / "ssh-key-from-cmdline.sh").read_text(),
     "etc/machine-id": "",
 }
 KERNEL_OPTIONS = "net.ifnames=0 biosdevname=0 ro quiet"
@@ -119,12 +120,16 @@ LEAN_DPKG = (
     "--dpkgopt=path-exclude=/usr/share/locale/*",
 )
 # Bump when the build steps below change in a way the recipe fields do not show.
-BUILD_REVISION = 4
+BUILD_REVISION = 5
 APT_UNAVAILABLE = SCRIPTS / "apt-unavailable.sh"
 SSHD_KEEPALIVE_PATH = "etc/ssh/sshd_config.d/bpflab.conf"
 # A ready seat says what it is here, as a box that box.package made does; provisioning reads it.
 SEAT_DESCRIPTION = "etc/bpflab/box.json"
 SEAT_UNAVAILABLE = "etc/bpflab/unavailable"  # the build's note of optional packages the archive lacks
+# Beside a box in the cache: its kernel and initrd (the libvirt engine boots them), and a mark of a
+# box that Vagrant cannot log in to (built where Vagrant, and so its first-login key, was absent).
+BOOT_FOLDER = "boot"
+WITHOUT_VAGRANT_KEY = "without-vagrant-key"
 
 
 @dataclass(frozen=True)
@@ -379,16 +384,12 @@ def current_recipe(config: Config) -> Recipe:
 
 
 def insecure_public_key() -> str:
-    """Vagrant's well-known key, which Vagrant swaps for a fresh one on first up."""
+    """Vagrant's well-known key, which Vagrant swaps for a fresh one on first up; '' where Vagrant
+    is not installed (the libvirt engine hands each VM its own key at boot)."""
     candidates = glob.glob("/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub") + glob.glob(
         "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub"
     )
-    if not candidates:
-        raise LabError(
-            "Vagrant's insecure public key (keys/vagrant.pub) was not found: is Vagrant "
-            "installed? Run `invoke host.setup` and then `invoke box.build`."
-        )
-    return Path(sorted(candidates)[-1]).read_text()
+    return Path(sorted(candidates)[-1]).read_text() if candidates else ""
 
 
 def choose(config: Config, provider: str, host_arch: str) -> tuple[str, str]:
@@ -458,6 +459,7 @@ def write_guest_files(rootfs: Path, root_uuid: str, public_key: str, kernel_cmdl
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
     (rootfs / "etc/sudoers.d/vagrant").chmod(0o440)
+    (rootfs / "usr/local/sbin/bpflab-ssh-key").chmod(0o755)
     # pam_motd runs /etc/update-motd.d at the start of every SSH session, a command's too: a
     # quarter of a second under emulation, for a banner. Provisioning's apt keeps this edit.
     pam = rootfs / "etc/pam.d/sshd"
@@ -511,6 +513,53 @@ def write_seat(rootfs: Path, recipe: Recipe, provision_digest: str) -> None:
     }
     unavailable.unlink()
     (rootfs / SEAT_DESCRIPTION).write_text(json.dumps(about, sort_keys=True) + "\n")
+
+
+def keep_boot_files(rootfs: Path, folder: Path) -> None:
+    """The kernel and initrd that /vmlinuz and /initrd.img name, kept beside the box: the libvirt
+    engine boots them directly."""
+    folder.mkdir()
+    for link in ("vmlinuz", "initrd.img"):
+        shutil.copyfile(rootfs / os.readlink(rootfs / link).lstrip("/"), folder / link)
+    (folder / "kernel-release").write_text(os.readlink(rootfs / "vmlinuz").rsplit("vmlinuz-", 1)[1] + "\n")
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """What the libvirt engine makes a VM of a local box from: the box file (its disk image
+    inside), the kernel and initrd it boots, and their command line."""
+
+    digest: str
+    box_file: Path
+    kernel: Path
+    initrd: Path
+    kernel_release: str
+    cmdline: str
+
+    @property
+    def disk_gb(self) -> int:
+        return json.loads((self.box_file.parent / "recipe.json").read_text())["disk_gb"]
+
+
+def boot_files(box_name: str) -> BootFiles:
+    """The boot files of a local box, by its name (which ends with its recipe's digest)."""
+    digest = box_name.rsplit("-", 1)[-1]
+    folder = cache_dir() / "boxes" / digest
+    boot = folder / BOOT_FOLDER
+    if not (folder / "bpflab.box").exists() or not (boot / "vmlinuz").exists():
+        raise LabError(
+            f"The box {box_name} is not in the cache ({folder}) with its kernel, which the libvirt engine "
+            "boots. Run `invoke box.build` (or `invoke lab.up`, which builds it), then `invoke lab.up` again."
+        )
+    recipe = json.loads((folder / "recipe.json").read_text())
+    return BootFiles(
+        digest,
+        folder / "bpflab.box",
+        boot / "vmlinuz",
+        boot / "initrd.img",
+        (boot / "kernel-release").read_text().strip(),
+        recipe["kernel_cmdline"],
+    )
 
 
 def install_boot_loader(disk: Path, workdir: Path, rootfs: Path) -> None:
@@ -686,6 +735,9 @@ def build_file(
         if artifact:
             install_bcc(rootfs, recipe, artifact, log)
         run((["chroot", str(rootfs), "chown", "-R", "vagrant:vagrant", "/home/vagrant"]), log=log)
+        keep_boot_files(rootfs, workdir / BOOT_FOLDER)
+        if not public_key:
+            (workdir / WITHOUT_VAGRANT_KEY).write_text("Vagrant was not installed: no key for Vagrant's first login\n")
     with step(f"Bootable {recipe.disk_gb} GB disk (ext4 + GRUB for {'UEFI' if recipe.uefi else 'BIOS'})") as current:
         run(["truncate", "--size", str(recipe.disk_gb * 1024**3), str(disk)], log=log)
         (uefi_disk if recipe.uefi else bios_disk)(disk, workdir, rootfs, root_uuid, current, log)
@@ -717,8 +769,8 @@ def seat_bcc(config: Config, recipe: Recipe, log: Path) -> Artifact | None:
     )
 
 
-def build(config: Config) -> Recipe:
-    """Make sure the local box exists in the cache and in Vagrant; build only when missing."""
+def build(config: Config, for_vagrant: bool = True) -> Recipe:
+    """Make sure the local box exists in the cache (and, `for_vagrant`, in Vagrant); build only when missing."""
     if os.geteuid() != 0:
         raise LabError(
             "Building the box needs root (mmdebstrap and chroot): run `sudo invoke box.build`, then `invoke lab.up`."
@@ -741,9 +793,20 @@ def build(config: Config) -> Recipe:
         try:
             build_file(recipe, workdir, log, config.provision_digest, artifact)
             (recipe.box_file.parent / "recipe.json").write_text(recipe.to_json())
+            for name in (BOOT_FOLDER, WITHOUT_VAGRANT_KEY):
+                if (workdir / name).exists():
+                    (workdir / name).replace(recipe.box_file.parent / name)
             (workdir / "bpflab.box").rename(recipe.box_file)
         finally:
             run((["rm", "-rf", "--one-file-system", str(workdir)]), check=False)
+    if not for_vagrant:
+        return recipe
+    if (recipe.box_file.parent / WITHOUT_VAGRANT_KEY).exists():
+        raise LabError(
+            f"The box {recipe.box_name} was built while Vagrant was not installed, so Vagrant cannot log in to "
+            f"its VMs. Remove {recipe.box_file.parent} and run `invoke box.build` again, or set vm.engine to "
+            "libvirt in lab.yaml."
+        )
     if (recipe.box_name, "libvirt") in vagrant.installed_boxes():
         done(f"Box {recipe.box_name} is registered with Vagrant")
     else:

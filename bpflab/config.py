@@ -23,6 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = PROJECT_ROOT / "lab.yaml"
 
 PROVIDERS = ("libvirt", "virtualbox")
+ENGINES = ("vagrant", "libvirt")
 DISTRIBUTIONS = ("debian-12", "debian-13", "ubuntu-22.04", "ubuntu-24.04")
 ARCHITECTURES = ("amd64", "arm64")
 
@@ -93,6 +94,7 @@ SCHEMA: dict[str, Any] = {
     "vm": {
         "name": Text(r"[a-z][a-z0-9-]{0,30}", "lowercase letters, digits and '-', starting with a letter"),
         "count": Integer(1, 16),
+        "engine": Choice("auto", *ENGINES),
         "provider": Choice("auto", *PROVIDERS),
         "acceleration": Choice("auto", "kvm", "tcg"),
         "cpus": Integer(1, 64),
@@ -172,6 +174,7 @@ def problems(schema: dict, data: Any, where: str = "") -> list[str]:
 class VMSettings:
     name: str
     count: int
+    engine: str
     provider: str
     acceleration: str
     cpus: int

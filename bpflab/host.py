@@ -23,9 +23,9 @@ from .commands import run
 from .console import done, say, step
 from .errors import LabError
 
+VAGRANT_PACKAGES = ("vagrant", "vagrant-libvirt")  # the Vagrant engine's only
 HOST_PACKAGES = [
-    "vagrant",
-    "vagrant-libvirt",
+    *VAGRANT_PACKAGES,
     "libvirt-daemon-system",
     "libvirt-clients",
     "qemu-utils",
@@ -270,14 +270,16 @@ def foreign_binaries(architecture: str) -> None:
         ) from None
 
 
-def setup(hashicorp: bool = False, vm_arch: str = "auto") -> None:
+def setup(hashicorp: bool = False, vm_arch: str = "auto", engine: str = "auto") -> None:
     """Install the host tools (idempotent) and make libvirt answer; for a lab VM whose architecture
-    (lab.yaml's vm.arch) is not the host's, also the emulators for it. Where the distribution has
-    no Vagrant, say how to get HashiCorp's, or (`hashicorp`) get it."""
+    (lab.yaml's vm.arch) is not the host's, also the emulators for it. Vagrant only for its engine
+    (lab.yaml's vm.engine): with `auto`, where the distribution has it; with `vagrant`, where it
+    has none, say how to get HashiCorp's, or (`hashicorp`) get it."""
     os_release = Path("/etc/os-release").read_text() if Path("/etc/os-release").exists() else ""
     if platform.system() != "Linux" or not is_debian_like(os_release):
         raise LabError(OTHER_SYSTEMS)
-    packages = HOST_PACKAGES + [arch.qemu_system_package(), UBUNTU_KEYRING]
+    packages = [name for name in HOST_PACKAGES if engine != "libvirt" or name not in VAGRANT_PACKAGES]
+    packages += [arch.qemu_system_package(), UBUNTU_KEYRING]
     if arch.is_foreign(vm_arch):
         packages += FOREIGN_PACKAGES.get(arch.guest(vm_arch), [])
     missing = missing_packages(packages)
@@ -287,14 +289,19 @@ def setup(hashicorp: bool = False, vm_arch: str = "auto") -> None:
             run(privileged(["apt-get", "update", "-q"]), current=current, env=env)
     offered = with_candidate(missing) if missing else set()
     vagrant_from_hashicorp = vagrant_steps(missing, offered, libvirt_plugin_installed())
+    if vagrant_from_hashicorp and engine == "auto" and not hashicorp:
+        say(
+            "This host's distribution has no Vagrant (or no vagrant-libvirt): bpflab's own libvirt engine runs "
+            "the lab VMs (vm.engine: auto). `invoke host.setup --hashicorp` installs HashiCorp's Vagrant instead."
+        )
+        missing = [name for name in missing if name not in VAGRANT_PACKAGES]
+        vagrant_from_hashicorp = []
     if UBUNTU_KEYRING in missing and UBUNTU_KEYRING not in offered:
         say(
             f"{UBUNTU_KEYRING} is not in this host's apt sources (on Debian 12 it is in bookworm-backports): "
             "only Ubuntu boxes need it."
         )
-    absent = [
-        name for name in missing if name not in offered and name not in ("vagrant", "vagrant-libvirt", UBUNTU_KEYRING)
-    ]
+    absent = [name for name in missing if name not in offered and name not in (*VAGRANT_PACKAGES, UBUNTU_KEYRING)]
     if absent:
         raise LabError(
             f"This host's apt sources have no {', '.join(absent)}. Enable the distribution's main "

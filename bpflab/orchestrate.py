@@ -13,20 +13,21 @@ import dataclasses
 import shlex
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import console, provision, report, run, sync
 from .catalog import load_catalog, resolve
-from .commands import in_background, signals_as_interrupts, wait_for
+from .commands import in_background, remote_run, signals_as_interrupts, wait_for
 from .config import Config
 from .console import Board, HostEnd, done, emit, for_host, note, say, step, warn
 from .errors import LabError
 from .hosts import Host
 from .inventory import choose
 from .runs import write_summary
-from .vm import bring_up, select
+from .vm import LabVM, bring_up, select, statuses
 
 
 @dataclass
@@ -217,10 +218,55 @@ def finish_setup(results: dict[str, Result], hosts: list[Host], config: Config, 
 def set_up(config: Config, inventory: str = "", vm: str = "", bring: bool = True) -> None:
     """lab.setup (`bring`: this checkout's VMs up first, then provisioned, checked and synced) and
     lab.provision (provisioned and checked only) on every chosen host."""
-    if bring and not inventory:
-        bring_up(select(config, vm, everything_by_default=True))
+    vms = select(config, vm, everything_by_default=True) if bring and not inventory else []
+    if vms:
+        bring_up(vms)
     hosts = choose(config, inventory, vm, everything_by_default=bring)
-    finish_setup(setup(hosts, config, config.root, push_labs=bring), hosts, config, synced=bring)
+    results = setup(hosts, config, config.root, push_labs=bring)
+    keep_ready_snapshots(vms, results)
+    finish_setup(results, hosts, config, synced=bring)
+
+
+def keep_ready_snapshots(vms: list[LabVM], results: dict[str, Result]) -> None:
+    """A libvirt VM that became ready gets a snapshot to reset to: its first, or a new one when
+    provisioning changed it."""
+    for vm in vms:
+        result = results.get(vm.machine)
+        if not result or not result.ok or statuses([vm])[vm.machine].provider != "libvirt":
+            continue
+        if result.value["changed"] or not vm.has_ready_snapshot():
+            vm.take_ready_snapshot()
+
+
+def reset(config: Config, inventory: str = "", vm: str = "") -> None:
+    """lab.reset: each chosen VM back to its ready snapshot, its keeper gone (its connection was to
+    the VM before), its clock set (the snapshot's is behind), and a login that proves it answers."""
+    if inventory:
+        raise LabError(
+            "`invoke lab.reset` puts this checkout's own VMs back to a snapshot; the hosts of an inventory "
+            "are not VMs that bpflab runs, so it cannot. Give --vm NAME, names or all instead."
+        )
+    vms = select(config, vm)
+    for lab_vm in vms:
+        if statuses([lab_vm])[lab_vm.machine].running:
+            Host.of_vm(lab_vm).held.release()
+        lab_vm.reset()
+    hosts = choose(config, "", vm)
+    results = each(
+        hosts, lambda host, connection: remote_run(connection, f"date -u -s @{time.time():.3f} >/dev/null", sudo=True)
+    )
+    conclude(results, {}, "are back to their ready state", alone=f"{hosts[0].subject} is back to its ready state.")
+
+
+def snapshot(config: Config, inventory: str = "", vm: str = "") -> None:
+    """lab.snapshot: each chosen VM's ready snapshot, taken now."""
+    if inventory:
+        raise LabError(
+            "`invoke lab.snapshot` snapshots this checkout's own VMs; the hosts of an inventory are not VMs that "
+            "bpflab runs. Give --vm NAME, names or all instead."
+        )
+    for lab_vm in select(config, vm):
+        lab_vm.take_ready_snapshot()
 
 
 # running ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Protocol
 import paramiko
 
 from .commands import run
+from .config import Config
 from .console import Step
 from .errors import LabError
 
@@ -146,6 +147,13 @@ class Machine(Protocol):
 
     root: Path
     machine: str
+    config: Config
+    console_log: Path
+
+    @property
+    def domain(self) -> str: ...
+
+    def remembered(self, key: str) -> str | None: ...
 
     @property
     def title(self) -> str: ...

@@ -9,6 +9,7 @@ endpoint, a stale libvirt domain, a VM left beyond vm.count) is here, the same f
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Protocol
 from . import arch, box, libvirt, vagrant
 from .config import Config
 from .console import Step, done, say, step, warn
+from .domain import Libvirt
 from .errors import LabError
 from .vagrant import SETUP_HINT, Endpoint, Machine, Status, Vagrant
 
@@ -30,6 +32,7 @@ KERNEL_TROUBLE = re.compile(
     r"invoked oom-killer|sysrq: Trigger a crash|Call Trace:|RIP: "
 )
 CONSOLE_TAIL_BYTES = 256 * 1024
+READY_SNAPSHOT = "bpflab-ready"
 KERNEL_TIMESTAMP = re.compile(r"^[^\[]*(?=\[\s*\d+\.\d+\])")
 
 
@@ -82,8 +85,35 @@ class Engine(Protocol):
     def interactive_ssh(self, vm: Machine) -> None: ...
 
 
-def engine_for(config: Config) -> Engine:
-    return Vagrant()
+def vagrant_libvirt_installed() -> bool:
+    """Whether Vagrant has its libvirt plugin, from where Debian's package or `vagrant plugin install`
+    puts it (asking Vagrant takes seconds)."""
+    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+    return bool(
+        glob.glob("/usr/share/rubygems-integration/all/gems/vagrant-libvirt-*")
+        or glob.glob(str(home / "gems" / "*" / "gems" / "vagrant-libvirt-*"))
+    )
+
+
+def choose_engine(setting: str, have_vagrant: bool, have_vagrant_libvirt: bool, have_virsh: bool) -> str:
+    """lab.yaml's vm.engine for a VM to be made: auto takes Vagrant where it can run libvirt VMs (or
+    where VirtualBox is the only hypervisor), else bpflab's own libvirt engine."""
+    if setting != "auto":
+        return setting
+    if have_vagrant and (have_vagrant_libvirt or not have_virsh):
+        return "vagrant"
+    return "libvirt"
+
+
+def engine_for(config: Config, remembered: str | None = None) -> Engine:
+    """The engine of a VM: the one that made it (until it is destroyed), else lab.yaml's choice."""
+    name = remembered or choose_engine(
+        config.vm.engine,
+        shutil.which("vagrant") is not None,
+        vagrant_libvirt_installed(),
+        shutil.which("virsh") is not None,
+    )
+    return Libvirt() if name == "libvirt" else Vagrant()
 
 
 def hardware_virtualization(cpuinfo: str, machine: str, kvm_usable: bool) -> bool:
@@ -156,11 +186,17 @@ def host_acceleration(config: Config) -> str:
     )
 
 
-def box_for(config: Config, provider: str) -> str:
-    """The box new VMs of this provider start from: built here (if needed), the catalog's, or a ready box."""
+def box_for(config: Config, provider: str, engine: str) -> str:
+    """The box new VMs of this provider start from: built here (if needed), the catalog's, or a ready
+    box; the libvirt engine boots local boxes only."""
     kind, why = box.choose(config, provider, arch.debian())
+    if kind != "local" and engine == "libvirt":
+        raise LabError(
+            f"The libvirt engine makes VMs from the box that bpflab builds here (vm.box: local); lab.yaml asks "
+            f"for {why}. Set vm.box to local, or vm.engine to vagrant (with Vagrant installed), in lab.yaml."
+        )
     if kind == "local":
-        name = box.build(config).box_name
+        name = box.build(config, for_vagrant=engine == "vagrant").box_name
     elif kind == "packaged":
         name = box.register_packaged(config)
     else:
@@ -232,8 +268,9 @@ class LabVM:
         self.root = config.root
         self.state = MachineState(self.root / ".vagrant" / "bpflab" / self.machine)
         self.logs = self.root / "logs" / self.machine
-        self.console_log = self.logs / "console.log"  # the guest's serial console (the Vagrantfile's)
-        self.engine = engine_for(config)
+        self.console_log = self.logs / "console.log"  # the guest's serial console
+        # A VM made before engines were remembered was Vagrant's.
+        self.engine = engine_for(config, self.remembered("engine") or (self.remembered("box") and "vagrant"))
 
     @property
     def state_dir(self) -> Path:
@@ -283,13 +320,14 @@ class LabVM:
             return None
         if status.created:
             return status.provider
-        provider = host_provider(self.config)
+        provider = host_provider(self.config) if self.engine.name == "vagrant" else "libvirt"
+        self.state.set("engine", self.engine.name)
         self.state.set("arch", arch.guest(self.config.vm.arch))
         if provider == "libvirt":
             self.state.set("acceleration", host_acceleration(self.config))
             self.clear_stale_libvirt()
         if provider not in boxes:
-            boxes[provider] = box_for(self.config, provider)
+            boxes[provider] = box_for(self.config, provider, self.engine.name)
         self.state.set("box", boxes[provider])
         return provider
 
@@ -324,7 +362,7 @@ class LabVM:
                 self.engine.destroy(self, current)
         else:
             say(f"{self.subject} does not exist; nothing to destroy.")
-        self.state.forget("box", "acceleration", "arch")
+        self.state.forget("box", "acceleration", "arch", "engine", "kernel-release")
 
     def endpoint(self, refresh: bool = False) -> Endpoint:
         """Where SSH reaches the VM, kept as an ssh_config file (`ssh -F` takes it): an engine may take
@@ -340,6 +378,37 @@ class LabVM:
     def interactive_ssh(self) -> None:
         self.require_running()
         self.engine.interactive_ssh(self)
+
+    def snapshots_supported(self, status: Status) -> None:
+        """Snapshots are libvirt's, whichever engine made the domain; VirtualBox's are not used."""
+        if not status.created:
+            raise LabError(f"{self.subject} does not exist yet. Run `invoke lab.setup` first.")
+        if status.provider != "libvirt":
+            raise LabError(
+                f"{self.subject} runs on {status.provider}; bpflab takes and restores snapshots of libvirt VMs "
+                "only. Use VirtualBox's own snapshots, or `invoke lab.destroy` and `invoke lab.setup`."
+            )
+
+    def has_ready_snapshot(self) -> bool:
+        return READY_SNAPSHOT in libvirt.snapshots(self.domain)
+
+    def take_ready_snapshot(self) -> None:
+        """The VM as it is now, memory included while it runs: what `lab.reset` goes back to."""
+        self.snapshots_supported(statuses([self])[self.machine])
+        with step(f"Snapshot of {self.title} as ready (lab.reset goes back to it)") as current:
+            libvirt.take_snapshot(self.domain, READY_SNAPSHOT, "bpflab: the seat as it became ready", current)
+
+    def reset(self) -> None:
+        """Back to the ready snapshot, running (where it was taken running, its memory too)."""
+        self.snapshots_supported(statuses([self])[self.machine])
+        if not self.has_ready_snapshot():
+            raise LabError(
+                f"{self.subject} has no ready snapshot to go back to. `invoke lab.setup` takes one when the VM "
+                "becomes ready, and `invoke lab.snapshot` takes one of it as it is now."
+            )
+        self.state.forget("ssh-config")
+        with step(f"Putting {self.title} back to its ready snapshot") as current:
+            libvirt.revert_snapshot(self.domain, READY_SNAPSHOT, current)
 
 
 def select(config: Config, choice: str = "", everything_by_default: bool = False) -> list[LabVM]:

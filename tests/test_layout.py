@@ -18,6 +18,7 @@ ORDER = [
     "buildroot",
     "artifacts",
     "box",
+    "domain",
     "vm",
     "held",
     "hosts",
