@@ -120,6 +120,11 @@ def ssh_config(machine: str, address: str, identity: Path) -> str:
     )
 
 
+def box_volume(digest: str) -> str:
+    """The pool's volume of a box's disk image, which the VMs of that box write over."""
+    return f"bpflab-box-{digest}.qcow2"
+
+
 def lease_address(domain: str) -> str | None:
     """The address the network's DHCP server leased to the domain, once it has one."""
     found = LEASE.findall(libvirt.query("domifaddr", domain, "--source", "lease").stdout)
@@ -166,7 +171,7 @@ class Libvirt:
         """The domain of a new VM: an overlay on its box's image, its own copy of the kernel and initrd
         (provisioning may move it to another kernel), its key."""
         boot = box.boot_files(vm.remembered("box") or "")
-        base = f"bpflab-box-{boot.digest}.qcow2"
+        base = box_volume(boot.digest)
         if not libvirt.volume_path(base):
             current.update(f"loading the box's disk image into libvirt's pool as {base}")
             with tempfile.TemporaryDirectory(dir=boot.box_file.parent) as unpacked:
@@ -231,7 +236,8 @@ class Libvirt:
 
     @staticmethod
     def write_ssh_config(vm: Machine, address: str) -> Path:
-        path = vm.state_dir / "ssh-config"
+        """The engine's own ssh_config (the VM's endpoint, as bpflab caches it, is not the engine's to keep)."""
+        path = vm.state_dir / "engine-ssh-config"
         path.write_text(ssh_config(vm.machine, address, vm.state_dir / KEY))
         return path
 
@@ -278,8 +284,8 @@ class Libvirt:
 
     def destroy(self, vm: Machine, current: Step) -> None:
         libvirt.remove_domain(vm.domain, stale=False)
-        (vm.state_dir / KEY).unlink(missing_ok=True)
-        (vm.state_dir / f"{KEY}.pub").unlink(missing_ok=True)
+        for name in (KEY, f"{KEY}.pub", "engine-ssh-config"):
+            (vm.state_dir / name).unlink(missing_ok=True)
 
     def forget(self, vm: Machine) -> None:
         """Nothing beyond the domain: what this engine knows of a VM is in its state folder."""
@@ -295,7 +301,5 @@ class Libvirt:
         return parse_ssh_config(text, vm.machine), text
 
     def interactive_ssh(self, vm: Machine) -> None:
-        _, text = self.endpoint(vm)
-        config = vm.state_dir / "ssh-config"
-        config.write_text(text)
-        os.execvp("ssh", ["ssh", "-F", str(config), vm.machine])
+        endpoint, _ = self.endpoint(vm)
+        os.execvp("ssh", ["ssh", "-F", str(self.write_ssh_config(vm, endpoint.host)), vm.machine])

@@ -93,6 +93,11 @@ def take_snapshot(domain: str, name: str, description: str, current=None) -> Non
     run(virsh("snapshot-create-as", domain, name, "--description", description, "--atomic"), current=current)
 
 
+def delete_snapshots(domain: str, current=None) -> None:
+    for name in snapshots(domain):
+        run(virsh("snapshot-delete", domain, name), current=current)
+
+
 def revert_snapshot(domain: str, name: str, current=None) -> None:
     run(virsh("snapshot-revert", domain, name, "--running"), current=current)
 

@@ -357,8 +357,11 @@ class LabVM:
 
     def destroy(self) -> None:
         self.state.forget("ssh-config")
-        if statuses([self])[self.machine].created:
+        status = statuses([self])[self.machine]
+        if status.created:
             with step(f"Destroying {self.title}", f"{self.subject} is destroyed") as current:
+                if status.provider == "libvirt":  # a domain with snapshots cannot be removed
+                    libvirt.delete_snapshots(self.domain, current)
                 self.engine.destroy(self, current)
         else:
             say(f"{self.subject} does not exist; nothing to destroy.")
@@ -425,8 +428,12 @@ def select_one(config: Config, choice: str, task: str, for_all: str) -> LabVM:
 
 
 def statuses(vms: list[LabVM]) -> dict[str, Status]:
-    """The VMs' states, from one question to their engine."""
-    return vms[0].engine.statuses(vms)
+    """The VMs' states, from one question to each engine."""
+    found: dict[str, Status] = {}
+    for name in dict.fromkeys(vm.engine.name for vm in vms):
+        group = [vm for vm in vms if vm.engine.name == name]
+        found.update(group[0].engine.statuses(group))
+    return {vm.machine: found[vm.machine] for vm in vms}
 
 
 def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
@@ -453,20 +460,21 @@ def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
 
 
 def bring_up(vms: list[LabVM]) -> None:
-    """Create or start these VMs, one call to their engine per provider: vagrant-libvirt then
-    brings several up in parallel."""
-    waiting: dict[str, list[LabVM]] = {}
+    """Create or start these VMs, one call per engine and provider: vagrant-libvirt then brings
+    several up in parallel."""
+    waiting: dict[tuple[str, str], list[LabVM]] = {}
     boxes: dict[str, str] = {}
     current = statuses(vms)
     for vm in vms:
         provider = vm.prepare(current[vm.machine], boxes)
         if provider:
-            waiting.setdefault(provider, []).append(vm)
-    for provider, group in waiting.items():
+            waiting.setdefault((vm.engine.name, provider), []).append(vm)
+    for (engine, provider), group in waiting.items():
         what = group[0].title if len(group) == 1 else f"the lab VMs {', '.join(vm.machine for vm in group)}"
         accel = group[0].remembered("acceleration") or "-"
+        slow = "; a few minutes under software emulation" if accel == "tcg" and engine == "vagrant" else ""
         with step(
-            f"Starting {what} ({provider}, {accel}; a few minutes under software emulation)",
+            f"Starting {what} ({engine} engine, {provider}, {accel}{slow})",
             f"{what[0].upper()}{what[1:]} {'is' if len(group) == 1 else 'are'} up",
         ) as current:
             try:

@@ -1,6 +1,6 @@
-"""Boxes that tests and benchmarks make: removing one from Vagrant and its image from libvirt's
-pool (vagrant-libvirt leaves that behind, and each ready box is a new one), and a cached box
-whose kernel has aged."""
+"""Boxes that tests and benchmarks make: removing one from Vagrant and its images from libvirt's
+pool (vagrant-libvirt's and the libvirt engine's stay behind, and each ready box is a new one),
+and a cached box whose kernel has aged."""
 
 import os
 import shutil
@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bpflab import box
+from bpflab.domain import box_volume
 from bpflab.host import cache_dir
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
@@ -19,8 +20,9 @@ def remove_box(name: str) -> None:
     subprocess.run(["vagrant", "box", "remove", "--force", "--all", name], capture_output=True)
     listing = subprocess.run([*VIRSH, "vol-list", "default"], capture_output=True, text=True).stdout
     prefix = name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image"
+    engines = box_volume(name.rsplit("-", 1)[-1])  # the libvirt engine's
     for volume in (line.split()[0] for line in listing.splitlines()[2:] if line.strip()):
-        if volume.startswith(prefix):
+        if volume.startswith(prefix) or volume == engines:
             subprocess.run([*VIRSH, "vol-delete", "--pool", "default", volume], capture_output=True)
 
 

@@ -28,6 +28,7 @@ class Project:
     def __init__(self, path: Path):
         self.path = path
         self.cleanups = []  # run after its VMs are destroyed
+        self.env = {}  # for every command of the copy's
 
     def invoke(self, *args, timeout=1800, check=True, env=None):
         result = subprocess.run(
@@ -38,7 +39,7 @@ class Project:
             stderr=subprocess.STDOUT,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(self.path), **(env or {})},
+            env={**os.environ, "PYTHONPATH": str(self.path), **self.env, **(env or {})},
         )
         print(f"$ invoke {' '.join(args)}  -> {result.returncode}\n{result.stdout}")
         if check:

@@ -1,14 +1,14 @@
 """Ready seats and a room of them, for real: two lab VMs of one lab.yaml (vm.count: 2) from the
-ready Debian 12 box built here. Ansible checks the second and installs nothing; the two set up and
-verify as a fleet (by --vm all and by an inventory, host keys checked, a host lost mid-way); BCC
-from source (a stand-in) is built once, on this host, and installed in both; last, the second
-VM's life cycle by name, made again as a ready seat whose BCC came from source. (The VM that
-Fabric provisions from a plain box, and the learner's loop: test_labs_e2e.py.)"""
+ready Debian 12 box built here, on bpflab's own libvirt engine (Vagrant is never called). Ansible
+checks the second and installs nothing; the two set up and verify as a fleet (by --vm all and by
+an inventory, host keys checked, a host lost mid-way); BCC from source (a stand-in) is built once,
+on this host, and installed in both; last, the second VM's life cycle by name (halt and up, a
+reset to its ready snapshot), made again as a ready seat whose BCC came from source. (The VM
+that Fabric provisions from a plain box, and the learner's loop: test_labs_e2e.py.)"""
 
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from bpflab import box, config
+from bpflab.sync import REMOTE_ROOT
 from bpflab.vm import LabVM
 
 from ansible_run import ansible_playbook
@@ -30,12 +31,20 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="module")
 def room(tmp_path_factory):
-    """The checkout's lab.yaml with vm.count: 2 (its ready box: Debian 12's packages and BCC), both
-    VMs up; nothing provisioned yet."""
+    """The checkout's lab.yaml with vm.count: 2 on bpflab's own libvirt engine (its ready box: Debian
+    12's packages and BCC), both VMs up; nothing provisioned yet. A `vagrant` first on PATH only
+    records that it was called: the libvirt engine must never call it."""
     project = copy_project(tmp_path_factory.mktemp("room-project"))
     project.edit_lab_yaml("  count: 1", "  count: 2")
+    project.edit_lab_yaml("  engine: auto", "  engine: libvirt")
+    no_vagrant = tmp_path_factory.mktemp("no-vagrant")
+    project.vagrant_calls = no_vagrant / "calls"
+    (no_vagrant / "vagrant").write_text(f'#!/bin/sh\necho "vagrant $*" >> {project.vagrant_calls}\nexit 97\n')
+    (no_vagrant / "vagrant").chmod(0o755)
+    project.env = {"PATH": f"{no_vagrant}:{os.environ['PATH']}"}
     project.invoke("host.setup")
-    project.invoke("lab.up")
+    up = project.invoke("lab.up")
+    assert "(libvirt engine, libvirt," in up.stdout
     yield project
     project.invoke("lab.destroy", check=False)
     for cleanup in project.cleanups:
@@ -171,7 +180,7 @@ def test_fleet_goes_on_when_a_host_goes_down_mid_way(room, inventory):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(room.path)},
+        env={**os.environ, "PYTHONPATH": str(room.path), **room.env},
     )
     domain = LabVM(config.load(room.path / "lab.yaml"), "lab2").domain
     output = []
@@ -260,11 +269,12 @@ def qemu_processes(domain):
 
 
 @pytest.mark.timeout(1200)
-def test_vm_life_cycle_by_name_then_a_lowered_count(room, fake_bcc):
-    """Halt of lab2 alone and its recovery from a stale domain (--vm lab2) while lab runs on, made
-    again as a ready seat whose BCC comes from source (the stand-in's v1, built on this host
-    above): nothing to provision; then vm.count lowered to 1: lab.status warns of lab2, and
-    lab.destroy removes lab and that leftover too, leaving nothing of either."""
+def test_vm_life_cycle_by_name_then_a_lowered_count(room, inventory, fake_bcc):
+    """lab2 alone (--vm lab2) while lab runs on: halted and started again; broken by a learner and
+    put back to its ready snapshot, where a lab runs; destroyed, then made again as a ready seat
+    whose BCC comes from source (the stand-in's v1, built on this host above): nothing to
+    provision; then vm.count lowered to 1: lab.status warns of lab2, and lab.destroy removes lab
+    and that leftover too, leaving nothing of either."""
     settings_file = room.path / "lab.yaml"
     settings = config.load(settings_file)
     vm, first = LabVM(settings, "lab2"), LabVM(settings, "lab")
@@ -281,16 +291,25 @@ def test_vm_life_cycle_by_name_then_a_lowered_count(room, fake_bcc):
     timed("lab.halt", "lab.halt", "--vm", "lab2")
     assert domain_state(vm.domain) == "shut off" and domain_state(first.domain) == "running"
     assert not (vm.state_dir / "ssh-config").exists()
+    timed("lab.up (halted)", "lab.up", "--vm", "lab2")
+    assert room.shell("uname -r", "lab2").strip() == kernel
 
-    # Vagrant forgets the halted VM (its .vagrant/machines/ entry is gone): the next up clears the stale domain.
-    shutil.rmtree(room.path / ".vagrant" / "machines" / "lab2")
+    room.shell(f"rm -rf {REMOTE_ROOT} && touch /etc/broken-by-a-learner", "lab2")
+    refused = room.invoke("lab.reset", "--inventory", str(inventory / "room.yml"), check=False)
+    assert refused.returncode == 1 and "not VMs that bpflab runs" in refused.stdout
+    assert "Traceback" not in refused.stdout
+    timed("lab.reset", "lab.reset", "--vm", "lab2")
+    back = room.shell(f"test -e /etc/broken-by-a-learner && echo broken; test -d {REMOTE_ROOT} && echo labs", "lab2")
+    assert back.split() == ["labs"]
+    assert "Hello World!" in room.invoke("lab.run", "hello", "--vm", "lab2", "--duration", "3").stdout
+
+    timed("lab.destroy --vm lab2", "lab.destroy", "--vm", "lab2")
+    assert domain_state(vm.domain) is None and domain_state(first.domain) == "running"
+    assert not any(volume_exists(f"{vm.domain}{part}") for part in (".img", "-vmlinuz", "-initrd"))
     fake_bcc("source", "v1", build_on="auto")
-    recovered = timed("lab.up (over a stale domain, a new ready seat)", "lab.up", "--vm", "lab2")
-    assert f"Removing the stale libvirt domain {vm.domain}" in recovered.stdout
-    assert "The lab VM lab is already running" not in recovered.stdout  # --vm lab2 leaves lab alone
+    timed("lab.up (a new ready seat)", "lab.up", "--vm", "lab2")
     seat_recipe = box.current_recipe(config.load(settings_file))
     room.cleanups.append(lambda: forget_cached_box(seat_recipe))  # its recipe names a folder of this run
-    assert "Building BCC" not in recovered.stdout  # the seat took the build exported above
     assert room.shell("uname -r", "lab2").strip() == kernel  # Debian 12's current kernel, as before
     provisioned = room.invoke("lab.provision", "--vm", "lab2").stdout
     assert "BCC: source" in provisioned and "nothing to do" in provisioned and "Installing" not in provisioned
@@ -308,4 +327,5 @@ def test_vm_life_cycle_by_name_then_a_lowered_count(room, fake_bcc):
         settings_file.write_text(text)
     for domain in (vm.domain, first.domain):
         assert domain_state(domain) is None and not volume_exists(f"{domain}.img") and qemu_processes(domain) == []
+    assert not room.vagrant_calls.exists(), room.vagrant_calls.read_text()
     print("timings (s):", timings)
