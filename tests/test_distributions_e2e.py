@@ -1,8 +1,9 @@
 """A second kernel generation and ready seats, for real: the host set up and a Debian 13 box built
 here once, as a ready seat (the Vagrantfile valid, a missing VM explained); a VM of it (kernel 6.12,
 BCC 0.31, bpftrace 0.23) has nothing to provision and passes a lab of each kind; a package added to
-lab.yaml since is installed by Fabric; `box.package` packs the VM, and a seat's VM from that box has
-nothing to provision; last, a kernel that crashes is explained from the VM's serial console."""
+lab.yaml since is installed by Fabric; `lab.reset` undoes a learner's damage (Vagrant's engine);
+`box.package` packs the VM, and a seat's VM from that box has nothing to provision; last, a kernel
+that crashes is explained from the VM's serial console."""
 
 import json
 import os
@@ -86,6 +87,16 @@ def test_a_lab_of_each_kind_passes_verify_on_debian_13(trixie):
     rows = verify_rows(summary_file)["lab"]
     assert result.returncode == 0 and [row["lab"] for row in rows] == EACH_KIND, result.stdout
     assert all(row["result"] == "PASS" for row in rows), summary
+
+
+def test_a_broken_seat_is_put_back_to_its_ready_snapshot_by_vagrants_engine_too(trixie):
+    """`lab.setup` took the ready snapshot of this Vagrant VM (vagrant-libvirt's domain): what a
+    learner broke since is undone by `lab.reset`, and a lab runs right after."""
+    assert re.search(r"engine\s+vagrant", trixie.invoke("lab.status").stdout)
+    trixie.shell("touch /etc/broken-by-a-learner")
+    assert "The lab VM is back to its ready state." in trixie.invoke("lab.reset").stdout
+    assert trixie.shell("test -e /etc/broken-by-a-learner && echo broken || echo clean").strip() == "clean"
+    assert "Hello World!" in trixie.invoke("lab.run", "hello", "--duration", "3").stdout
 
 
 @pytest.mark.timeout(1200)
