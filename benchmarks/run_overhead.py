@@ -58,11 +58,11 @@ FIRST = "import sys\nprint('first-line', flush=True)\n"
 FLOOD = "import sys\nfor i in range(int(sys.argv[1])):\n    print(f'line {i:07d} ' + 'x' * 40)\n"
 
 
-def first_line_seconds(command, env=None):
+def first_line_seconds(command, env=None, cwd=ROOT):
     started = time.monotonic()
     process = subprocess.Popen(
         command,
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
