@@ -128,6 +128,12 @@ def vagrant_steps(missing: list[str], offered: set[str], plugin_installed: bool)
     return []
 
 
+def libvirt_engine_instead(engine: str, steps: list[tuple[str, bool]], hashicorp: bool) -> bool:
+    """With vm.engine: auto, a distribution without Vagrant (`steps` to get it) gets bpflab's
+    libvirt engine instead of HashiCorp's Vagrant, unless that is asked for."""
+    return engine == "auto" and bool(steps) and not hashicorp
+
+
 def shown(command: str, root: bool) -> str:
     if not root or os.geteuid() == 0:
         return command
@@ -289,7 +295,7 @@ def setup(hashicorp: bool = False, vm_arch: str = "auto", engine: str = "auto") 
             run(privileged(["apt-get", "update", "-q"]), current=current, env=env)
     offered = with_candidate(missing) if missing else set()
     vagrant_from_hashicorp = vagrant_steps(missing, offered, libvirt_plugin_installed())
-    if vagrant_from_hashicorp and engine == "auto" and not hashicorp:
+    if libvirt_engine_instead(engine, vagrant_from_hashicorp, hashicorp):
         say(
             "This host's distribution has no Vagrant (or no vagrant-libvirt): bpflab's own libvirt engine runs "
             "the lab VMs (vm.engine: auto). `invoke host.setup --hashicorp` installs HashiCorp's Vagrant instead."

@@ -23,6 +23,7 @@ from .box import BOX_VAGRANTFILE
 from .commands import remote_run, run, script
 from .config import Config, digest_of
 from .console import done, say, step
+from .domain import KEY as ENGINE_KEY
 from .errors import LabError
 from .host import cache_dir, require_tool
 from .hosts import Host
@@ -111,7 +112,9 @@ def package(vm: LabVM, output: str = "") -> Path:
         else cache_dir() / "ready" / f"{about['distribution']}-ready-{about['id']}.box"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    key = vm.root / ".vagrant" / "machines" / vm.machine / "libvirt" / "private_key"
+    # The key that logs in to it: Vagrant's for its VM, the libvirt engine's for one of its own.
+    keys = (vm.root / ".vagrant" / "machines" / vm.machine / "libvirt" / "private_key", vm.state_dir / ENGINE_KEY)
+    key = next((path for path in keys if path.exists()), keys[0])
     workdir = Path(tempfile.mkdtemp(prefix="package-", dir=target.parent))
     try:
         with step(f"Packing the disk of {vm.title} as a box (qemu-img convert)") as current:

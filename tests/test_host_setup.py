@@ -1,4 +1,5 @@
-"""host.setup where the distribution lacks Vagrant (Ubuntu from 24.04 on): advice, never apt's bare error."""
+"""host.setup where the distribution lacks Vagrant (Ubuntu from 24.04 on): the libvirt engine, or
+advice for the Vagrant engine, never apt's bare error."""
 
 import shutil
 
@@ -37,3 +38,11 @@ def test_asked_to_it_runs_the_same_steps_it_shows(monkeypatch):
 @pytest.mark.skipif(shutil.which("apt-cache") is None, reason="needs apt (a Debian or Ubuntu host)")
 def test_candidates_come_from_the_hosts_apt():
     assert host.with_candidate(["bash", "bpflab-no-such-package"]) == {"bash"}
+
+
+def test_without_a_vagrant_package_auto_takes_the_libvirt_engine_unless_hashicorps_is_asked_for():
+    steps = host.vagrant_steps(["vagrant", "vagrant-libvirt"], set(), plugin_installed=False)
+    assert host.libvirt_engine_instead("auto", steps, hashicorp=False)
+    assert not host.libvirt_engine_instead("auto", steps, hashicorp=True)
+    assert not host.libvirt_engine_instead("vagrant", steps, hashicorp=False)  # the advice, as before
+    assert not host.libvirt_engine_instead("auto", [], hashicorp=False)  # the distribution's Vagrant
