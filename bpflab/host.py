@@ -294,7 +294,10 @@ def setup(hashicorp: bool = False, vm_arch: str = "auto", engine: str = "auto") 
         with step("Updating the host's package lists") as current:
             run(privileged(["apt-get", "update", "-q"]), current=current, env=env)
     offered = with_candidate(missing) if missing else set()
-    vagrant_from_hashicorp = vagrant_steps(missing, offered, libvirt_plugin_installed())
+    # Vagrant is asked about its plugin only where the package is missing (and Vagrant is wanted).
+    vagrant_from_hashicorp = vagrant_steps(
+        missing, offered, "vagrant-libvirt" in missing and libvirt_plugin_installed()
+    )
     if libvirt_engine_instead(engine, vagrant_from_hashicorp, hashicorp):
         say(
             "This host's distribution has no Vagrant (or no vagrant-libvirt): bpflab's own libvirt engine runs "
