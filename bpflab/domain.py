@@ -157,7 +157,9 @@ class Libvirt:
             )
 
     def up(self, vms: list[Machine], provider: str, current: Step) -> None:
-        """Make the domains that do not exist, start every one, then wait for each one's SSH login."""
+        """Make the domains that do not exist, start every one, then wait for each one's SSH login. The
+        network goes first: vagrant-libvirt removes it with the last of its own VMs."""
+        libvirt.ensure_management_network()
         for vm in vms:
             if state_of(vm.domain) == "not_created":
                 self.create(vm, current)
@@ -259,6 +261,7 @@ class Libvirt:
         """Stop and start again, booting the kernel the guest now names (provisioning may have moved it)."""
         self.keep_guest_kernel(vm, current)
         self.shut_down(vm, current)
+        libvirt.ensure_management_network()
         run(libvirt.virsh("start", vm.domain), current=current)
         self.wait_for_login(vm, current)
 

@@ -57,6 +57,7 @@ def cache_box_with_a_kernel_without_headers(settings):
         workdir = Path(tempfile.mkdtemp(dir=aged.parent))
         try:
             box.build_file(variant, workdir, aged.parent / "build.log")
+            (workdir / box.BOOT_FOLDER).replace(aged.parent / box.BOOT_FOLDER)
             (workdir / "bpflab.box").rename(aged)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -64,6 +65,8 @@ def cache_box_with_a_kernel_without_headers(settings):
     (recipe.box_file.parent / "recipe.json").write_text(recipe.to_json())
     recipe.box_file.unlink(missing_ok=True)
     os.link(aged, recipe.box_file)  # the same file system: no copy of a large image
+    shutil.rmtree(recipe.box_file.parent / box.BOOT_FOLDER, ignore_errors=True)
+    shutil.copytree(aged.parent / box.BOOT_FOLDER, recipe.box_file.parent / box.BOOT_FOLDER)  # the libvirt engine's
     return recipe
 
 
