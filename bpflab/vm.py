@@ -410,6 +410,7 @@ class LabVM:
                 "becomes ready, and `invoke lab.snapshot` takes one of it as it is now."
             )
         self.state.forget("ssh-config")
+        libvirt.ensure_management_network()  # gone with vagrant-libvirt's last VM, maybe
         with step(f"Putting {self.title} back to its ready snapshot") as current:
             libvirt.revert_snapshot(self.domain, READY_SNAPSHOT, current)
 
