@@ -9,6 +9,7 @@ and no shared key ever opens the VM. `vm.Engine` is the interface this implement
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
@@ -22,6 +23,7 @@ from . import box, libvirt
 from .commands import run
 from .console import Step
 from .errors import LabError
+from .host import cache_dir
 from .vagrant import Endpoint, Machine, Status, parse_ssh_config
 
 NETWORK = libvirt.MANAGEMENT_NETWORK
@@ -174,11 +176,15 @@ class Libvirt:
         (provisioning may move it to another kernel), its key."""
         boot = box.boot_files(vm.remembered("box") or "")
         base = box_volume(boot.digest)
-        if not libvirt.volume_path(base):
-            current.update(f"loading the box's disk image into libvirt's pool as {base}")
-            with tempfile.TemporaryDirectory(dir=boot.box_file.parent) as unpacked:
-                run(["tar", "-C", unpacked, "-xf", str(boot.box_file), "box.img"], current=current)
-                libvirt.upload_volume(base, Path(unpacked) / "box.img", "qcow2", current)
+        locks = cache_dir() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{base}.lock", "w") as lock:  # two checkouts may load it at once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not libvirt.volume_path(base):
+                current.update(f"loading the box's disk image into libvirt's pool as {base}")
+                with tempfile.TemporaryDirectory(dir=boot.box_file.parent) as unpacked:
+                    run(["tar", "-C", unpacked, "-xf", str(boot.box_file), "box.img"], current=current)
+                    libvirt.upload_volume(base, Path(unpacked) / "box.img", "qcow2", current)
         disk = libvirt.overlay_volume(f"{vm.domain}.img", base, boot.disk_gb)
         kernel = libvirt.upload_volume(f"{vm.domain}-vmlinuz", boot.kernel)
         initrd = libvirt.upload_volume(f"{vm.domain}-initrd", boot.initrd)

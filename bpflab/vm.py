@@ -453,6 +453,8 @@ def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
             ("box", vm.remembered("box") or "-"),
             ("libvirt domain", vm.domain),
         ]
+        if now.provider == "libvirt" and now.created:
+            rows.append(("ready snapshot", "yes (lab.reset goes back to it)" if vm.has_ready_snapshot() else "none"))
         if now.running:
             endpoint = vm.endpoint()
             rows.append(("ssh", f"{endpoint.user}@{endpoint.host}:{endpoint.port}"))
