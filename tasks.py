@@ -4,7 +4,6 @@
 non-zero exit (bpflab.errors.LabTask), never a traceback.
 """
 
-import functools
 import os
 import subprocess
 import sys
@@ -30,14 +29,24 @@ HELP = {
     "duration": "stop after this many seconds of tracing, counted from attached (default 0: until Ctrl-C)",
     "trigger": "a shell command to run in the VM once attached (catalog labs have their own)",
     "no_trigger": "run no trigger, not even the lab's own",
+    "args": "arguments passed to the program, as one string",
     "json": "JSON for scripts instead of a table",
 }
-lab_task = functools.partial(task, klass=LabTask)
+HOSTS, RUN = ("inventory", "vm"), ("duration", "trigger", "no_trigger", "inventory", "vm")
+COLLECTIONS: dict[str, list] = {"host": [], "box": [], "lab": []}
 
 
-def helps(*names: str, **own: str) -> dict:
-    """Help for these options (from HELP; `vms`: --vm where it covers every VM by default) and `own`."""
-    return {("vm" if name == "vms" else name): HELP[name] for name in names} | own
+def lab_task(*options: str, collection: str = "lab", own: dict | None = None, **extra):
+    """An invoke task of `collection` whose expected failures end as one message; the help of its
+    `options` comes from HELP (`vms`: --vm where it covers every VM by default), or from `own`."""
+
+    def register(function):
+        shared = {("vm" if option == "vms" else option): HELP[option] for option in options}
+        made = task(klass=LabTask, help=shared | (own or {}), **extra)(function)
+        COLLECTIONS[collection].append(made)
+        return made
+
+    return register
 
 
 def settings():
@@ -45,17 +54,16 @@ def settings():
 
 
 @lab_task(
-    help=helps(
-        hashicorp="where the distribution has no vagrant package: install HashiCorp's and build "
-        "vagrant-libvirt (otherwise the steps are printed)"
-    )
+    collection="host",
+    name="setup",
+    own={"hashicorp": "without a vagrant package: install HashiCorp's and build vagrant-libvirt (else: the steps)"},
 )
 def host_setup(c, hashicorp=False):
     """Install libvirt, qemu, the box tools and (for its engine) Vagrant; start libvirtd."""
     host.setup(hashicorp, settings().vm.arch, settings().vm.engine)
 
 
-@lab_task()
+@lab_task(collection="host", name="teardown")
 def host_teardown(c):
     """Stop the kept SSH connections, and the libvirt daemons that host.setup started itself
     (none where systemd runs them)."""
@@ -64,134 +72,130 @@ def host_teardown(c):
     host.teardown()
 
 
-@lab_task()
+@lab_task(collection="box", name="build")
 def box_build(c):
     """Build vm.distribution's box from its own archive (cached by recipe); add it to Vagrant for its engine."""
     box.build(settings(), for_vagrant=engine_for(settings()).name == "vagrant")
 
 
-@lab_task(help=helps("vm", output="the box file to write (default: ~/.cache/bpflab/ready/...)"))
+@lab_task("vm", collection="box", name="package", own={"output": "the box file (default: ~/.cache/bpflab/ready/...)"})
 def box_package(c, vm="", output=""):
     """Pack a provisioned lab VM as a ready box for every seat of a room (the VM is left halted)."""
     package(select_one(settings(), vm, "box.package", ""), output)
 
 
-@lab_task(help=helps("vms"))
+@lab_task("vms")
 def up(c, vm=""):
     """Create or start the lab VMs (several at once in parallel)."""
     bring_up(select(settings(), vm, everything_by_default=True))
 
 
-@lab_task(help=helps("vms"))
+@lab_task("vms")
 def halt(c, vm=""):
     """Shut the lab VMs down (their disks are kept)."""
     halt_all(select(settings(), vm, everything_by_default=True))
 
 
-@lab_task(help=helps("vms"))
+@lab_task("vms")
 def destroy(c, vm=""):
     """Delete the lab VMs and their disks (by default also VMs left beyond a lowered vm.count)."""
     destroy_all(select(settings(), vm, everything_by_default=True), leftovers_too=vm in ("", "all"))
 
 
-@lab_task(help=helps("inventory", "vm"))
+@lab_task(*HOSTS)
 def reset(c, inventory="", vm=""):
     """Put a lab VM back to its ready snapshot in seconds (--vm all: every seat of a room)."""
     orchestrate.reset(settings(), inventory, vm)
 
 
-@lab_task(help=helps("inventory", "vm"))
+@lab_task(*HOSTS)
 def snapshot(c, inventory="", vm=""):
     """Take the lab VM's ready snapshot now (lab.setup takes one when the VM becomes ready)."""
     orchestrate.snapshot(settings(), inventory, vm)
 
 
-@lab_task(help=helps("vms"))
+@lab_task("vms")
 def status(c, vm=""):
-    """Show each lab VM: state, engine, provider, acceleration, box, SSH endpoint."""
+    """Show each lab VM: state, engine, provider, acceleration, box, ready snapshot, SSH endpoint."""
     console.fields(status_rows(select(settings(), vm, everything_by_default=True)))
     warn_of_leftovers(settings())
 
 
-@lab_task(help=helps("vm"))
+@lab_task("vm")
 def ssh(c, vm=""):
     """Open an interactive shell in a lab VM."""
     select_one(settings(), vm, "lab.ssh", "").interactive_ssh()
 
 
-@lab_task(name="provision", help=helps("inventory", "vm"))
+@lab_task(*HOSTS, name="provision")
 def provision_vm(c, inventory="", vm=""):
     """Install the book's packages, BCC and bpftrace in the VM (only what is missing)."""
     orchestrate.set_up(settings(), inventory, vm, bring=False)
 
 
-@lab_task(help=helps("inventory", "vm"))
+@lab_task(*HOSTS)
 def bcc_export(c, inventory="", vm=""):
     """Copy the VM's source-built BCC to the host, for `bcc.install: artifact` on other VMs."""
     orchestrate.export_bcc(settings(), inventory, vm)
 
 
-@lab_task(help=helps("vms", output="where to write it (default: .vagrant/bpflab/inventory.yml)"))
+@lab_task("vms", own={"output": "where to write it (default: .vagrant/bpflab/inventory.yml)"})
 def inventory(c, output="", vm=""):
     """Write the lab VMs as an Ansible inventory, for `ansible-playbook -i FILE ansible/site.yml`."""
     path = write_for_ansible(settings(), vm, output)
     say(f"Wrote {path}. Provision with Ansible: ansible-playbook -i {path} ansible/site.yml")
 
 
-@lab_task(help=helps("inventory", "vm"))
+@lab_task(*HOSTS)
 def doctor(c, inventory="", vm=""):
     """Check in the VM what the labs need: kernel features, headers, BCC, bpftrace."""
     orchestrate.doctor(settings(), inventory, vm)
 
 
-@lab_task(help=helps("inventory", "vms"))
+@lab_task("inventory", "vms")
 def setup(c, inventory="", vm=""):
     """Everything a learner needs: bring the lab VMs up, provision them, sync the labs."""
     orchestrate.set_up(settings(), inventory, vm)
 
 
-@lab_task(name="sync", help=helps("inventory", "vm"))
+@lab_task(*HOSTS, name="sync")
 def sync_labs(c, inventory="", vm=""):
     """Copy labs/ and bpf/ into the VM (only what changed; deletions too)."""
     orchestrate.sync_labs(settings(), inventory, vm)
 
 
-RUN = ("duration", "trigger", "no_trigger", "inventory", "vm")
-
-
 @lab_task(
+    *RUN,
+    "args",
     name="run",
-    help=helps(
-        *RUN,
-        name="a lab from `invoke lab.list`, or the path of your own program (BCC .py or bpftrace .bt)",
-        args="arguments passed to the program, as one string",
-        plot="a counting lab: draw its counts at the end",
-    ),
+    own={
+        "name": "a lab from `invoke lab.list`, or the path of your own program (BCC .py or bpftrace .bt)",
+        "plot": "a counting lab: draw its counts at the end",
+    },
 )
 def run_lab(c, name, duration="0", trigger="", no_trigger=False, args="", inventory="", vm="", plot=False):
     """Run a lab or your own program in the VM with live output; saved under runs/."""
     orchestrate.run_and_report(settings(), name, inventory, vm, duration, trigger, no_trigger, args, draw=plot)
 
 
-@lab_task(help=helps(*RUN, program="a bpftrace program, for example 'kprobe:do_nanosleep { @[comm] = count(); }'"))
+@lab_task(*RUN, own={"program": "a bpftrace program, for example 'kprobe:do_nanosleep { @[comm] = count(); }'"})
 def trace(c, program, duration="0", trigger="", no_trigger=False, inventory="", vm=""):
     """Run a bpftrace one-liner in the VM like a lab: live output, saved under runs/."""
     orchestrate.run_and_report(settings(), program, inventory, vm, duration, trigger, no_trigger, kind="one-liner")
 
 
 @lab_task(
+    *HOSTS,
     optional=["names"],
     iterable=["names"],
-    help=helps(
-        "inventory", "vm", seconds="how long each lab runs", names="labs to check (repeat --names; default: all)"
-    ),
+    own={"seconds": "how long each lab runs", "names": "labs to check (repeat --names; default: all)"},
 )
 def verify(c, names=None, seconds="12", inventory="", vm=""):
     """Run every lab with its trigger and check its expectations: a PASS/FAIL table."""
     orchestrate.verify(settings(), names or [], seconds, inventory=inventory, vm=vm)
 
 
-@lab_task(help=helps(name="name of your program", template="the lab to start from (default: hello)"))
+@lab_task(own={"name": "name of your program", "template": "the lab to start from (default: hello)"})
 def new(c, name, template="hello"):
     """Start your own exercise from a lab: exercises/NAME/NAME.py and NAME.bpf.c."""
     root = settings().root
@@ -199,67 +203,42 @@ def new(c, name, template="hello"):
     say(f"Created {program} and its .bpf.c. Edit them, then: invoke lab.run {program}")
 
 
-@lab_task(name="probe-args", help=helps("inventory", "vm", probe="for example tracepoint:syscalls:sys_enter_openat"))
+@lab_task(*HOSTS, name="probe-args", own={"probe": "for example tracepoint:syscalls:sys_enter_openat"})
 def probe_args(c, probe, inventory="", vm=""):
     """The arguments of a probe in the VM (bpftrace -lv)."""
     orchestrate.probe_arguments(settings(), probe, inventory, vm)
 
 
-@lab_task(
-    help=helps(
-        "inventory",
-        "vm",
-        name="a BCC tool: execsnoop, opensnoop, ...",
-        duration="stop after this many seconds",
-        args="arguments for the tool, as one string",
-    )
-)
+@lab_task(*HOSTS, "args", own={"name": "a BCC tool: execsnoop, opensnoop, ...", "duration": "stop after N seconds"})
 def tool(c, name, duration="0", args="", inventory="", vm=""):
     """Run a tool that BCC ships, in the VM, gathered under runs/ like a lab."""
     orchestrate.run_and_report(settings(), name, inventory, vm, duration, no_trigger=True, args=args, kind="tool")
 
 
-@lab_task(name="list", help=helps("json"))
+@lab_task("json", name="list")
 def list_labs(c, json=False):
     """The lab catalog: name, kind, probe, summary."""
     labs = catalog.load_catalog(settings().root).values()
-    console.listing(
-        "Labs",
-        ["name", "kind", "probe", "summary"],
-        [(lab.name, lab.kind, lab.probe, lab.summary) for lab in labs],
-        json,
-    )
+    rows = [(lab.name, lab.kind, lab.probe, lab.summary) for lab in labs]
+    console.listing("Labs", ["name", "kind", "probe", "summary"], rows, json)
 
 
-@lab_task(name="runs", help=helps("json"))
+@lab_task("json", name="runs")
 def gathered_runs(c, json=False):
     """The gathered runs, newest first."""
     header = ["folder", "lab", "vm", "stopped", "exit_status", "lines", "duration_s"]
+    found = list_runs(settings().root / "runs")
     console.listing(
-        "Gathered runs",
-        header,
-        [
-            (folder, *(getattr(record, name) for name in header[1:]))
-            for folder, record in list_runs(settings().root / "runs")
-        ],
-        json,
+        "Gathered runs", header, [(name, *(getattr(run, key) for key in header[1:])) for name, run in found], json
     )
 
 
-@lab_task(
-    help=helps(
-        run="a folder under runs/ (default: the newest run of a counting lab)", top="how many keys to draw (default 8)"
-    )
-)
+@lab_task(own={"run": "a folder under runs/ (default: the newest counting run)", "top": "how many keys (default 8)"})
 def plot(c, run="", top=8):
     """Draw a counting lab's counts over time (PNG and SVG in the run's folder)."""
-    root = settings().root
-    labs = catalog.load_catalog(root)
-    folder = (
-        (root / "runs" / run if (root / "runs" / run).is_dir() else Path(run))
-        if run
-        else newest_counting_run(root / "runs", labs)
-    )
+    root, labs = settings().root, catalog.load_catalog(settings().root)
+    named = root / "runs" / run if (root / "runs" / run).is_dir() else Path(run)
+    folder = named if run else newest_counting_run(root / "runs", labs)
     say(f"Plot: {', '.join(map(str, report.plot_run(folder, labs, top)))}")
 
 
@@ -271,22 +250,17 @@ def write_report(c):
 
 
 @task(
-    help=helps(
-        fast="only the tests that need no VM and no browser (seconds instead of minutes)",
-        arm64="only the arm64 VM's tests, which the suite leaves out (9-16 minutes under emulation)",
-    )
+    help={
+        "fast": "only the tests that need no VM and no browser (seconds instead of minutes)",
+        "arm64": "only the arm64 VM's tests, which the suite leaves out (9-16 minutes under emulation)",
+    }
 )
 def test(c, fast=False, arm64=False):
     """Run the test suite; without --fast this includes the real-VM and browser tests, in two
     processes a file each at a time, in the order tests/conftest.py gives (most of a VM test is
     one emulated vCPU at work: the host's second core takes another file's VM meanwhile)."""
-    selection = (
-        ["-m", "not vm and not browser"]
-        if fast
-        else ["-m", "arm64"]
-        if arm64
-        else ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
-    )
+    every = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
+    selection = ["-m", "not vm and not browser"] if fast else ["-m", "arm64"] if arm64 else every
     code = subprocess.run([sys.executable, "-m", "pytest", *selection]).returncode
     if code == 5:
         say("pytest collected no tests.")
@@ -295,33 +269,5 @@ def test(c, fast=False, arm64=False):
 
 
 ns = Collection(test)
-ns.add_collection(Collection("host", setup=host_setup, teardown=host_teardown))
-ns.add_collection(Collection("box", build=box_build, package=box_package))
-ns.add_collection(
-    Collection(
-        "lab",
-        setup,
-        up,
-        halt,
-        destroy,
-        reset,
-        snapshot,
-        status,
-        ssh,
-        provision_vm,
-        bcc_export,
-        inventory,
-        doctor,
-        sync_labs,
-        run_lab,
-        trace,
-        list_labs,
-        gathered_runs,
-        verify,
-        new,
-        probe_args,
-        tool,
-        plot,
-        write_report,
-    )
-)
+for collection, tasks in COLLECTIONS.items():
+    ns.add_collection(Collection(collection, *tasks))
