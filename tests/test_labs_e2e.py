@@ -403,6 +403,9 @@ def end_the_run(project, process, how):
     return []
 
 
+STOP_BOUND = 120
+
+
 @pytest.mark.parametrize(
     "how, exit_code, stopped",
     [
@@ -430,8 +433,10 @@ def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exi
     ended = time.monotonic()
     rules = end_the_run(lab, process, how)
     try:
+        # A bound that proves it stops at all (how fast: benchmarks/stop_times.py, 1-15 s): while the
+        # room's two emulated VMs share the 2 cores, a dropped kept connection took over 40 s once.
         while not lock_is_free(lab):
-            assert time.monotonic() - ended < 40, f"{how}: the lab is still running in the VM"
+            assert time.monotonic() - ended < STOP_BOUND, f"{how}: the lab is still running in the VM"
             time.sleep(0.5)
         free_after = round(time.monotonic() - ended, 1)
         rest = process.stdout.read()
@@ -439,7 +444,7 @@ def test_however_a_run_ends_the_program_stops_and_the_lock_is_free(lab, how, exi
         if how == "connection dropped (firewall, kept connection)":
             held = lab_host(lab).held
             while held.pid() is not None:
-                assert time.monotonic() - ended < 40, "the keeper of a dropped connection still runs"
+                assert time.monotonic() - ended < STOP_BOUND, "the keeper of a dropped connection still runs"
                 time.sleep(0.5)
     finally:
         restore(rules)
