@@ -230,12 +230,13 @@ def set_up(config: Config, inventory: str = "", vm: str = "", bring: bool = True
 def keep_ready_snapshots(vms: list[LabVM], results: dict[str, Result]) -> None:
     """A libvirt VM that became ready gets a snapshot to reset to: its first, or a new one when
     provisioning changed it."""
+    current = statuses(vms) if vms else {}
     for vm in vms:
         result = results.get(vm.machine)
-        if not result or not result.ok or statuses([vm])[vm.machine].provider != "libvirt":
+        if not result or not result.ok or current[vm.machine].provider != "libvirt":
             continue
         if result.value["changed"] or not vm.has_ready_snapshot():
-            vm.take_ready_snapshot()
+            vm.take_ready_snapshot(current[vm.machine])
 
 
 def reset(config: Config, inventory: str = "", vm: str = "") -> None:
@@ -247,10 +248,11 @@ def reset(config: Config, inventory: str = "", vm: str = "") -> None:
             "are not VMs that bpflab runs, so it cannot. Give --vm NAME, names or all instead."
         )
     vms = select(config, vm)
+    current = statuses(vms)
     for lab_vm in vms:
-        if statuses([lab_vm])[lab_vm.machine].running:
+        if current[lab_vm.machine].running:
             Host.of_vm(lab_vm).held.release()
-        lab_vm.reset()
+        lab_vm.reset(current[lab_vm.machine])
     hosts = choose(config, "", vm)
     results = each(
         hosts, lambda host, connection: remote_run(connection, f"date -u -s @{time.time():.3f} >/dev/null", sudo=True)
@@ -265,8 +267,10 @@ def snapshot(config: Config, inventory: str = "", vm: str = "") -> None:
             "`invoke lab.snapshot` snapshots this checkout's own VMs; the hosts of an inventory are not VMs that "
             "bpflab runs. Give --vm NAME, names or all instead."
         )
-    for lab_vm in select(config, vm):
-        lab_vm.take_ready_snapshot()
+    vms = select(config, vm)
+    current = statuses(vms)
+    for lab_vm in vms:
+        lab_vm.take_ready_snapshot(current[lab_vm.machine])
 
 
 # running ---------------------------------------------------------------------

@@ -395,15 +395,15 @@ class LabVM:
     def has_ready_snapshot(self) -> bool:
         return READY_SNAPSHOT in libvirt.snapshots(self.domain)
 
-    def take_ready_snapshot(self) -> None:
+    def take_ready_snapshot(self, status: Status) -> None:
         """The VM as it is now, memory included while it runs: what `lab.reset` goes back to."""
-        self.snapshots_supported(statuses([self])[self.machine])
+        self.snapshots_supported(status)
         with step(f"Snapshot of {self.title} as ready (lab.reset goes back to it)") as current:
             libvirt.take_snapshot(self.domain, READY_SNAPSHOT, "bpflab: the seat as it became ready", current)
 
-    def reset(self) -> None:
+    def reset(self, status: Status) -> None:
         """Back to the ready snapshot, running (where it was taken running, its memory too)."""
-        self.snapshots_supported(statuses([self])[self.machine])
+        self.snapshots_supported(status)
         if not self.has_ready_snapshot():
             raise LabError(
                 f"{self.subject} has no ready snapshot to go back to. `invoke lab.setup` takes one when the VM "
