@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +19,23 @@ def copy_project(folder: Path) -> Path:
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / name)
     return folder
+
+
+def timed_invoke(project: Path, *task: str) -> float:
+    """Seconds that `invoke TASK` takes in the copy `project`; its failure ends the benchmark."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", *task],
+        cwd=project,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(project)},
+    )
+    if result.returncode:
+        raise SystemExit(f"invoke {' '.join(task)} failed in {project}:\n{result.stdout}")
+    return time.monotonic() - started
 
 
 def destroy_vms(project: Path) -> None:

@@ -14,7 +14,6 @@ table and writes benchmarks/results/engines.json.
 """
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -27,32 +26,16 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from run_overhead import FIRST, first_line_seconds  # noqa: E402
 
-from benchkit import copy_project, destroy_vms, report  # noqa: E402
-
-
-def invoke(project: Path, *task: str) -> float:
-    """Seconds that `invoke TASK` takes in the copy; its failure ends the benchmark."""
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "invoke", *task],
-        cwd=project,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(project)},
-    )
-    if result.returncode:
-        raise SystemExit(f"`invoke {' '.join(task)}` failed in {project}:\n{result.stdout}{result.stderr}")
-    return time.monotonic() - started
+from benchkit import copy_project, destroy_vms, report, timed_invoke  # noqa: E402
 
 
 def reset_to_first_line(project: Path) -> float:
     """A learner's damage, then `lab.reset` and a run's first line: seconds from the command."""
-    invoke(project, "lab.status")  # keeps the VM's ssh_config
+    timed_invoke(project, "lab.status")  # keeps the VM's ssh_config
     ssh = ["ssh", "-F", str(project / ".vagrant" / "bpflab" / "lab" / "ssh-config"), "lab"]
     subprocess.run([*ssh, "sudo rm -rf /home/vagrant/bpflab /usr/bin/python3"], check=True, capture_output=True)
     started = time.monotonic()
-    invoke(project, "lab.reset")
+    timed_invoke(project, "lab.reset")
     command = [sys.executable, "-m", "invoke", "lab.run", str(project / "first.py"), "--no-trigger"]
     return time.monotonic() - started + first_line_seconds(command, {"PYTHONPATH": str(project)}, cwd=project)
 
@@ -62,16 +45,16 @@ def measure(engine: str, folder: Path, repeat: int) -> dict:
     settings = project / "lab.yaml"
     settings.write_text(settings.read_text().replace("  engine: auto", f"  engine: {engine}", 1))
     (project / "first.py").write_text(FIRST)
-    invoke(project, "box.build")
+    timed_invoke(project, "box.build")
     new, halted, halts, resets = [], [], [], []
     try:
         for _ in range(repeat):
-            new.append(invoke(project, "lab.up"))
-            invoke(project, "lab.setup")  # the ready snapshot
-            halts.append(invoke(project, "lab.halt"))
-            halted.append(invoke(project, "lab.up"))
+            new.append(timed_invoke(project, "lab.up"))
+            timed_invoke(project, "lab.setup")  # the ready snapshot
+            halts.append(timed_invoke(project, "lab.halt"))
+            halted.append(timed_invoke(project, "lab.up"))
             resets.append(reset_to_first_line(project))
-            invoke(project, "lab.destroy")
+            timed_invoke(project, "lab.destroy")
     finally:
         destroy_vms(project)
     return {

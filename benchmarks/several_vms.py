@@ -11,31 +11,15 @@ sets vm.count: 2 and measures in one run:
 Prints a table, writes benchmarks/results/several_vms.json, destroys both VMs.
 """
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchkit import copy_project, destroy_vms, report
+from benchkit import copy_project, destroy_vms, report, timed_invoke
 
 
 def invoke(project, *args):
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=project,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(project)},
-    )
-    if result.returncode:
-        raise SystemExit(f"invoke {' '.join(args)} failed:\n{result.stdout}")
-    return round(time.monotonic() - started, 1)
+    return round(timed_invoke(project, *args), 1)
 
 
 def main():
