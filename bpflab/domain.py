@@ -194,7 +194,7 @@ class Libvirt:
             vm.domain,
             vm.remembered("arch") or "amd64",
             vm.remembered("acceleration") or "tcg",
-            vm.config.vm.cpus,
+            vm.cpus,
             vm.config.vm.memory,
             disk,
             kernel,

@@ -161,6 +161,9 @@ class Machine(Protocol):
     @property
     def state_dir(self) -> Path: ...
 
+    @property
+    def cpus(self) -> int: ...
+
     def environment(self) -> dict: ...
 
 

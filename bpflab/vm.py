@@ -151,6 +151,14 @@ def choose_acceleration(setting: str, hardware: bool, foreign: bool = False) -> 
     return setting
 
 
+def vcpus(wanted: int, guest_arch: str, acceleration: str) -> int:
+    """An x86 guest under software emulation gets one vCPU. With several, qemu's vCPU threads see
+    the kernel's live code patching (int3 first, then the new bytes) late: an `Oops: int3` in
+    __x64_sys_getrandom at boot, and VMs gone silent as BPF attached (tracepoints are static keys).
+    An arm64 kernel patches with every CPU stopped."""
+    return 1 if acceleration == "tcg" and guest_arch == "amd64" else wanted
+
+
 def choose_provider(setting: str, have_libvirt: bool, have_virtualbox: bool) -> str:
     if setting == "libvirt" and not have_libvirt:
         raise LabError(
@@ -294,10 +302,14 @@ class LabVM:
         """The libvirt domain, named as the Vagrantfile names it."""
         return f"{instance_name(self.config)}-{self.machine}"
 
+    @property
+    def cpus(self) -> int:
+        return vcpus(self.config.vm.cpus, self.remembered("arch") or "amd64", self.remembered("acceleration") or "-")
+
     def environment(self) -> dict:
         """What the Vagrantfile reads besides lab.yaml and the remembered box: the driver chosen when
-        the VM was made."""
-        env = {}
+        the VM was made, and its vCPUs."""
+        env = {"BPFLAB_CPUS": str(self.cpus)}
         if self.remembered("acceleration"):
             env["BPFLAB_LIBVIRT_DRIVER"] = "kvm" if self.remembered("acceleration") == "kvm" else "qemu"
         return env
@@ -450,6 +462,10 @@ def status_rows(vms: list[LabVM]) -> list[list[tuple[str, str]]]:
             ("provider", now.provider),
             ("arch", vm.remembered("arch") or "-"),
             ("acceleration", vm.remembered("acceleration") or "-"),
+            (
+                "vCPUs",
+                f"{vm.cpus}{' (one for emulated x86: see vm.cpus in the README)' * (vm.cpus < vm.config.vm.cpus)}",
+            ),
             ("box", vm.remembered("box") or "-"),
             ("libvirt domain", vm.domain),
         ]

@@ -20,6 +20,7 @@ from bpflab.vm import (
     hardware_virtualization,
     select,
     select_one,
+    vcpus,
 )
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\n"
@@ -67,6 +68,14 @@ def test_a_vm_of_another_architecture_is_always_emulated(setting):
 def test_kvm_for_a_vm_of_another_architecture_is_an_error():
     with pytest.raises(LabError, match="KVM cannot run another architecture's VM"):
         choose_acceleration("kvm", True, foreign=True)
+
+
+@pytest.mark.parametrize(
+    "arch, acceleration, expected",
+    [("amd64", "tcg", 1), ("amd64", "kvm", 4), ("arm64", "tcg", 4), ("arm64", "kvm", 4)],
+)
+def test_an_emulated_x86_vm_gets_one_vcpu(arch, acceleration, expected):
+    assert vcpus(4, arch, acceleration) == expected
 
 
 @pytest.mark.parametrize(
