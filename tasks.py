@@ -1,19 +1,14 @@
-"""Invoke tasks: argument parsing and one call into the bpflab package per task.
+"""Invoke tasks: argument parsing and one call into bpflab per task (`invoke --list`). Expected
+failures end with one message and a non-zero exit (bpflab.errors.LabTask), never a traceback."""
 
-`invoke --list` shows them all. Expected failures end with one message and a
-non-zero exit (bpflab.errors.LabTask), never a traceback.
-"""
-
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 from invoke import Collection, Exit, task
 
 from bpflab import box, catalog, config, console, host, orchestrate, report
 from bpflab.console import say
-from bpflab.counts import newest_counting_run
+from bpflab.counts import run_to_plot
 from bpflab.errors import LabTask
 from bpflab.held import release_all
 from bpflab.inventory import write_for_ansible
@@ -31,6 +26,14 @@ HELP = {
     "no_trigger": "run no trigger, not even the lab's own",
     "args": "arguments passed to the program, as one string",
     "json": "JSON for scripts instead of a table",
+    "hashicorp": "without a vagrant package: install HashiCorp's and build vagrant-libvirt (else: the steps)",
+    "plot": "a counting lab: draw its counts at the end",
+    "seconds": "how long each lab runs",
+    "names": "labs to check (repeat --names; default: all)",
+    "template": "the lab to start from (default: hello)",
+    "probe": "for example tracepoint:syscalls:sys_enter_openat",
+    "top": "how many keys (default 8)",
+    "run": "a folder under runs/ (default: the newest counting run)",
 }
 HOSTS, RUN = ("inventory", "vm"), ("duration", "trigger", "no_trigger", "inventory", "vm")
 COLLECTIONS: dict[str, list] = {"host": [], "box": [], "lab": []}
@@ -49,15 +52,46 @@ def lab_task(*options: str, collection: str = "lab", own: dict | None = None, **
     return register
 
 
-def settings():
-    return config.load(os.environ.get("BPFLAB_CONFIG", config.DEFAULT_PATH))
+settings = config.load  # lab.yaml, or $BPFLAB_CONFIG
 
 
-@lab_task(
-    collection="host",
-    name="setup",
-    own={"hashicorp": "without a vagrant package: install HashiCorp's and build vagrant-libvirt (else: the steps)"},
+def host_verb(name: str, action, summary: str, **fixed) -> None:
+    """A lab task that does `action` on the hosts of --inventory or --vm (default: lab), as every verb
+    that acts on a host does."""
+
+    def verb(c, inventory="", vm=""):
+        action(settings(), inventory, vm, **fixed)
+
+    verb.__doc__ = summary
+    lab_task(*HOSTS, name=name)(verb)
+
+
+host_verb("reset", orchestrate.reset, "Put a lab VM back to its ready snapshot in seconds (--vm all: every seat).")
+host_verb("snapshot", orchestrate.snapshot, "Take the lab VM's ready snapshot now (lab.setup takes one when ready).")
+host_verb(
+    "provision", orchestrate.set_up, "Install the book's packages, BCC and bpftrace: what is missing.", bring=False
 )
+host_verb("bcc-export", orchestrate.export_bcc, "Copy the VM's source-built BCC to the host (`bcc.install: artifact`).")
+host_verb("doctor", orchestrate.doctor, "Check in the VM what the labs need: kernel features, headers, BCC, bpftrace.")
+host_verb("sync", orchestrate.sync_labs, "Copy labs/ and bpf/ into the VM (only what changed; deletions too).")
+
+
+def vm_verb(name: str, action, summary: str) -> None:
+    """A lab task that does `action` on the lab VMs of --vm (default: all of them)."""
+
+    def verb(c, vm=""):
+        action(select(settings(), vm, everything_by_default=True))
+
+    verb.__doc__ = summary
+    lab_task("vms", name=name)(verb)
+
+
+vm_verb("up", bring_up, "Create or start the lab VMs (several at once in parallel).")
+vm_verb("halt", halt_all, "Shut the lab VMs down (their disks are kept).")
+vm_verb("destroy", destroy_all, "Delete the lab VMs and their disks (all of them: also VMs beyond a lowered vm.count).")
+
+
+@lab_task("hashicorp", collection="host", name="setup")
 def host_setup(c, hashicorp=False):
     """Install libvirt, qemu, the box tools and (for its engine) Vagrant; start libvirtd."""
     host.setup(hashicorp, settings().vm.arch, settings().vm.engine)
@@ -65,8 +99,7 @@ def host_setup(c, hashicorp=False):
 
 @lab_task(collection="host", name="teardown")
 def host_teardown(c):
-    """Stop the kept SSH connections, and the libvirt daemons that host.setup started itself
-    (none where systemd runs them)."""
+    """Stop the kept SSH connections, and the libvirt daemons that host.setup started itself."""
     if kept := release_all():
         say(f"Stopped {kept} kept SSH connection(s).")
     host.teardown()
@@ -85,36 +118,6 @@ def box_package(c, vm="", output=""):
 
 
 @lab_task("vms")
-def up(c, vm=""):
-    """Create or start the lab VMs (several at once in parallel)."""
-    bring_up(select(settings(), vm, everything_by_default=True))
-
-
-@lab_task("vms")
-def halt(c, vm=""):
-    """Shut the lab VMs down (their disks are kept)."""
-    halt_all(select(settings(), vm, everything_by_default=True))
-
-
-@lab_task("vms")
-def destroy(c, vm=""):
-    """Delete the lab VMs and their disks (by default also VMs left beyond a lowered vm.count)."""
-    destroy_all(select(settings(), vm, everything_by_default=True), leftovers_too=vm in ("", "all"))
-
-
-@lab_task(*HOSTS)
-def reset(c, inventory="", vm=""):
-    """Put a lab VM back to its ready snapshot in seconds (--vm all: every seat of a room)."""
-    orchestrate.reset(settings(), inventory, vm)
-
-
-@lab_task(*HOSTS)
-def snapshot(c, inventory="", vm=""):
-    """Take the lab VM's ready snapshot now (lab.setup takes one when the VM becomes ready)."""
-    orchestrate.snapshot(settings(), inventory, vm)
-
-
-@lab_task("vms")
 def status(c, vm=""):
     """Show each lab VM: state, engine, provider, acceleration, box, ready snapshot, SSH endpoint."""
     console.fields(status_rows(select(settings(), vm, everything_by_default=True)))
@@ -127,29 +130,11 @@ def ssh(c, vm=""):
     select_one(settings(), vm, "lab.ssh", "").interactive_ssh()
 
 
-@lab_task(*HOSTS, name="provision")
-def provision_vm(c, inventory="", vm=""):
-    """Install the book's packages, BCC and bpftrace in the VM (only what is missing)."""
-    orchestrate.set_up(settings(), inventory, vm, bring=False)
-
-
-@lab_task(*HOSTS)
-def bcc_export(c, inventory="", vm=""):
-    """Copy the VM's source-built BCC to the host, for `bcc.install: artifact` on other VMs."""
-    orchestrate.export_bcc(settings(), inventory, vm)
-
-
 @lab_task("vms", own={"output": "where to write it (default: .vagrant/bpflab/inventory.yml)"})
 def inventory(c, output="", vm=""):
     """Write the lab VMs as an Ansible inventory, for `ansible-playbook -i FILE ansible/site.yml`."""
     path = write_for_ansible(settings(), vm, output)
     say(f"Wrote {path}. Provision with Ansible: ansible-playbook -i {path} ansible/site.yml")
-
-
-@lab_task(*HOSTS)
-def doctor(c, inventory="", vm=""):
-    """Check in the VM what the labs need: kernel features, headers, BCC, bpftrace."""
-    orchestrate.doctor(settings(), inventory, vm)
 
 
 @lab_task("inventory", "vms")
@@ -158,23 +143,9 @@ def setup(c, inventory="", vm=""):
     orchestrate.set_up(settings(), inventory, vm)
 
 
-@lab_task(*HOSTS, name="sync")
-def sync_labs(c, inventory="", vm=""):
-    """Copy labs/ and bpf/ into the VM (only what changed; deletions too)."""
-    orchestrate.sync_labs(settings(), inventory, vm)
-
-
-@lab_task(
-    *RUN,
-    "args",
-    name="run",
-    own={
-        "name": "a lab from `invoke lab.list`, or the path of your own program (BCC .py or bpftrace .bt)",
-        "plot": "a counting lab: draw its counts at the end",
-    },
-)
+@lab_task(*RUN, "args", "plot", name="run", own={"name": "a lab from `invoke lab.list`, or your own program's path"})
 def run_lab(c, name, duration="0", trigger="", no_trigger=False, args="", inventory="", vm="", plot=False):
-    """Run a lab or your own program in the VM with live output; saved under runs/."""
+    """Run a lab or your own program (BCC .py or bpftrace .bt) in the VM with live output; saved under runs/."""
     orchestrate.run_and_report(settings(), name, inventory, vm, duration, trigger, no_trigger, args, draw=plot)
 
 
@@ -184,18 +155,13 @@ def trace(c, program, duration="0", trigger="", no_trigger=False, inventory="", 
     orchestrate.run_and_report(settings(), program, inventory, vm, duration, trigger, no_trigger, kind="one-liner")
 
 
-@lab_task(
-    *HOSTS,
-    optional=["names"],
-    iterable=["names"],
-    own={"seconds": "how long each lab runs", "names": "labs to check (repeat --names; default: all)"},
-)
+@lab_task(*HOSTS, "seconds", "names", optional=["names"], iterable=["names"])
 def verify(c, names=None, seconds="12", inventory="", vm=""):
     """Run every lab with its trigger and check its expectations: a PASS/FAIL table."""
     orchestrate.verify(settings(), names or [], seconds, inventory=inventory, vm=vm)
 
 
-@lab_task(own={"name": "name of your program", "template": "the lab to start from (default: hello)"})
+@lab_task("template", own={"name": "name of your program"})
 def new(c, name, template="hello"):
     """Start your own exercise from a lab: exercises/NAME/NAME.py and NAME.bpf.c."""
     root = settings().root
@@ -203,7 +169,7 @@ def new(c, name, template="hello"):
     say(f"Created {program} and its .bpf.c. Edit them, then: invoke lab.run {program}")
 
 
-@lab_task(*HOSTS, name="probe-args", own={"probe": "for example tracepoint:syscalls:sys_enter_openat"})
+@lab_task(*HOSTS, "probe", name="probe-args")
 def probe_args(c, probe, inventory="", vm=""):
     """The arguments of a probe in the VM (bpftrace -lv)."""
     orchestrate.probe_arguments(settings(), probe, inventory, vm)
@@ -218,51 +184,37 @@ def tool(c, name, duration="0", args="", inventory="", vm=""):
 @lab_task("json", name="list")
 def list_labs(c, json=False):
     """The lab catalog: name, kind, probe, summary."""
-    labs = catalog.load_catalog(settings().root).values()
-    rows = [(lab.name, lab.kind, lab.probe, lab.summary) for lab in labs]
-    console.listing("Labs", ["name", "kind", "probe", "summary"], rows, json)
+    console.labs(catalog.load_catalog(settings().root), json)
 
 
 @lab_task("json", name="runs")
 def gathered_runs(c, json=False):
     """The gathered runs, newest first."""
-    header = ["folder", "lab", "vm", "stopped", "exit_status", "lines", "duration_s"]
-    found = list_runs(settings().root / "runs")
-    console.listing(
-        "Gathered runs", header, [(name, *(getattr(run, key) for key in header[1:])) for name, run in found], json
-    )
+    console.gathered_runs(list_runs(settings().root / "runs"), json)
 
 
-@lab_task(own={"run": "a folder under runs/ (default: the newest counting run)", "top": "how many keys (default 8)"})
+@lab_task("run", "top")
 def plot(c, run="", top=8):
     """Draw a counting lab's counts over time (PNG and SVG in the run's folder)."""
     root, labs = settings().root, catalog.load_catalog(settings().root)
-    named = root / "runs" / run if (root / "runs" / run).is_dir() else Path(run)
-    folder = named if run else newest_counting_run(root / "runs", labs)
-    say(f"Plot: {', '.join(map(str, report.plot_run(folder, labs, top)))}")
+    say(f"Plot: {', '.join(map(str, report.plot_run(run_to_plot(root, run, labs), labs, top)))}")
 
 
 @lab_task(name="report")
 def write_report(c):
     """One HTML file under runs/ for an instructor: newest verify, the runs, the counting labs' plots."""
-    root = settings().root
-    say(f"Report: {report.write(root / 'runs', catalog.load_catalog(root))} (opens offline, in any browser)")
+    say(f"Report: {report.write(settings().root / 'runs', catalog.load_catalog(settings().root))} (opens offline)")
 
 
-@task(
-    help={
-        "fast": "only the tests that need no VM and no browser (seconds instead of minutes)",
-        "arm64": "only the arm64 VM's tests, which the suite leaves out (9-16 minutes under emulation)",
-    }
-)
+@task(help={"fast": "only the tests that need no VM and no browser", "arm64": "only the arm64 VM's tests (9-16 min)"})
 def test(c, fast=False, arm64=False):
-    """Run the test suite; without --fast this includes the real-VM and browser tests, in two
-    processes a file each at a time, in the order tests/conftest.py gives (most of a VM test is
-    one emulated vCPU at work: the host's second core takes another file's VM meanwhile)."""
+    """Run the test suite (real VMs and a browser too, unless --fast).
+
+    Two files at a time in tests/conftest.py's order: a VM test is mostly one emulated vCPU, the
+    host's second core takes another file's VM meanwhile."""
     every = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
     selection = ["-m", "not vm and not browser"] if fast else ["-m", "arm64"] if arm64 else every
-    code = subprocess.run([sys.executable, "-m", "pytest", *selection]).returncode
-    if code == 5:
+    if (code := subprocess.run([sys.executable, "-m", "pytest", *selection]).returncode) == 5:
         say("pytest collected no tests.")
     elif code:
         raise Exit(code=code)

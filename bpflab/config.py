@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -273,8 +274,9 @@ def parse(text: str, path: Path) -> Config:
     )
 
 
-def load(path: Path | str = DEFAULT_PATH) -> Config:
-    path = Path(path).resolve()
+def load(path: Path | str | None = None) -> Config:
+    """The settings in `path`, else in $BPFLAB_CONFIG, else the checkout's lab.yaml."""
+    path = Path(path or os.environ.get("BPFLAB_CONFIG") or DEFAULT_PATH).resolve()
     try:
         text = path.read_text()
     except OSError as error:

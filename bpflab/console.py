@@ -399,6 +399,19 @@ def fields(groups: list[list[tuple[str, str]]]) -> None:
     print("\n\n".join("\n".join(f"{name:<15}{value}" for name, value in rows) for rows in groups))
 
 
+def gathered_runs(found: list, as_json: bool = False) -> None:
+    """lab.runs: (folder, RunRecord) pairs, newest first."""
+    header = ["folder", "lab", "vm", "stopped", "exit_status", "lines", "duration_s"]
+    rows = [(name, *(getattr(run, key) for key in header[1:])) for name, run in found]
+    listing("Gathered runs", header, rows, as_json)
+
+
+def labs(catalog: dict, as_json: bool = False) -> None:
+    """lab.list: the catalog's labs."""
+    rows = [(lab.name, lab.kind, lab.probe, lab.summary) for lab in catalog.values()]
+    listing("Labs", ["name", "kind", "probe", "summary"], rows, as_json)
+
+
 def listing(title: str, header: list[str], rows: list[tuple], as_json: bool = False) -> None:
     """A listing on stdout (lab.list, lab.runs): an aligned table, or JSON objects for scripts."""
     if as_json:

@@ -107,6 +107,13 @@ def series_of(folder: Path, catalog: dict[str, Lab]) -> Series:
     )
 
 
+def run_to_plot(root: Path, run: str, catalog: dict[str, Lab]) -> Path:
+    """`lab.plot --run`: a folder under runs/ or any path; none given, the newest counting run."""
+    if not run:
+        return newest_counting_run(root / "runs", catalog)
+    return root / "runs" / run if (root / "runs" / run).is_dir() else Path(run)
+
+
 def newest_counting_run(runs: Path, catalog: dict[str, Lab]) -> Path:
     """The newest gathered run of a counting lab (verify runs included)."""
     counting = {name for name, lab in catalog.items() if lab.plot}

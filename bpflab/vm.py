@@ -508,11 +508,11 @@ def halt_all(vms: list[LabVM]) -> None:
         vm.halt()
 
 
-def destroy_all(vms: list[LabVM], leftovers_too: bool) -> None:
-    """Destroy these VMs and, with `leftovers_too`, those left beyond a lowered vm.count."""
+def destroy_all(vms: list[LabVM]) -> None:
+    """Destroy these VMs and, when they are every VM of vm.count, those left beyond a lowered count."""
     for vm in vms:
         vm.destroy()
-    if leftovers_too:
+    if {vm.machine for vm in vms} == set(vms[0].config.machines):
         remove_leftovers(vms[0].config)
 
 
