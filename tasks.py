@@ -31,6 +31,7 @@ HELP = {
     "seconds": "how long each lab runs",
     "names": "labs to check (repeat --names; default: all)",
     "template": "the lab to start from (default: hello)",
+    "exercise": "one of the book's chapter 2 exercises, 1-5 (lab.new: start from where it starts)",
     "probe": "for example tracepoint:syscalls:sys_enter_openat",
     "top": "how many keys (default 8)",
     "run": "a folder under runs/ (default: the newest counting run)",
@@ -161,12 +162,19 @@ def verify(c, names=None, seconds="12", inventory="", vm=""):
     orchestrate.verify(settings(), names or [], seconds, inventory=inventory, vm=vm)
 
 
-@lab_task("template", own={"name": "name of your program"})
-def new(c, name, template="hello"):
-    """Start your own exercise from a lab: exercises/NAME/NAME.py and NAME.bpf.c."""
+@lab_task("template", "exercise", own={"name": "name of your program"})
+def new(c, name, template="hello", exercise=""):
+    """Start your own program from a lab, or from where one of the book's exercises starts."""
     root = settings().root
-    program = catalog.new_exercise(root, name, template, catalog.load_catalog(root)).relative_to(root)
-    say(f"Created {program} and its .bpf.c. Edit them, then: invoke lab.run {program}")
+    task = exercise and catalog.exercise(catalog.load_exercises(root), exercise)
+    program = catalog.new_exercise(root, name, template, catalog.load_catalog(root), task or None).relative_to(root)
+    say(f"Created {program} and its .bpf.c. Edit them, then: invoke lab.{'check' if task else 'run'} {program}")
+
+
+@lab_task(*HOSTS, "exercise", own={"program": "your program for the exercise (exercises/NAME/NAME.py)"})
+def check(c, program, exercise="", inventory="", vm=""):
+    """Grade your program for one of the book's chapter 2 exercises: PASS, or FAIL with a hint."""
+    orchestrate.check(settings(), program, exercise, inventory, vm)
 
 
 @lab_task(*HOSTS, "probe", name="probe-args")

@@ -44,6 +44,36 @@ def catalog_of(text: str) -> dict[str, Lab]:
     return {name: Lab(name=name, **entry) for name, entry in load_yaml(text).items()}
 
 
+@dataclass(frozen=True)
+class Exercise:
+    """One of the book's chapter 2 exercises (labs/exercises.yaml): the lab a learner starts from,
+    bpflab's own solution, and the trigger that `lab.check` runs."""
+
+    number: int
+    title: str
+    start: str
+    solution: str
+    trigger: str
+
+
+def load_exercises(root: Path) -> dict[int, Exercise]:
+    path = root / "labs" / "exercises.yaml"
+    try:
+        entries = load_yaml(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise LabError(f"Cannot read the exercises {path}: {error}") from None
+    return {number: Exercise(number, **entry) for number, entry in entries.items()}
+
+
+def exercise(exercises: dict[int, Exercise], number: str | int) -> Exercise:
+    """Exercise `number`, or a message that lists them."""
+    try:
+        return exercises[int(str(number).strip())]
+    except (ValueError, KeyError):
+        listing = "; ".join(f"{found.number}: {found.title}" for found in exercises.values())
+        raise LabError(f"There is no exercise {shorten(str(number))!r}. The book's chapter 2 has: {listing}.") from None
+
+
 def resolve(catalog: dict[str, Lab], name: str) -> Lab:
     if name in catalog:
         return catalog[name]
@@ -55,9 +85,23 @@ def resolve(catalog: dict[str, Lab], name: str) -> Lab:
     )
 
 
-def new_exercise(root: Path, name: str, template: str, catalog: dict[str, Lab]) -> Path:
-    """Copy a lab (both sides) into exercises/<name>/ as the learner's own program."""
-    lab = resolve(catalog, template)
+EXERCISE_FILE = "exercise.yaml"  # exercises/<name>/exercise.yaml: which exercise lab.check grades it for
+
+
+def exercise_of(program: Path) -> int | None:
+    """The exercise that `lab.new --exercise N` started this program for."""
+    try:
+        return int(load_yaml((program.parent / EXERCISE_FILE).read_text())["exercise"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
+def new_exercise(
+    root: Path, name: str, template: str, catalog: dict[str, Lab], exercise: Exercise | None = None
+) -> Path:
+    """Copy a lab (both sides) into exercises/<name>/ as the learner's own program; for an exercise,
+    the lab it starts from, remembered for lab.check."""
+    lab = resolve(catalog, exercise.start if exercise else template)
     if not re.fullmatch(r"[A-Za-z][\w-]*", name):
         raise LabError(f"{name!r} is not a usable program name: use letters, digits, '-' and '_'.")
     folder = root / "exercises" / name
@@ -69,4 +113,6 @@ def new_exercise(root: Path, name: str, template: str, catalog: dict[str, Lab]) 
     program = (root / "labs" / f"{lab.name}.py").read_text()
     (folder / f"{name}.py").write_text(program.replace(f'labkit.source("{lab.name}")', f'labkit.source("{name}")'))
     (folder / f"{name}.bpf.c").write_text((root / "bpf" / f"{lab.name}.bpf.c").read_text())
+    if exercise:
+        (folder / EXERCISE_FILE).write_text(f"# {exercise.title}\nexercise: {exercise.number}\n")
     return folder / f"{name}.py"

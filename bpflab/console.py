@@ -345,6 +345,18 @@ def host_texts(texts: dict[str, str]) -> None:
         print(text, end="" if text.endswith("\n") else "\n", flush=True)
 
 
+def check_results(exercise, checks: dict) -> None:
+    """lab.check: each host's verdict on the program, with what showed it or the hint."""
+    for host, check in checks.items():
+        colour = "green" if check.result == "PASS" else "red"
+        where = f"{host}: " if len(checks) > 1 else ""
+        console.print(
+            f"{where}[{colour}]{check.result}[/{colour}] exercise {exercise.number} ({escape(exercise.title)}): "
+            f"{escape(check.detail)}",
+            highlight=False,
+        )
+
+
 def verify_results(matrix: dict[str, list[dict] | None]) -> None:
     """A verify's rows per host (None: the host gave none): a lone host's table, a room's matrix."""
     if len(matrix) == 1 and None not in matrix.values():

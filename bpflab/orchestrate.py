@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import console, provision, report, run, sync
-from .catalog import load_catalog, resolve
+from .catalog import exercise, exercise_of, load_catalog, load_exercises, resolve
 from .commands import in_background, remote_run, signals_as_interrupts, wait_for
 from .config import Config
 from .console import Board, HostEnd, done, emit, for_host, note, say, step, warn
@@ -438,3 +438,35 @@ def verify(config: Config, names: list[str], seconds: str | int, inventory: str 
             )
     labs = len(next(rows for rows in matrix.values() if rows is not None)) if any(matrix.values()) else 0
     conclude(results, problems, f"passed every lab (summary: {summary})", f"All {labs} labs passed. Summary: {summary}")
+
+
+# checking a learner's exercise ------------------------------------------
+
+
+def check(config: Config, program: str, number: str = "", inventory: str = "", vm: str = "") -> None:
+    """lab.check: the learner's program run with its exercise's trigger on each host, and graded.
+    The exercise is --exercise, or the one `lab.new --exercise N` started the program for."""
+    root = config.root
+    run.check_target(root, program, {})
+    exercises = load_exercises(root)
+    if not number and (number := exercise_of(Path(program))) is None:
+        listing = ", ".join(f"{found.number} ({found.start})" for found in exercises.values())
+        raise LabError(
+            f"Which exercise is {program} for? Give --exercise N: {listing}. (`invoke lab.new NAME --exercise N` "
+            "starts one that lab.check knows.)"
+        )
+    task = exercise(exercises, number)
+    hosts = choose(config, inventory, vm)
+    room = len(hosts) > 1
+    folder = run.free_folder(root / "runs", "check-fleet", datetime.now(timezone.utc))
+    runs_of = {host.name: folder / host.name if room else root / "runs" for host in hosts}
+    results = each(
+        hosts, lambda host, connection: run.check_exercise(host, connection, root, program, task, runs_of[host.name])
+    )
+    console.check_results(task, {name: result.value for name, result in results.items() if result.ok})
+    problems = {
+        name: LabError(f"exercise {task.number}: FAIL: {result.value.detail}")
+        for name, result in results.items()
+        if result.ok and result.value.result != "PASS"
+    }
+    conclude(results, problems, f"passed exercise {task.number}")

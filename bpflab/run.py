@@ -11,6 +11,8 @@ SSH does not forward Ctrl-C.
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import json
 import re
 import shlex
 import threading
@@ -23,8 +25,8 @@ from pathlib import Path
 import paramiko
 from fabric import Connection
 
-from . import sync
-from .catalog import Lab, load_catalog, resolve
+from . import grading, sync
+from .catalog import Exercise, Lab, load_catalog, resolve
 from .commands import LineSink, in_background, open_channel, remote_run, responsive, wait_for
 from .console import note, output, say, warn
 from .errors import LabError, shorten
@@ -46,6 +48,7 @@ SILENCE_PROBE_SECONDS = 5
 # one gathers for this long (a delay no reader sees).
 COALESCE_BYTES, COALESCE_SECONDS = 1 << 15, 0.02
 SUPERVISOR = (Path(__file__).parent / "scripts" / "supervisor.sh").read_text()
+ATTACHED = (Path(__file__).parent / "scripts" / "attached.py").read_text()
 # BCC's version without importing bcc (which loads LLVM: seconds under emulation); "none" without BCC.
 BCC_VERSION = (Path(__file__).parent / "scripts" / "bcc-version.py").read_text()
 FACTS_MARK = f"{MARK}facts "
@@ -209,6 +212,7 @@ class Supervisor:
             "WORKDIR": target.workdir,
             "NAME": target.name,
             "WATCH": "line" if target.says_ready else "kernel",
+            "ATTACHED": "" if target.says_ready else ATTACHED,
             "DURATION": duration,
             "ALLOWANCE": COMPILE_ALLOWANCE,
             "GRACE": GRACE_SECONDS,
@@ -539,6 +543,49 @@ def verify(host: Host, connection: Connection, root: Path, names: list[str], sec
                 say(f"  {host.name} stopped answering SSH; {len(skipped)} lab(s) not run. {host.console_note()}")
                 break
     return rows
+
+
+CHECK_SECONDS = 10  # the trigger's work is over in a few seconds; a 2 s printer prints at least 4 times
+
+
+@dataclass(frozen=True)
+class Check:
+    """lab.check's verdict on one program for one exercise (check.json beside its run)."""
+
+    program: str
+    exercise: int
+    result: str  # PASS or FAIL
+    detail: str  # PASS: what showed it; FAIL: the hint
+    folder: str | None = None
+
+    def write(self, folder: Path) -> None:
+        (folder / "check.json").write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+def check_exercise(
+    host: Host, connection: Connection, root: Path, program: str, exercise: Exercise, runs: Path
+) -> Check:
+    """Run a learner's program with the exercise's trigger, as lab.run would, and grade what it
+    printed; a program that fails to run fails the check with the run's own message."""
+    target = prepare(root, program, {})
+    source = "\n".join(
+        path.read_text(errors="replace") for name, path in target.files.files.items() if name != "labkit.py"
+    )
+    if early := grading.grade_source(exercise.number, source):
+        return Check(program, exercise.number, "FAIL", early.detail)
+    folder = free_folder(runs, f"check-{target.name}", datetime.now(timezone.utc))
+    program_run = ProgramRun(host, target, folder, duration=CHECK_SECONDS, trigger=exercise.trigger, echo=False)
+    outcome = program_run.execute(connection)
+    failure = verdict(outcome)
+    if failure is None and outcome.record.trigger_error:
+        failure = LabError(f"The exercise's trigger failed in the VM: {outcome.record.trigger_error}")
+    if failure is not None:
+        graded = grading.Verdict(False, str(failure).splitlines()[0] or f"exit status {failure.code}")
+    else:
+        graded = grading.grade(exercise.number, outcome.lines, source)
+    check = Check(program, exercise.number, "PASS" if graded.passed else "FAIL", graded.detail, folder.name)
+    check.write(folder)
+    return check
 
 
 def tool_target(connection: Connection, name: str) -> Target:

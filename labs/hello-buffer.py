@@ -5,11 +5,9 @@ from bcc import BPF
 
 import labkit
 
-SOURCE = "hello-buffer"
-
 
 def main():
-    b = BPF(src_file=labkit.source(SOURCE))
+    b = BPF(src_file=labkit.source("hello-buffer"))
     b.attach_kprobe(event=b.get_syscall_fnname("execve"), fn_name="hello")
 
     def print_event(cpu, data, size):

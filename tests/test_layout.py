@@ -28,6 +28,7 @@ ORDER = [
     "sync",
     "packaging",
     "runs",
+    "grading",
     "run",
     "counts",
     "report",

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The supervisor of one lab program in the VM (`invoke lab.run`, `lab.verify`, `lab.trace`):
-#   bash -c "WORKDIR=... NAME=... WATCH=line|kernel DURATION=s ALLOWANCE=s GRACE=s FACTS=0|1
-#            BCC_VERSION=<python> CHECK=<shell> <answers.sh> <this script>" supervisor PROGRAM [ARGS...]
+#   bash -c "WORKDIR=... NAME=... WATCH=line|kernel ATTACHED=<attached.py> DURATION=s ALLOWANCE=s
+#            GRACE=s FACTS=0|1 BCC_VERSION=<python> CHECK=<shell> <answers.sh> <this script>" supervisor
+#            PROGRAM [ARGS...]
 # It holds the one-lab lock, takes the host's requests on stdin (stop, kill, duration,
 # attached), stops the program however the host goes away, with FACTS=1 reports
 # "@@bpflab-facts KERNEL BCC_VERSION" once the program is gone, and ends with the line
@@ -29,8 +30,14 @@ exec 3<>/run/bpflab-lab.wait
 pause() { read -t "$1" -u 3 _ 2>/dev/null; true; }
 cd "$WORKDIR"
 exec 4<&0  # the host's requests (stdin): a background job without job control gets /dev/null instead
+# Attached is what the program says, where it says so (WATCH=line: the host relays its line), else
+# what the kernel says (WATCH=kernel): attached.py, started before the program so that its own start
+# is over, asks with readlink and bpf() alone, so that nothing of it shows in what the program traces.
+# Once attached, the VM times --duration.
+exec 5>/dev/null
+[ "$WATCH" = kernel ] && exec 5> >(exec python3 -c "$ATTACHED" $ALLOWANCE 3>&- 4<&- 9>&- 2>/dev/null)
 set -m  # job control: the program gets its own process group and does not ignore SIGINT
-PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 9>&- < /dev/null &
+PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 5>&- 9>&- < /dev/null &
 child=$!
 set +m
 reason=exited
@@ -49,30 +56,11 @@ trap 'stop terminated' TERM
 trap 'stop hangup' HUP
 trap 'stop duration' USR1
 trap 'stop never-attached' USR2
-# Attached is what the program says, where it says so (WATCH=line: the host relays its line),
-# else what the kernel says (WATCH=kernel: the program's BPF programs on kprobes, tracepoints
-# or raw tracepoints). Kernel queries stop at once when attached, so that nothing of the
-# runner's shows in what the program traces. Once attached, the VM times --duration.
-# bpftool costs a tenth of a second under emulation, taken from the compile: it is asked
-# only once the program has loaded a BPF program (a prog_type line in its fds' fdinfo).
-loaded() {
-  local info line
-  for info in /proc/$child/fdinfo/*; do
-    while read -r line; do [[ $line == prog_type:* ]] && return 0; done < "$info"
-  done 2>/dev/null
-  return 1
-}
 ( told=
   trap 'told=1' USR1
-  command -v bpftool > /dev/null || WATCH=line
   for ((i = 0; i < ALLOWANCE * 5; i++)); do
     kill -0 $child 2>/dev/null || exit 0
     [ -z "$told" ] || break
-    if [ "$WATCH" = kernel ] && loaded; then
-      case "$(printf 'perf list\nlink show\n' | bpftool batch file - 2>/dev/null)" in
-        *"pid $child "*|*"($child)"*) echo "@@bpflab-attached"; break ;;
-      esac
-    fi
     pause 0.2
   done
   if [ -n "$told" ] || [ $i -lt $((ALLOWANCE * 5)) ]; then
@@ -82,8 +70,9 @@ loaded() {
     kill -USR1 $$
   else
     echo "@@bpflab-never-attached"; kill -USR2 $$
-  fi ) 9>&- < /dev/null 2>/dev/null &
+  fi ) 5>&- 9>&- < /dev/null 2>/dev/null &
 watcher=$!
+trap '' PIPE; echo "$child $watcher" >&5; exec 5>&-; trap - PIPE  # attached.py's start (gone: no python3)
 # The host's requests arrive on stdin; its end means the host or the connection is gone.
 ( while read -r -u 4 request; do
     case "$request" in
