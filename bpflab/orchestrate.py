@@ -465,7 +465,10 @@ def check(config: Config, program: str, number: str = "", inventory: str = "", v
     )
     console.check_results(task, {name: result.value for name, result in results.items() if result.ok})
     problems = {
-        name: LabError(f"exercise {task.number}: FAIL: {result.value.detail}")
+        name: LabError(
+            f"{program} does not pass exercise {task.number} yet: change it as the hint above says, then run "
+            f"`invoke lab.check {program}` again."
+        )
         for name, result in results.items()
         if result.ok and result.value.result != "PASS"
     }

@@ -543,6 +543,13 @@ def test_the_runner_stays_out_of_the_learners_trace(lab):
     own = re.search(r"tracing as pid (\d+)", opens).group(1)
     runner = re.findall(r"^open by (?!" + own + r" )\d+ (?:bash|python3|sudo|bpftool|cat) .*", opens, re.MULTILINE)
     assert runner == [], runner
+    # Every syscall, by command: the runner's shell makes none while the program traces, and the
+    # helper that saw it attach (named so) only the few of its last look and its one sleep.
+    calls = lab.invoke("lab.run", bring(lab, "syscalls_by_comm.py"), "--duration", "4", "--no-trigger").stdout
+    last = [line for line in calls.splitlines() if re.fullmatch(r"(\S+: \d+\s*)+", line.strip())][-1]
+    counted = dict(re.findall(r"(\S+): (\d+)", last))
+    assert not {"bash", "sudo", "bpftool", "cat", "sleep"} & set(counted), counted
+    assert int(counted.get("bpflab-attach", 0)) <= 40, counted
 
 
 # BCC from source (a stand-in), built in the VM, installed, exported. --------

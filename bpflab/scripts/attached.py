@@ -1,12 +1,16 @@
-"""Says when a lab program has attached a BPF program, without showing up in what it traces.
+"""The watcher of a lab program that may never say it is attached (supervisor.sh's WATCH=kernel),
+made to stay out of what that program traces.
 
-The supervisor starts this before the program (so its own start, which opens files, is over
-by then) and writes "PROGRAM_PID WATCHER_PID" to its stdin. It then asks the kernel about the
+The supervisor starts this before the program, so that its own start (which opens files) is
+over by then, and writes the program's PID to its stdin. It then asks the kernel about the
 program's descriptors with readlink and bpf(BPF_TASK_FD_QUERY) alone: no file opened, no
-process started, so openat and execve tracers see none of it. On a kprobe, tracepoint or
-uprobe perf event with a BPF program, or on any BPF link (raw tracepoints, fentry, multi
-kprobes), it prints "@@bpflab-attached", sends the watcher SIGUSR1 and kills itself, so no
-exit path's system calls follow. Run as root: python3 -c "$ATTACHED" ALLOWANCE_SECONDS.
+process started. On a kprobe, tracepoint or uprobe perf event with a BPF program on it, or
+on any BPF link (raw tracepoints, fentry, multi kprobes), it prints "@@bpflab-attached"
+(SIGUSR1 tells it the same: the host saw the program's own line), then times --duration in
+one sleep and sends the supervisor SIGUSR1. No attach within the allowance: it prints
+"@@bpflab-never-attached" and sends SIGUSR2. The supervisor ends it with SIGTERM, which
+leaves no exit path to trace. Run as root:
+python3 -c "$ATTACHED" ALLOWANCE_SECONDS DURATION_SECONDS SUPERVISOR_PID
 """
 
 import ctypes
@@ -52,63 +56,87 @@ def kind(pid: int, fd: int) -> str | None:
 
 
 class Descriptors:
-    """The program's descriptors as far as seen: a sweep looks first where attaching happens
-    (perf events seen without a program, then numbers above the highest seen), and at the
-    holes below only every few sweeps, so that the sweep that finds it is a few calls."""
+    """The program's descriptors as far as seen. A sweep reads again only the numbers that may
+    have changed (free ones, and perf events without a program yet), every fifth sweep all."""
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.perf_events: set[int] = set()
-        self.seen: dict[int, str] = {}
+        self.kinds: dict[int, str] = {}  # open descriptors: what they are
+        self.attached: set[int] = set()  # those that hold a BPF program on a probe
         self.sweeps = 0
 
-    def attached(self, fd: int) -> bool:
+    def look(self, fd: int) -> None:
         found = kind(self.pid, fd)
+        self.attached.discard(fd)
         if found is None:
-            self.seen.pop(fd, None)
-            return False
-        self.seen[fd] = found
-        if "bpf_link" in found or "bpf-raw-tracepoint" in found:
-            return True
-        if "[perf_event]" in found:
-            self.perf_events.add(fd)
-            return runs_bpf(self.pid, fd)
-        return False
+            self.kinds.pop(fd, None)
+            return
+        self.kinds[fd] = found
+        if "bpf_link" in found or "bpf-raw-tracepoint" in found or ("[perf_event]" in found and runs_bpf(self.pid, fd)):
+            self.attached.add(fd)
 
-    def sweep(self) -> bool:
+    def unsettled(self, fd: int) -> bool:
+        return fd not in self.kinds or ("[perf_event]" in self.kinds[fd] and fd not in self.attached)
+
+    def sweep(self) -> int:
+        """How many probes the program holds BPF programs on."""
         self.sweeps += 1
-        if any(runs_bpf(self.pid, fd) for fd in sorted(self.perf_events)):
-            return True
-        fd, missing = max(self.seen, default=2) + 1, 0
-        while missing < 2:
-            if self.attached(fd):
-                return True
-            missing = 0 if fd in self.seen else missing + 1
+        everything, highest = self.sweeps % 5 == 1, max(self.kinds, default=2)
+        fd = misses = 0
+        while fd <= highest or misses < 3:
+            if everything or self.unsettled(fd):
+                self.look(fd)
+            misses = 0 if fd in self.kinds else misses + 1
             fd += 1
-        if self.sweeps % 5 == 1:
-            highest = max(self.seen, default=0)
-            return any(self.attached(fd) for fd in range(highest) if fd not in self.seen)
+        return len(self.attached)
+
+
+class Told(Exception):
+    """SIGUSR1: the program said itself that it is attached."""
+
+
+def told(signum, frame):
+    raise Told
+
+
+def watch(program: int, allowance: float) -> bool:
+    """Whether the program attached within the allowance (False also when it is gone)."""
+    descriptors, deadline, before = Descriptors(program), time.monotonic() + allowance, 0
+    try:
+        while time.monotonic() < deadline:
+            os.kill(program, 0)
+            # Attached once a sweep finds the same probes as the one before: a program that
+            # attaches several is attached when it has done so to all.
+            if (probes := descriptors.sweep()) and probes == before:
+                os.write(1, b"@@bpflab-attached\n")
+                return True
+            before = probes
+            time.sleep(0.3 if probes else 0.2)
+    except Told:
+        return True
+    except (ProcessLookupError, PermissionError):
         return False
+    os.write(1, b"@@bpflab-never-attached\n")
+    raise TimeoutError
 
 
 def main() -> None:
-    allowance = float(sys.argv[1])
+    libc.prctl(15, b"bpflab-attach")  # PR_SET_NAME: should a call of it ever show in a trace, it is named
+    allowance, duration, supervisor = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    signal.signal(signal.SIGUSR1, told)
     words = sys.stdin.readline().split()
-    if len(words) != 2 or BPF_SYSCALL is None:
+    if len(words) != 1 or BPF_SYSCALL is None:
         return
-    program, watcher = map(int, words)
-    descriptors = Descriptors(program)
-    deadline = time.monotonic() + allowance
-    while time.monotonic() < deadline:
-        try:
-            os.kill(program, 0)
-            if descriptors.sweep():
-                os.write(1, b"@@bpflab-attached\n")
-                os.kill(watcher, signal.SIGUSR1)
-                os.kill(os.getpid(), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return  # the program is gone
-        time.sleep(0.2)
+    try:
+        attached = watch(int(words[0]), allowance)
+    except TimeoutError:
+        os.kill(supervisor, signal.SIGUSR2)
+        return
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if attached and duration:
+        time.sleep(duration)  # one call, and nothing more of this process until it is over
+        os.kill(supervisor, signal.SIGUSR1)
+    signal.pause()
 
 
 main()

@@ -27,17 +27,24 @@ done 2>/dev/null
 # learner's program might trace.
 [ -p /run/bpflab-lab.wait ] || mkfifo -m 600 /run/bpflab-lab.wait
 exec 3<>/run/bpflab-lab.wait
-pause() { read -t "$1" -u 3 _ 2>/dev/null; true; }
+# Redirections once the program runs are to fd 6, a /dev/null opened now: `2>/dev/null` would be
+# an openat, in the trace of a program that traces openat.
+exec 6<>/dev/null
+pause() { read -t "$1" -u 3 _ 2>&6; true; }
 cd "$WORKDIR"
 exec 4<&0  # the host's requests (stdin): a background job without job control gets /dev/null instead
-# Attached is what the program says, where it says so (WATCH=line: the host relays its line), else
-# what the kernel says (WATCH=kernel): attached.py, started before the program so that its own start
-# is over, asks with readlink and bpf() alone, so that nothing of it shows in what the program traces.
-# Once attached, the VM times --duration.
-exec 5>/dev/null
-[ "$WATCH" = kernel ] && exec 5> >(exec python3 -c "$ATTACHED" $ALLOWANCE 3>&- 4<&- 9>&- 2>/dev/null)
+# The watcher learns that the program attached, then times --duration in the VM. Attached is what the
+# program says, where it says so (WATCH=line: the host relays its line, and the watcher below waits
+# for it), else what the kernel says (WATCH=kernel): attached.py, started before the program so that
+# its own start is over, asks with readlink and bpf() alone and times the duration in one sleep, so
+# that nothing of it shows in what the program traces.
+exec 5>&6
+if [ "$WATCH" = kernel ]; then
+  exec 5> >(exec python3 -c "$ATTACHED" $ALLOWANCE $DURATION $$ 3>&- 4<&- 6>&- 9>&- 2>/dev/null)
+  watcher=$!
+fi
 set -m  # job control: the program gets its own process group and does not ignore SIGINT
-PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 5>&- 9>&- < /dev/null &
+PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 5>&- 6>&- 9>&- < /dev/null &
 child=$!
 set +m
 reason=exited
@@ -47,32 +54,36 @@ stop() {
   [ "$reason" = exited ] && [ -z "$finished" ] || return 0
   reason=$1
   asked=${EPOCHREALTIME/./}
-  kill -INT $child 2>/dev/null
-  ( for ((i = 0; i < GRACE * 10; i++)); do kill -0 $child 2>/dev/null || exit 0; pause 0.1; done
-    kill -TERM $child 2>/dev/null; pause $GRACE; kill -KILL $child 2>/dev/null ) 9>&- &
+  kill -INT $child 2>&6
+  ( for ((i = 0; i < GRACE * 10; i++)); do kill -0 $child 2>&6 || exit 0; pause 0.1; done
+    kill -TERM $child 2>&6; pause $GRACE; kill -KILL $child 2>&6 ) 9>&- &
 }
 trap 'stop interrupted' INT
 trap 'stop terminated' TERM
 trap 'stop hangup' HUP
 trap 'stop duration' USR1
 trap 'stop never-attached' USR2
-( told=
-  trap 'told=1' USR1
-  for ((i = 0; i < ALLOWANCE * 5; i++)); do
-    kill -0 $child 2>/dev/null || exit 0
-    [ -z "$told" ] || break
-    pause 0.2
-  done
-  if [ -n "$told" ] || [ $i -lt $((ALLOWANCE * 5)) ]; then
-    [ "$DURATION" = 0 ] && exit 0
-    end=$(( ${EPOCHREALTIME/./} + DURATION * 1000000 ))  # a deadline: a late USR1 cuts a pause short
-    while (( (left = end - ${EPOCHREALTIME/./}) > 0 )); do printf -v left %07d $left; pause ${left%??????}.${left: -6}; done
-    kill -USR1 $$
-  else
-    echo "@@bpflab-never-attached"; kill -USR2 $$
-  fi ) 5>&- 9>&- < /dev/null 2>/dev/null &
-watcher=$!
-trap '' PIPE; echo "$child $watcher" >&5; exec 5>&-; trap - PIPE  # attached.py's start (gone: no python3)
+if [ "$WATCH" = kernel ]; then
+  trap '' PIPE; echo $child >&5; exec 5>&-; trap - PIPE
+else
+  exec 5>&-
+  ( told=
+    trap 'told=1' USR1
+    for ((i = 0; i < ALLOWANCE * 5; i++)); do
+      kill -0 $child 2>&6 || exit 0
+      [ -z "$told" ] || break
+      pause 0.2
+    done
+    if [ -n "$told" ] || [ $i -lt $((ALLOWANCE * 5)) ]; then
+      [ "$DURATION" = 0 ] && exit 0
+      end=$(( ${EPOCHREALTIME/./} + DURATION * 1000000 ))  # a deadline: a late USR1 cuts a pause short
+      while (( (left = end - ${EPOCHREALTIME/./}) > 0 )); do printf -v left %07d $left; pause ${left%??????}.${left: -6}; done
+      kill -USR1 $$
+    else
+      echo "@@bpflab-never-attached"; kill -USR2 $$
+    fi ) 9>&- <&6 2>&6 &
+  watcher=$!
+fi
 # The host's requests arrive on stdin; its end means the host or the connection is gone.
 ( while read -r -u 4 request; do
     case "$request" in
@@ -82,10 +93,10 @@ trap '' PIPE; echo "$child $watcher" >&5; exec 5>&-; trap - PIPE  # attached.py'
       kill) kill -KILL $child ;;
     esac
   done
-  kill -HUP $$ ) 9>&- > /dev/null 2>&1 &
+  kill -HUP $$ ) 9>&- >&6 2>&6 &
 requests=$!
 # A trapped signal cuts `wait` short with 128+N; the program's own status is asked for once it is gone.
-while kill -0 $child 2>/dev/null; do wait $child; done
+while kill -0 $child 2>&6; do wait $child; done
 wait $child; status=$?
 finished=1
 exit_seconds=-
