@@ -171,9 +171,9 @@ def new(c, name, template="hello", exercise=""):
     say(f"Created {program} and its .bpf.c. Edit them, then: invoke lab.{'check' if task else 'run'} {program}")
 
 
-@lab_task(*HOSTS, "exercise", own={"program": "your program for the exercise (exercises/NAME/NAME.py)"})
+@lab_task(*HOSTS, "exercise", own={"program": "your program (exercises/NAME/NAME.py), or `exercises`: each seat's own"})
 def check(c, program, exercise="", inventory="", vm=""):
-    """Grade your program for one of the book's chapter 2 exercises: PASS, or FAIL with a hint."""
+    """Grade a program for one of the book's chapter 2 exercises: PASS, or FAIL with a hint."""
     orchestrate.check(settings(), program, exercise, inventory, vm)
 
 

@@ -357,6 +357,32 @@ def check_results(exercise, checks: dict) -> None:
         )
 
 
+def progress(exercises: dict, seats: dict) -> Table:
+    """lab.check of each seat's exercises: seat x exercise, PASS, FAIL and its hint, or not tried
+    (a seat with several programs for one exercise shows its best)."""
+    table = Table(title="lab.check: exercises by seat")
+    table.add_column("seat")
+    for number in exercises:
+        table.add_column(f"ex {number}")
+    for seat, checks in seats.items():
+        best = {}
+        for check in checks:
+            if best.get(check.exercise) is None or check.result == "PASS":
+                best[check.exercise] = check
+        cells = []
+        for number in exercises:
+            check = best.get(number)
+            if check is None:
+                cells.append("[dim]not tried[/dim]")
+            elif check.result == "PASS":
+                cells.append(f"[green]PASS[/green] {escape(check.program)}")
+            else:
+                cells.append(f"[red]FAIL[/red] {escape(check.program)}: {escape(check.detail)}")
+        table.add_row(seat, *cells)
+    console.print(table)
+    return table
+
+
 def verify_results(matrix: dict[str, list[dict] | None]) -> None:
     """A verify's rows per host (None: the host gave none): a lone host's table, a room's matrix."""
     if len(matrix) == 1 and None not in matrix.values():

@@ -444,11 +444,14 @@ def verify(config: Config, names: list[str], seconds: str | int, inventory: str 
 
 
 def check(config: Config, program: str, number: str = "", inventory: str = "", vm: str = "") -> None:
-    """lab.check: the learner's program run with its exercise's trigger on each host, and graded.
-    The exercise is --exercise, or the one `lab.new --exercise N` started the program for."""
+    """lab.check: a learner's program (a file) run with its exercise's trigger on each host and
+    graded; the exercise is --exercise, or the one `lab.new --exercise N` started it for. A folder
+    (`exercises`) instead: each seat's own exercise programs, those the learner ran in its VM."""
     root = config.root
-    run.check_target(root, program, {})
     exercises = load_exercises(root)
+    if Path(program).is_dir():
+        return check_seats(config, exercises, inventory, vm)
+    run.check_target(root, program, {})
     if not number and (number := exercise_of(Path(program))) is None:
         listing = ", ".join(f"{found.number} ({found.start})" for found in exercises.values())
         raise LabError(
@@ -456,12 +459,16 @@ def check(config: Config, program: str, number: str = "", inventory: str = "", v
             "starts one that lab.check knows.)"
         )
     task = exercise(exercises, number)
+    target = run.prepare(root, program, {})
     hosts = choose(config, inventory, vm)
     room = len(hosts) > 1
     folder = run.free_folder(root / "runs", "check-fleet", datetime.now(timezone.utc))
     runs_of = {host.name: folder / host.name if room else root / "runs" for host in hosts}
     results = each(
-        hosts, lambda host, connection: run.check_exercise(host, connection, root, program, task, runs_of[host.name])
+        hosts,
+        lambda host, connection: run.check_exercise(
+            host, connection, target, run.source_of(target), task, runs_of[host.name]
+        ),
     )
     console.check_results(task, {name: result.value for name, result in results.items() if result.ok})
     problems = {
@@ -473,3 +480,23 @@ def check(config: Config, program: str, number: str = "", inventory: str = "", v
         if result.ok and result.value.result != "PASS"
     }
     conclude(results, problems, f"passed exercise {task.number}")
+
+
+def check_seats(config: Config, exercises: dict, inventory: str, vm: str) -> None:
+    """Each seat's exercises checked: a seat x exercise board (PASS, FAIL with its hint, or not
+    tried), and its summary under runs/ for lab.report. Learners' FAILs are progress, not errors."""
+    root = config.root
+    hosts = choose(config, inventory, vm)
+    folder = run.free_folder(root / "runs", "check-room", datetime.now(timezone.utc))
+    results = each(hosts, lambda host, connection: run.check_seat(host, connection, exercises, folder / host.name))
+    seats = {name: result.value for name, result in results.items() if result.ok}
+    summary = write_summary(
+        folder,
+        {
+            "exercises": {number: found.title for number, found in exercises.items()},
+            "hosts": {name: [dataclasses.asdict(check) for check in checks] for name, checks in seats.items()},
+            "failed_hosts": {name: result.error for name, result in results.items() if not result.ok},
+        },
+    )
+    console.progress(exercises, seats)
+    conclude(results, {}, f"were checked (summary: {summary})", f"Summary: {summary}")

@@ -130,6 +130,34 @@ def verify_section(runs: Path) -> str:
     return title + table(["lab \\ host", *names], rows) + (f"<ul>{failed}</ul>" if failed else "")
 
 
+def exercises_section(runs: Path) -> str:
+    """The newest `lab.check exercises`: seat x exercise, each cell PASS or FAIL (its hint on
+    hover, its output linked) or not tried."""
+    summaries = sorted(runs.glob("*-check-room/summary.json"), key=lambda path: path.parent.name)
+    if not summaries:
+        return "<p class='none'>No check of the seats' exercises yet: run <code>invoke lab.check exercises</code>.</p>"
+    data = json.loads(summaries[-1].read_text())
+    title = f"<p><small>{html.escape(summaries[-1].parent.name)}</small></p>"
+    rows = []
+    for seat, checks in data["hosts"].items():
+        best = {}
+        for check in checks:
+            if str(check["exercise"]) not in best or check["result"] == "PASS":
+                best[str(check["exercise"])] = check
+        cells = []
+        for number in data["exercises"]:
+            check = best.get(number)
+            if check is None:
+                cells.append(cell("not tried", "none"))
+            else:
+                link = log_link(runs, summaries[-1].parent.name, seat, check["folder"])
+                cells.append(cell(check["result"], check["result"], link, f"{check['program']}: {check['detail']}"))
+        rows.append(f"<tr>{cell(seat)}{''.join(cells)}</tr>")
+    rows += [f"<tr>{cell(seat)}{cell(why.splitlines()[0], 'none')}</tr>" for seat, why in data["failed_hosts"].items()]
+    header = ["seat \\ exercise", *(f"{number}: {title}" for number, title in data["exercises"].items())]
+    return title + table(header, rows)
+
+
 def runs_section(runs: Path, limit: int) -> str:
     records = list_runs(runs)[:limit]
     if not records:
@@ -177,6 +205,7 @@ def write(runs: Path, catalog: dict[str, Lab], limit: int = 60) -> Path:
         f"<h1>bpflab report</h1><p><small>Made {now:%Y-%m-%d %H:%M} UTC from {html.escape(str(runs))} "
         f"on {html.escape(os.uname().nodename)}.</small></p>"
         f"<h2>lab.verify</h2>{verify_section(runs)}"
+        f"<h2>Exercises</h2>{exercises_section(runs)}"
         f"<h2>Counts</h2>{plots_section(runs, catalog)}"
         f"<h2>Runs (newest {limit})</h2>{runs_section(runs, limit)}</body></html>\n"
     )

@@ -26,7 +26,7 @@ import paramiko
 from fabric import Connection
 
 from . import grading, sync
-from .catalog import Exercise, Lab, load_catalog, resolve
+from .catalog import EXERCISE_FILE, Exercise, Lab, load_catalog, resolve
 from .commands import LineSink, in_background, open_channel, remote_run, responsive, wait_for
 from .console import note, output, say, warn
 from .errors import LabError, shorten
@@ -133,7 +133,8 @@ def seconds(value: str | int, option: str) -> int:
 
 def prepare(root: Path, what: str, catalog: dict[str, Lab]) -> Target:
     """A lab, with the labs as the files it needs; or the learner's file, with the .c and .h
-    files beside it and labkit.py, in a folder of its own in the machine."""
+    files beside it (and the exercise it is for) and labkit.py, in a folder of its own in the
+    machine."""
     check_target(root, what, catalog)
     path = Path(what)
     if path.suffix in PROGRAM_SUFFIXES or "/" in what:
@@ -141,7 +142,7 @@ def prepare(root: Path, what: str, catalog: dict[str, Lab]) -> Target:
         files = {
             item.name: item
             for item in sorted(folder.iterdir())
-            if item.is_file() and (item == path.resolve() or item.suffix in (".c", ".h"))
+            if item.is_file() and (item == path.resolve() or item.suffix in (".c", ".h") or item.name == EXERCISE_FILE)
         }
         remote = f"{sync.REMOTE_ROOT}/user/{path.stem}"
         kind = PROGRAM_SUFFIXES[path.suffix]
@@ -563,14 +564,11 @@ class Check:
 
 
 def check_exercise(
-    host: Host, connection: Connection, root: Path, program: str, exercise: Exercise, runs: Path
+    host: Host, connection: Connection, target: Target, source: str, exercise: Exercise, runs: Path
 ) -> Check:
     """Run a learner's program with the exercise's trigger, as lab.run would, and grade what it
-    printed; a program that fails to run fails the check with the run's own message."""
-    target = prepare(root, program, {})
-    source = "\n".join(
-        path.read_text(errors="replace") for name, path in target.files.files.items() if name != "labkit.py"
-    )
+    printed (`source`: all its files); a program that fails to run fails with the run's message."""
+    program = f"{target.name}/{target.program}"
     if early := grading.grade_source(exercise.number, source):
         return Check(program, exercise.number, "FAIL", early.detail)
     folder = free_folder(runs, f"check-{target.name}", datetime.now(timezone.utc))
@@ -586,6 +584,39 @@ def check_exercise(
     check = Check(program, exercise.number, "PASS" if graded.passed else "FAIL", graded.detail, folder.name)
     check.write(folder)
     return check
+
+
+def source_of(target: Target) -> str:
+    """A learner's program and the files beside it, as the grader reads them."""
+    return "\n".join(
+        path.read_text(errors="replace") for name, path in target.files.files.items() if name != "labkit.py"
+    )
+
+
+SEAT_EXERCISES = (Path(__file__).parent / "scripts" / "seat-exercises.py").read_text()
+
+
+def check_seat(host: Host, connection: Connection, exercises: dict[int, Exercise], runs: Path) -> list[Check]:
+    """Every exercise program of this seat's learner that the VM holds, checked; none: an empty list."""
+    listing = (
+        remote_run(
+            connection,
+            f"cd {sync.REMOTE_ROOT}/user 2>/dev/null && python3 -c {shlex.quote(SEAT_EXERCISES)} || echo '{{}}'",
+            what="looking for the learner's exercises",
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    checks = []
+    for name, found in json.loads(listing).items():
+        if found["exercise"] not in exercises:
+            continue
+        kind = PROGRAM_SUFFIXES[Path(found["program"]).suffix]
+        ready = BPFTRACE_READY if kind == "bpftrace" else READY
+        target = Target(name, f"{sync.REMOTE_ROOT}/user/{name}", found["program"], kind, ready=ready)
+        say(f"{name} (exercise {found['exercise']}) …")
+        checks.append(check_exercise(host, connection, target, found["source"], exercises[found["exercise"]], runs))
+    return checks
 
 
 def tool_target(connection: Connection, name: str) -> Target:

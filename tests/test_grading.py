@@ -1,8 +1,11 @@
 """lab.check's grading, on output in the formats of bpflab's own solutions and of wrong attempts."""
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from bpflab import grading
 from bpflab.catalog import exercise_of, load_catalog, load_exercises, new_exercise
@@ -113,3 +116,45 @@ def test_every_bcc_lab_can_be_the_start_of_a_learners_program():
     catalog = load_catalog(PROJECT_ROOT)
     for lab in (lab for lab in catalog.values() if lab.kind == "bcc"):
         assert f'labkit.source("{lab.name}")' in (PROJECT_ROOT / "labs" / f"{lab.name}.py").read_text(), lab.name
+
+
+def test_a_rooms_progress_shows_each_seats_best_per_exercise(tmp_path: Path):
+    """lab.check exercises: the board and the report's table, from the same checks."""
+    from bpflab import console, report
+    from bpflab.run import Check
+
+    exercises = load_exercises(PROJECT_ROOT)
+    seats = {
+        "lab": [
+            Check("try1/try1.py", 1, "FAIL", "Every event said 'Hello World'", None),
+            Check("odd-even/odd-even.py", 1, "PASS", "even PIDs said 'Even: hi'", "20261208T000000Z-check-odd-even"),
+            Check("mine/mine.py", 3, "FAIL", "The counts reached 12 at most", "20261208T000001Z-check-mine"),
+        ],
+        "lab2": [],
+    }
+    rendered = Console(width=400, record=True)
+    original, console.console = console.console, rendered
+    try:
+        console.progress(exercises, seats)
+    finally:
+        console.console = original
+    board = rendered.export_text()
+    lab, lab2 = (line for line in board.splitlines() if line.strip("│ ").startswith(("lab ", "lab2")))
+    assert "PASS odd-even/odd-even.py" in lab and "try1" not in lab and "FAIL mine/mine.py" in lab
+    assert lab.count("not tried") == 3 and lab2.count("not tried") == 5
+    folder = tmp_path / "20261208T000002Z-check-room"
+    (folder / "lab" / "20261208T000000Z-check-odd-even").mkdir(parents=True)
+    (folder / "lab" / "20261208T000000Z-check-odd-even" / "output.log").write_text("...")
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "exercises": {str(n): e.title for n, e in exercises.items()},
+                "hosts": {seat: [dataclasses.asdict(check) for check in checks] for seat, checks in seats.items()},
+                "failed_hosts": {"lab3": "lab3 does not answer SSH"},
+            }
+        )
+    )
+    section = report.exercises_section(tmp_path)
+    assert 'class="PASS" title="odd-even/odd-even.py: even PIDs said' in section
+    assert 'href="20261208T000002Z-check-room/lab/20261208T000000Z-check-odd-even/output.log"' in section
+    assert section.count("not tried") == 8 and "lab3 does not answer SSH" in section

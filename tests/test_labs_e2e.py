@@ -259,6 +259,21 @@ def test_bpflabs_own_solutions_pass_lab_check(lab, number):
         assert wrong.returncode == 1 and f"FAIL exercise {number}" in wrong.stdout
 
 
+def test_lab_check_of_the_seats_own_exercises(lab):
+    """`lab.check exercises`: what the learner ran in the VM for an exercise (lab.new --exercise
+    wrote which) checked again, as for a room's seats; a board, and lab.report's table."""
+    board = lab.invoke("lab.check", "exercises").stdout
+    assert "exercises by seat" in board
+    summary = json.loads(sorted((lab.path / "runs").glob("*-check-room/summary.json"))[-1].read_text())
+    seen = {(check["program"], check["exercise"], check["result"]) for check in summary["hosts"]["lab"]}
+    # odd-even passed after its fix; start3 (hello-map, unchanged) fails; start4 failed on its source
+    # alone, before any run, so the VM never had it: exercise 4 is not tried.
+    assert seen == {("odd-even/odd-even.py", 1, "PASS"), ("start3/start3.py", 3, "FAIL")}, seen
+    page = Path(re.search(r"Report: (\S+\.html)", lab.invoke("lab.report").stdout).group(1)).read_text()
+    assert re.search(r'class="PASS" title="odd-even/odd-even.py: [^"]*"><a href="[^"]*-check-room/lab/', page)
+    assert page.count("not tried") == 3
+
+
 def test_verify_fails_when_the_kernel_side_does_nothing(lab):
     source = lab.path / "bpf" / "hello.bpf.c"
     original = source.read_text()
