@@ -8,6 +8,7 @@ own copy of a counting lab is read by the same line shapes.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,18 @@ def series_of(folder: Path, catalog: dict[str, Lab]) -> Series:
             f"({len(lines)} lines; counting labs print theirs every 2 s, so run one for at least "
             f"4 s). Counting labs: {counting}."
         )
+    if settings.get("names") == "syscalls" and (folder / "syscalls.json").is_file():
+        found = named(found, json.loads((folder / "syscalls.json").read_text()))
     return Series(
         record.lab, found, settings["every"], settings["counts"] == "cumulative", settings["what"], settings["key"]
     )
+
+
+def named(found: list[dict[str, int]], names: dict[str, str]) -> list[dict[str, int]]:
+    """Syscall numbers as the BCC labs show them: `openat (257)`."""
+    return [
+        {f"{names[key]} ({key})" if key in names else key: count for key, count in sample.items()} for sample in found
+    ]
 
 
 def run_to_plot(root: Path, run: str, catalog: dict[str, Lab]) -> Path:

@@ -313,7 +313,20 @@ class ProgramRun:
         record = self.record(facts or self.facts, started_at)
         record.write(self.folder)
         lost = record.stopped == "connection-lost"
+        if not lost and self.target.lab and (self.target.lab.plot or {}).get("names") == "syscalls":
+            self.keep_syscall_names(connection)
         return Outcome(self.folder, record, self.lines, self.host.console_note() if lost else "")
+
+    def keep_syscall_names(self, connection: Connection) -> None:
+        """syscalls.json beside a run whose counts are keyed by syscall number (bpftrace has no
+        names for them): the VM's own table, from its kernel headers, so plots name them."""
+        table = remote_run(
+            connection,
+            f"cd {sync.REMOTE_ROOT}/labs && python3 -c '{SYSCALL_NAMES}'",
+            check=False,
+        ).stdout.strip()
+        if table.startswith("{"):
+            (self.folder / "syscalls.json").write_text(table.splitlines()[-1] + "\n")
 
     def supervise(self, files: sync.Tree | None, facts: bool) -> None:
         """One start of the supervisor on the run's connection, streamed to its end."""
@@ -546,6 +559,7 @@ def verify(host: Host, connection: Connection, root: Path, names: list[str], sec
     return rows
 
 
+SYSCALL_NAMES = "import json, labkit; print(json.dumps(labkit.syscall_names()))"
 CHECK_SECONDS = 10  # the trigger's work is over in a few seconds; a 2 s printer prints at least 4 times
 
 

@@ -53,6 +53,17 @@ def test_bpftrace_maps_one_entry_per_line(tmp_path):
     assert counts.samples(entries.splitlines()) == [{"257": 290, "3": 324}, {"232": 21}]
 
 
+def test_bpftraces_syscall_numbers_are_named_from_the_vms_table(tmp_path):
+    """syscall-count-bpftrace counts by number; the run keeps the VM's table, and plots name them."""
+    lines = "Attaching 2 probes...\n08:00:02\n@syscalls[257]: 290\n@syscalls[3]: 324\n@syscalls[999]: 1\n"
+    folder = gathered(tmp_path, "syscall-count-bpftrace", lines=lines)
+    assert counts.series_of(folder, CATALOG).top(1) == ["3"]  # an older run, without the table
+    (folder / "syscalls.json").write_text(json.dumps({"257": "openat", "3": "close"}))
+    series = counts.series_of(folder, CATALOG)
+    assert series.samples == [{"openat (257)": 290, "close (3)": 324, "999": 1}] and series.key == "syscall"
+    assert "close (3)" in report.plot_run(folder, CATALOG)[1].read_text()
+
+
 def test_a_run_with_nothing_to_count_says_so(tmp_path):
     with pytest.raises(LabError, match="nothing to plot: hello printed no counts"):
         counts.series_of(gathered(tmp_path, "hello", lines="Hello World!\n"), CATALOG)
