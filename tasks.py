@@ -34,6 +34,9 @@ HELP = {
     "exercise": "one of the book's chapter 2 exercises, 1-5 (lab.new: start from where it starts)",
     "probe": "for example tracepoint:syscalls:sys_enter_openat",
     "top": "how many keys (default 8)",
+    "xlated": "a program id: dump its instructions as the verifier left them",
+    "jited": "a program id: dump its machine code",
+    "watch": "show it again every 2 s until Ctrl-C",
     "run": "a folder under runs/ (default: the newest counting run)",
 }
 HOSTS, RUN = ("inventory", "vm"), ("duration", "trigger", "no_trigger", "inventory", "vm")
@@ -175,6 +178,12 @@ def new(c, name, template="hello", exercise=""):
 def check(c, program, exercise="", inventory="", vm=""):
     """Grade a program for one of the book's chapter 2 exercises: PASS, or FAIL with a hint."""
     orchestrate.check(settings(), program, exercise, inventory, vm)
+
+
+@lab_task(*HOSTS, "xlated", "jited", "watch", "json")
+def inspect(c, inventory="", vm="", xlated="", jited="", watch=False, json=False):
+    """While a lab runs: its BPF programs (attached where, run how often) and maps with their entries."""
+    orchestrate.inspect(settings(), inventory, vm, xlated, jited, watch, json)
 
 
 @lab_task(*HOSTS, "probe", name="probe-args")

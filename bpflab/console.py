@@ -383,6 +383,41 @@ def progress(exercises: dict, seats: dict) -> Table:
     return table
 
 
+def inspection(found: dict[str, dict], as_json: bool = False) -> None:
+    """lab.inspect: per host, the running lab's programs (where attached, runs and time) and its
+    maps with their entries; a program's dump when one was asked for. JSON: one line per look."""
+    if as_json:
+        print(json.dumps(found), flush=True)
+        return
+    for host, data in found.items():
+        where = f" on {host}" if len(found) > 1 else ""
+        programs = Table(title=f"{data['lab']}{where}: BPF programs", title_justify="left")
+        for column in ("id", "type", "name", "attached to", "runs", "run time"):
+            programs.add_column(column)
+        for prog in data["programs"]:
+            runs = "-" if prog["run_cnt"] is None else str(prog["run_cnt"])
+            spent = "-" if prog["run_time_ns"] is None else f"{prog['run_time_ns'] / 1e6:.2f} ms"
+            attached = "\n".join(prog["attached"]) or "-"
+            programs.add_row(str(prog["id"]), prog["type"] or "?", escape(prog["name"]), escape(attached), runs, spent)
+        console.print(programs)
+        maps = Table(title=f"{data['lab']}{where}: maps", title_justify="left")
+        for column in ("id", "type", "name", "entries"):
+            maps.add_column(column, overflow="fold")
+        for shown in data["maps"]:
+            more = (
+                f"\n... {shown['count'] - len(shown['entries'])} more" if shown["count"] > len(shown["entries"]) else ""
+            )
+            maps.add_row(
+                str(shown["id"]),
+                shown["type"] or "?",
+                escape(shown["name"]),
+                escape("\n".join(shown["entries"]) + more) or "-",
+            )
+        console.print(maps)
+        if data["dump"]:
+            console.print(escape(data["dump"]), highlight=False)
+
+
 def verify_results(matrix: dict[str, list[dict] | None]) -> None:
     """A verify's rows per host (None: the host gave none): a lone host's table, a room's matrix."""
     if len(matrix) == 1 and None not in matrix.values():

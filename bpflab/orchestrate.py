@@ -142,6 +142,31 @@ def probe_arguments(config: Config, probe: str, inventory: str = "", vm: str = "
     conclude(results, {}, f"know {probe}")
 
 
+def inspect(
+    config: Config,
+    inventory: str = "",
+    vm: str = "",
+    xlated: str = "",
+    jited: str = "",
+    watch: bool = False,
+    as_json: bool = False,
+) -> None:
+    """lab.inspect: the running lab's programs and maps on every chosen host; --watch again every
+    2 s until Ctrl-C."""
+    dump, program = ("xlated", xlated) if xlated else ("jited", jited) if jited else ("", "")
+    hosts = choose(config, inventory, vm)
+    while True:
+        results = each(hosts, lambda host, connection: run.inspect(connection, dump, program))
+        console.inspection({name: result.value for name, result in results.items() if result.ok}, as_json)
+        if not watch or not all(result.ok for result in results.values()):
+            break
+        try:
+            time.sleep(2)
+        except KeyboardInterrupt:
+            return
+    conclude(results, {}, "showed their running lab")
+
+
 # provisioning --------------------------------------------------------------
 
 

@@ -633,6 +633,30 @@ def check_seat(host: Host, connection: Connection, exercises: dict[int, Exercise
     return checks
 
 
+INSPECT = (Path(__file__).parent / "scripts" / "inspect.py").read_text()
+
+
+def inspect(connection: Connection, dump: str = "", program: str = "") -> dict:
+    """What the VM's running lab holds in the kernel (scripts/inspect.py): its BPF programs, where
+    they are attached and how often they ran, its maps and their entries; `dump` (xlated or
+    jited) one program's instructions."""
+    if program and not program.isdigit():
+        raise LabError(f"--{dump} takes a program id from lab.inspect's table, not {shorten(program)!r}.")
+    output = remote_run(
+        connection,
+        f"python3 -c {shlex.quote(INSPECT)} {dump} {program}".strip(),
+        sudo=True,
+        what="asking the kernel about the running lab (bpftool)",
+    ).stdout
+    found = json.loads(output.strip().splitlines()[-1])
+    if found["lab"] is None:
+        raise LabError(
+            "No lab is running in the VM, so there is nothing to inspect. Start one in another terminal "
+            "(`invoke lab.run hello-map`), then run lab.inspect while it runs."
+        )
+    return found
+
+
 def tool_target(connection: Connection, name: str) -> Target:
     """A BCC tool in the VM: /usr/share/bcc/tools (source build) or <name>-bpfcc (Debian/Ubuntu)."""
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):

@@ -278,6 +278,35 @@ def test_lab_check_of_the_seats_own_exercises(lab):
     assert page.count("not tried") == 3
 
 
+def test_lab_inspect_shows_a_running_labs_programs_and_its_counters_rising(lab):
+    """The book's next step (chapter 3's bpftool), from the host while hello-map runs."""
+    process = lab_run_in_background(lab, "hello-map", "--duration", "60")
+    try:
+        read_until_attached(process, "hello-map")
+
+        def look(*args):
+            return json.loads(lab.invoke("lab.inspect", "--json", *args).stdout.strip().splitlines()[-1])["lab"]
+
+        first = look()
+        (hello,) = [prog for prog in first["programs"] if prog["name"] == "hello"]
+        assert hello["type"] == "kprobe" and any("execve" in where for where in hello["attached"]), hello
+        lab.shell("for i in 1 2 3 4 5; do /bin/true; done")  # as root: user 0's counter rises
+        again = look("--xlated", str(hello["id"]))
+        counters = [
+            {entry.split(": ")[0]: int(entry.split(": ")[1]) for entry in found["entries"]}
+            for data in (first, again)
+            for found in data["maps"]
+            if found["name"] == "counter_table"
+        ]
+        assert counters[1]["0"] >= counters[0].get("0", 0) + 5, counters
+        assert again["programs"][0]["run_cnt"] is not None and "call" in again["dump"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+    stopped = lab.invoke("lab.inspect", check=False)
+    assert stopped.returncode == 1 and "No lab is running in the VM" in stopped.stdout
+
+
 def test_verify_fails_when_the_kernel_side_does_nothing(lab):
     source = lab.path / "bpf" / "hello.bpf.c"
     original = source.read_text()
