@@ -1,8 +1,10 @@
 """What the running lab holds in the kernel (`invoke lab.inspect`), run in the VM as root:
 python3 -c "$INSPECT" [xlated|jited PROGRAM_ID].
 
-The lab is the program that bpflab's supervisor (/run/bpflab-lab.pid) runs. Its BPF programs are
-those that bpftool finds held by the supervisor's descendants, each with where it is attached
+The lab is the program that bpflab's supervisor (/run/bpflab-lab.pid) runs. Its BPF programs and
+maps are those whose descriptors the supervisor's descendants hold (their fdinfo names the ids:
+bpftool's own `pids` needs a build with skeletons, which Debian 12's lacks), each program with
+where it is attached
 (perf events and links) and, with the kernel's BPF statistics on (this turns them on), how
 often it ran and for how long; its maps with their entries, decoded through BTF where the map
 has it. Prints one JSON object.
@@ -37,16 +39,50 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def held(pids: set[int]) -> tuple[set[int], set[int]]:
+    """The ids of the BPF programs (links included) and maps that these processes hold."""
+    programs, maps = set(), set()
+    for pid in pids:
+        for info in Path(f"/proc/{pid}/fdinfo").glob("*"):
+            try:
+                lines = info.read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name == "prog_id":
+                    programs.add(int(value))
+                elif name == "map_id":
+                    maps.add(int(value))
+    return programs, maps
+
+
 def attach_points() -> dict[int, list[str]]:
     """prog id -> where it is attached: kprobes, tracepoints, uprobes (perf events) and links."""
     points: dict[int, list[str]] = {}
     for event in bpftool("perf", "list"):
         where = event.get("func") or event.get("tracepoint") or event.get("filename") or "?"
-        points.setdefault(event["prog_id"], []).append(f"{event.get('fd_type', 'perf')} {where}")
+        attach(points, event["prog_id"], f"{event.get('fd_type', 'perf')} {where}")
     for link in bpftool("link", "list"):
         where = link.get("tp_name") or link.get("attach_type") or link.get("type")
-        points.setdefault(link.get("prog_id"), []).append(f"{link.get('type')} {where}")
+        attach(points, link.get("prog_id"), f"{link.get('type')} {where}")
     return points
+
+
+def attach(points: dict[int, list[str]], program: int, where: str) -> None:
+    """A raw tracepoint shows in both lists (its link is a perf event's too): once is enough."""
+    if where not in points.setdefault(program, []):
+        points[program].append(where)
+
+
+def plain(value):
+    """A key or value that bpftool could not decode (no BTF): its bytes as a number, where they
+    are one (a u32 or u64, little-endian as in the VM), per CPU for a per-CPU map, else as they are."""
+    if isinstance(value, list) and 0 < len(value) <= 8 and all(str(byte).startswith("0x") for byte in value):
+        return int.from_bytes(bytes(int(byte, 16) for byte in value), "little")
+    if isinstance(value, list) and all(isinstance(item, dict) and "cpu" in item for item in value):
+        return [plain(item.get("value")) for item in value]  # a per-CPU map: one value per CPU
+    return value
 
 
 def entries(map_id: int) -> tuple[list[str], int]:
@@ -55,7 +91,7 @@ def entries(map_id: int) -> tuple[list[str], int]:
     dumped = bpftool("map", "dump", "id", str(map_id))
     for entry in dumped if isinstance(dumped, list) else []:
         shown = entry.get("formatted", entry)
-        key, value = shown.get("key"), shown.get("value", shown.get("values"))
+        key, value = plain(shown.get("key")), plain(shown.get("value", shown.get("values")))
         lines.append(f"{json.dumps(key)}: {json.dumps(value)}")
     return lines[:ENTRIES], len(lines)
 
@@ -70,11 +106,11 @@ def main() -> None:
         print(json.dumps({"lab": None}))
         return
     Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1\n")
-    ours = descendants(supervisor)
+    program_ids, held_maps = held(descendants(supervisor))
     points = attach_points()
-    programs, map_ids = [], []
+    programs, map_ids = [], sorted(held_maps)
     for prog in bpftool("prog", "show"):
-        if not ours & {holder["pid"] for holder in prog.get("pids", [])}:
+        if prog["id"] not in program_ids:
             continue
         programs.append(
             {
@@ -90,7 +126,7 @@ def main() -> None:
     maps = []
     for map_id in map_ids:
         shown = bpftool("map", "show", "id", str(map_id))
-        lines, count = entries(map_id) if shown.get("type") != "prog_array" else ([], 0)
+        lines, count = entries(map_id)
         maps.append(
             {"id": map_id, "type": shown.get("type"), "name": shown.get("name", ""), "entries": lines, "count": count}
         )
