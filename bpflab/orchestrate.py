@@ -301,6 +301,15 @@ def snapshot(config: Config, inventory: str = "", vm: str = "") -> None:
 # running ---------------------------------------------------------------------
 
 
+def gathered_in(root: Path, hosts: list[Host], name: str) -> tuple[Path, dict[str, Path]]:
+    """Where the runs of a verb that runs several (verify, check) go: the verb's own folder under
+    runs/ (`name`, for its summary, made when there is something to keep), and the folder each
+    host's runs go in: a lone host's straight under runs/, a room's a subfolder each."""
+    room = len(hosts) > 1
+    folder = run.free_folder(root / "runs", f"{name}-fleet" if room else name, datetime.now(timezone.utc))
+    return folder, {host.name: folder / host.name if room else root / "runs" for host in hosts}
+
+
 def run_lab(
     hosts: list[Host],
     root: Path,
@@ -432,9 +441,7 @@ def verify(config: Config, names: list[str], seconds: str | int, inventory: str 
     root = config.root
     seconds = check_verify(root, names, seconds)
     hosts = choose(config, inventory, vm)
-    room = len(hosts) > 1
-    folder = run.free_folder(root / "runs", "verify-fleet" if room else "verify", datetime.now(timezone.utc))
-    runs_of = {host.name: folder / host.name if room else root / "runs" for host in hosts}
+    folder, runs_of = gathered_in(root, hosts, "verify")
     results = each(
         hosts, lambda host, connection: run.verify(host, connection, root, names, seconds, runs_of[host.name])
     )
@@ -486,9 +493,7 @@ def check(config: Config, program: str, number: str = "", inventory: str = "", v
     task = exercise(exercises, number)
     target = run.prepare(root, program, {})
     hosts = choose(config, inventory, vm)
-    room = len(hosts) > 1
-    folder = run.free_folder(root / "runs", "check-fleet", datetime.now(timezone.utc))
-    runs_of = {host.name: folder / host.name if room else root / "runs" for host in hosts}
+    _, runs_of = gathered_in(root, hosts, "check")
     results = each(
         hosts,
         lambda host, connection: run.check_exercise(
