@@ -1,8 +1,9 @@
 """The watcher of a lab program that may never say it is attached (supervisor.sh's WATCH=kernel),
 made to stay out of what that program traces.
 
-The supervisor starts this before the program, so that its own start (which opens files) is
-over by then, and writes the program's PID to its stdin. It then asks the kernel about the
+The supervisor starts this just after the program, whose compile takes seconds, so that its own
+start (which opens files) is over long before the program attaches, and writes the program's PID
+to its stdin. It then asks the kernel about the
 program's descriptors with readlink and bpf(BPF_TASK_FD_QUERY) alone: no file opened, no
 process started. On a kprobe, tracepoint or uprobe perf event with a BPF program on it, or
 on any BPF link (raw tracepoints, fentry, multi kprobes), it prints "@@bpflab-attached"

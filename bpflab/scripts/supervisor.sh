@@ -33,18 +33,8 @@ exec 6<>/dev/null
 pause() { read -t "$1" -u 3 _ 2>&6; true; }
 cd "$WORKDIR"
 exec 4<&0  # the host's requests (stdin): a background job without job control gets /dev/null instead
-# The watcher learns that the program attached, then times --duration in the VM. Attached is what the
-# program says, where it says so (WATCH=line: the host relays its line, and the watcher below waits
-# for it), else what the kernel says (WATCH=kernel): attached.py, started before the program so that
-# its own start is over, asks with readlink and bpf() alone and times the duration in one sleep, so
-# that nothing of it shows in what the program traces.
-exec 5>&6
-if [ "$WATCH" = kernel ]; then
-  exec 5> >(exec python3 -c "$ATTACHED" $ALLOWANCE $DURATION $$ 3>&- 4<&- 6>&- 9>&- 2>/dev/null)
-  watcher=$!
-fi
 set -m  # job control: the program gets its own process group and does not ignore SIGINT
-PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 5>&- 6>&- 9>&- < /dev/null &
+PYTHONDONTWRITEBYTECODE=1 "$@" 3>&- 4<&- 6>&- 9>&- < /dev/null &
 child=$!
 set +m
 reason=exited
@@ -63,10 +53,19 @@ trap 'stop terminated' TERM
 trap 'stop hangup' HUP
 trap 'stop duration' USR1
 trap 'stop never-attached' USR2
+# The watcher learns that the program attached, then times --duration in the VM. Attached is what the
+# program says, where it says so (WATCH=line: the host relays its line, and the watcher below waits
+# for it), else what the kernel says (WATCH=kernel): attached.py asks with readlink and bpf() alone
+# and times the duration in one sleep, so that nothing of it shows in what the program traces. It
+# starts half a second after the program, which has the CPU to itself for its own start (a small
+# program's first line comes sooner); its own start, which opens files, is over long before a BCC
+# program has compiled and attached.
 if [ "$WATCH" = kernel ]; then
+  pause 0.5
+  exec 5> >(exec python3 -c "$ATTACHED" $ALLOWANCE $DURATION $$ 3>&- 4<&- 6>&- 9>&- 2>/dev/null)
+  watcher=$!
   trap '' PIPE; echo $child >&5; exec 5>&-; trap - PIPE
 else
-  exec 5>&-
   ( told=
     trap 'told=1' USR1
     for ((i = 0; i < ALLOWANCE * 5; i++)); do
