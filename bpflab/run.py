@@ -28,7 +28,7 @@ from fabric import Connection
 from . import grading, sync
 from .catalog import EXERCISE_FILE, Exercise, Lab, load_catalog, resolve
 from .commands import LineSink, in_background, open_channel, remote_run, responsive, wait_for
-from .console import note, output, say, warn
+from .console import note, output, say, step, warn
 from .errors import LabError, shorten
 from .hosts import Host
 from .provision import ANSWERS
@@ -587,7 +587,11 @@ def check_exercise(
         return Check(program, exercise.number, "FAIL", early.detail)
     folder = free_folder(runs, f"check-{target.name}", datetime.now(timezone.utc))
     program_run = ProgramRun(host, target, folder, duration=CHECK_SECONDS, trigger=exercise.trigger, echo=False)
-    outcome = program_run.execute(connection)
+    with step(
+        f"Running {program} with exercise {exercise.number}'s trigger ({CHECK_SECONDS} s once attached)",
+        f"{program} ran",
+    ):
+        outcome = program_run.execute(connection)
     failure = verdict(outcome)
     if failure is None and outcome.record.trigger_error:
         failure = LabError(f"The exercise's trigger failed in the VM: {outcome.record.trigger_error}")
@@ -628,7 +632,6 @@ def check_seat(host: Host, connection: Connection, exercises: dict[int, Exercise
         kind = PROGRAM_SUFFIXES[Path(found["program"]).suffix]
         ready = BPFTRACE_READY if kind == "bpftrace" else READY
         target = Target(name, f"{sync.REMOTE_ROOT}/user/{name}", found["program"], kind, ready=ready)
-        say(f"{name} (exercise {found['exercise']}) …")
         checks.append(check_exercise(host, connection, target, found["source"], exercises[found["exercise"]], runs))
     return checks
 
