@@ -383,12 +383,15 @@ def progress(exercises: dict, seats: dict) -> Table:
     return table
 
 
-def inspection(found: dict[str, dict], as_json: bool = False) -> None:
+def inspection(found: dict[str, dict], as_json: bool = False, watching: bool = False) -> None:
     """lab.inspect: per host, the running lab's programs (where attached, runs and time) and its
-    maps with their entries; a program's dump when one was asked for. JSON: one line per look."""
+    maps with their entries; a program's dump when one was asked for. JSON: one line per look.
+    Watching on a terminal, each look replaces the one before."""
     if as_json:
         print(json.dumps(found), flush=True)
         return
+    if watching and console.is_terminal:
+        console.clear()
     for host, data in found.items():
         where = f" on {host}" if len(found) > 1 else ""
         programs = Table(title=f"{data['lab']}{where}: BPF programs", title_justify="left")

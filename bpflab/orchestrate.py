@@ -157,7 +157,7 @@ def inspect(
     hosts = choose(config, inventory, vm)
     while True:
         results = each(hosts, lambda host, connection: run.inspect(connection, dump, program))
-        console.inspection({name: result.value for name, result in results.items() if result.ok}, as_json)
+        console.inspection({name: result.value for name, result in results.items() if result.ok}, as_json, watch)
         if not watch or not all(result.ok for result in results.values()):
             break
         try:
