@@ -652,6 +652,11 @@ def inspect(connection: Connection, dump: str = "", program: str = "") -> dict:
         what="asking the kernel about the running lab (bpftool)",
     ).stdout
     found = json.loads(output.strip().splitlines()[-1])
+    if found.get("missing"):
+        raise LabError(
+            "The VM has no bpftool, which lab.inspect asks. `invoke lab.provision` installs it (on Ubuntu "
+            "releases that ship it only with linux-tools-$(uname -r), install that package in the VM)."
+        )
     if found["lab"] is None:
         raise LabError(
             "No lab is running in the VM, so there is nothing to inspect. Start one in another terminal "

@@ -11,6 +11,7 @@ has it. Prints one JSON object.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,9 @@ def main() -> None:
         supervisor, owner = 0, ""
     if not supervisor or not Path(f"/proc/{supervisor}").exists():
         print(json.dumps({"lab": None}))
+        return
+    if not shutil.which("bpftool"):
+        print(json.dumps({"lab": owner, "missing": "bpftool"}))
         return
     Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1\n")
     program_ids, held_maps = held(descendants(supervisor))
