@@ -158,3 +158,18 @@ def test_a_rooms_progress_shows_each_seats_best_per_exercise(tmp_path: Path):
     assert 'class="PASS" title="odd-even/odd-even.py: even PIDs said' in section
     assert 'href="20261208T000002Z-check-room/lab/20261208T000000Z-check-odd-even/output.log"' in section
     assert section.count("not tried") == 8 and "lab3 does not answer SSH" in section
+
+
+def test_lab_inspect_reads_numbers_where_bpftool_had_no_btf():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("inspect_script", PROJECT_ROOT / "bpflab" / "scripts" / "inspect.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.plain(["0x3b", "0x00", "0x00", "0x00"]) == 59  # hello-tail's program array: execve's slot
+    assert script.plain([{"cpu": 0, "value": ["0x1e", "0x00"]}, {"cpu": 1, "value": ["0x02", "0x01"]}]) == [30, 258]
+    assert script.plain(1000) == 1000 and script.plain(["0x00"] * 16) == ["0x00"] * 16
+    points = {}
+    script.attach(points, 7, "raw_tracepoint sys_enter")
+    script.attach(points, 7, "raw_tracepoint sys_enter")
+    assert points == {7: ["raw_tracepoint sys_enter"]}

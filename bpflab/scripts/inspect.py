@@ -143,4 +143,5 @@ def main() -> None:
     print(json.dumps({"lab": owner, "programs": programs, "maps": maps, "dump": dump}))
 
 
-main()
+if __name__ == "__main__":
+    main()
