@@ -173,3 +173,14 @@ def test_lab_inspect_reads_numbers_where_bpftool_had_no_btf():
     script.attach(points, 7, "raw_tracepoint sys_enter")
     script.attach(points, 7, "raw_tracepoint sys_enter")
     assert points == {7: ["raw_tracepoint sys_enter"]}
+
+
+def test_lab_check_of_exercises_goes_to_the_seats_even_without_a_host_folder(monkeypatch, tmp_path):
+    """An instructor's checkout has no exercises/ folder: `lab.check exercises` is the seats' own."""
+    from bpflab import config, orchestrate
+
+    asked = []
+    monkeypatch.setattr(orchestrate, "check_seats", lambda *args: asked.append(args))
+    monkeypatch.chdir(tmp_path)
+    orchestrate.check(config.load(), "exercises", "", "", "all")
+    assert len(asked) == 1 and asked[0][2:] == ("", "all")
