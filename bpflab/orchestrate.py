@@ -94,7 +94,12 @@ def conclude(results: dict[str, Result], problems: dict[str, LabError], what: st
         if alone:
             done(alone)
         return
-    require_all(results, [f"{name}: {str(error).splitlines()[0]}" for name, error in problems.items()], what)
+    require_all(results, [f"{name}: {first_line(error)}" for name, error in problems.items()], what)
+
+
+def first_line(error: LabError) -> str:
+    """What a room's summary says of a host's error (one with no message is a program's exit status)."""
+    return str(error).splitlines()[0] if str(error) else f"exit status {error.code}"
 
 
 def doctor(config: Config, inventory: str = "", vm: str = "") -> None:
@@ -419,15 +424,8 @@ def finish_run(results: dict[str, Result], what: str, received: list[int]) -> No
             "its output is kept (see the line above).",
             code=128 + received[0],
         )
-    if len(results) == 1:
-        if errors:
-            raise errors[0][1]
-        return
-    problems = [
-        f"{name}: {str(error).splitlines()[0] if str(error) else f'exit status {error.code}'}" for name, error in errors
-    ]
     folders = {result.value.folder.parent for result in results.values() if result.ok}
-    require_all(results, problems, f"ran {what}; output gathered in {', '.join(map(str, folders))}")
+    conclude(results, dict(errors), f"ran {what}; output gathered in {', '.join(map(str, folders))}")
 
 
 # verifying --------------------------------------------------------------
