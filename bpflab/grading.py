@@ -95,13 +95,13 @@ def more_syscalls(lines: list[str], source: str) -> Verdict:
 
 def every_syscall_per_user(lines: list[str], source: str) -> Verdict:
     found = counts(lines)
-    top = max((count for key, count in found if key not in GETPPID), default=0)
-    if top >= ENOUGH:
-        return Verdict(True, f"a user ID's count reached {top} while the trigger made {GETPPID_CALLS} syscalls")
     if any(key in GETPPID and count >= ENOUGH for key, count in found):
         return Verdict(
             False, "Its counts are keyed by syscall (getppid's came up): that is exercise 5. Key them by user ID."
         )
+    top = max((count for key, count in found if key not in GETPPID), default=0)
+    if top >= ENOUGH:
+        return Verdict(True, f"a user ID's count reached {top} while the trigger made {GETPPID_CALLS} syscalls")
     return Verdict(
         False,
         f"The counts reached {top} at most, while the trigger made {GETPPID_CALLS} getppid calls as one user: "
